@@ -1,0 +1,179 @@
+"""``/api/projects/{id}/files``: streamed uploads and downloads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import ClientDisconnect
+
+from tidings.access import visible_project
+from tidings.api.deps import App, CurrentUser, not_found
+from tidings.api.schemas import FileOut, FilePage, file_event, file_out
+from tidings.assets import asset_type, content_type_for
+from tidings.db import after_commit
+from tidings.events import FILE_DELETED, FILE_UPLOADED
+from tidings.models import File, new_id
+from tidings.storage import UploadError, clean_folder, clean_name
+
+router = APIRouter(prefix="/api/projects/{project_id}/files", tags=["files"])
+
+# Multipart headers and small fields around the file, on top of the file size limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@router.post(
+    "",
+    response_model=FileOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "path": {"type": "string", "default": "/"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def upload_file(project_id: str, request: Request, user: CurrentUser, app: App) -> Any:
+    """Upload one file (multipart field ``file``, optional field ``path``, default ``/``).
+
+    Streamed to disk while hashing; the size limit applies as bytes arrive. A failed or
+    interrupted upload leaves neither a file nor a row.
+    """
+    async with app.db.read() as session:
+        if await visible_project(session, user.user_id, project_id) is None:
+            raise not_found()
+    limit = app.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"file exceeds {limit} bytes")
+    try:
+        upload = await app.storage.receive(
+            request.headers.get("content-type", ""), request.stream(), limit
+        )
+    except UploadError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    except ClientDisconnect:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "upload interrupted") from None
+    file_id = new_id()
+    try:
+        name = clean_name(upload.name or "")
+        folder = clean_folder(upload.folder)
+        ctype = content_type_for(name, upload.declared_type)
+        file = File(
+            id=file_id,
+            project_id=project_id,
+            name=name,
+            path=folder,
+            size=upload.size,
+            content_type=ctype,
+            asset_type=asset_type(name, ctype),
+            sha256=upload.sha256,
+        )
+        async with app.db.write() as session:
+            if await visible_project(session, user.user_id, project_id, for_update=True) is None:
+                raise not_found()
+            session.add(file)
+            await session.flush()
+            await app.eventlog.record(
+                session, project_id, FILE_UPLOADED, {"file": file_event(file)}
+            )
+            # Placed before the commit; the handlers below remove it if the commit fails.
+            app.storage.place(upload, project_id, file_id)
+    except UploadError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    except IntegrityError:
+        app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{folder.rstrip('/')}/{name} already exists"
+        ) from None
+    except BaseException:
+        app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
+        raise
+    finally:
+        upload.temp_path.unlink(missing_ok=True)
+    return file_out(file)
+
+
+@router.get("", response_model=FilePage)
+async def list_files(
+    project_id: str,
+    user: CurrentUser,
+    app: App,
+    path: str | None = Query(default=None, description="only files in this folder"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> Any:
+    async with app.db.read() as session:
+        if await visible_project(session, user.user_id, project_id) is None:
+            raise not_found()
+        where = [File.project_id == project_id]
+        if path is not None:
+            try:
+                where.append(File.path == clean_folder(path))
+            except UploadError as exc:
+                raise HTTPException(exc.status, exc.detail) from None
+        total = await session.scalar(select(func.count()).select_from(File).where(*where)) or 0
+        files = await session.scalars(
+            select(File).where(*where).order_by(File.path, File.name).limit(limit).offset(offset)
+        )
+        items = [file_out(f) for f in files]
+    next_offset = offset + len(items) if offset + len(items) < total else None
+    return {"items": items, "total": total, "next_offset": next_offset}
+
+
+async def _visible_file(app: App, user_id: str, project_id: str, file_id: str) -> File:
+    async with app.db.read() as session:
+        if await visible_project(session, user_id, project_id) is None:
+            raise not_found()
+        file = await session.get(File, file_id)
+    if file is None or file.project_id != project_id:
+        raise not_found("file")
+    return file
+
+
+@router.get("/{file_id}", response_model=FileOut)
+async def get_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> Any:
+    return file_out(await _visible_file(app, user.user_id, project_id, file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+async def download_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> Any:
+    file = await _visible_file(app, user.user_id, project_id, file_id)
+    path = app.storage.file_path(project_id, file.id)
+    if not path.is_file():
+        raise HTTPException(status.HTTP_410_GONE, "file content is missing from storage")
+    return FileResponse(
+        path,
+        media_type=file.content_type,
+        filename=file.name,
+        headers={"X-Content-SHA256": file.sha256},
+    )
+
+
+@router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> None:
+    async with app.db.write() as session:
+        if await visible_project(session, user.user_id, project_id, for_update=True) is None:
+            raise not_found()
+        file = await session.get(File, file_id)
+        if file is None or file.project_id != project_id:
+            raise not_found("file")
+        await session.delete(file)
+        await app.eventlog.record(session, project_id, FILE_DELETED, {"file": file_event(file)})
+        path = app.storage.file_path(project_id, file_id)
+        after_commit(session, lambda: asyncio.to_thread(path.unlink, missing_ok=True))

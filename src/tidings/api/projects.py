@@ -1,0 +1,178 @@
+"""``/api/projects``: projects and their members. Every change logs its event."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.access import audience, visible_project, visible_to
+from tidings.api.deps import App, CurrentUser, not_found
+from tidings.api.schemas import (
+    MemberIn,
+    MemberOut,
+    ProjectIn,
+    ProjectOut,
+    ProjectPatch,
+    project_out,
+)
+from tidings.db import after_commit
+from tidings.events import MEMBER_REMOVED, PROJECT_CREATED, PROJECT_DELETED, PROJECT_UPDATED
+from tidings.models import Member, Project, User
+
+router = APIRouter(prefix="/api/projects", tags=["projects"])
+
+
+async def _owner_name(session: AsyncSession, project: Project) -> str:
+    name = await session.scalar(select(User.username).where(User.id == project.owner_id))
+    return name or ""
+
+
+async def record_project_event(
+    app: App, session: AsyncSession, project: Project, type: str
+) -> None:
+    """Log ``project.*`` with the project as it is now; everyone who sees it gets it."""
+    owner = await _owner_name(session, project)
+    users = await audience(session, project)
+
+    def body(seq: int) -> dict[str, Any]:
+        project.last_seq = seq
+        return {"data": project_out(project, owner)}
+
+    await app.eventlog.record(session, project.id, type, body, users)
+
+
+@router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
+async def create_project(body: ProjectIn, user: CurrentUser, app: App) -> Any:
+    async with app.db.write() as session:
+        now = datetime.now(UTC)
+        project = Project(
+            name=body.name,
+            description=body.description,
+            owner_id=user.user_id,
+            created_at=now,
+            updated_at=now,
+            last_seq=0,
+        )
+        session.add(project)
+        await session.flush()
+        await record_project_event(app, session, project, PROJECT_CREATED)
+    return project_out(project, user.username)
+
+
+@router.get("", response_model=list[ProjectOut])
+async def list_projects(user: CurrentUser, app: App) -> Any:
+    async with app.db.read() as session:
+        rows = await session.execute(
+            select(Project, User.username)
+            .join(User, User.id == Project.owner_id)
+            .where(visible_to(user.user_id))
+            .order_by(Project.created_at, Project.id)
+        )
+        return [project_out(p, owner) for p, owner in rows.tuples()]
+
+
+@router.get("/{project_id}", response_model=ProjectOut)
+async def get_project(project_id: str, user: CurrentUser, app: App) -> Any:
+    async with app.db.read() as session:
+        project = await visible_project(session, user.user_id, project_id)
+        if project is None:
+            raise not_found()
+        return project_out(project, await _owner_name(session, project))
+
+
+@router.patch("/{project_id}", response_model=ProjectOut)
+async def update_project(project_id: str, body: ProjectPatch, user: CurrentUser, app: App) -> Any:
+    async with app.db.write() as session:
+        project = await visible_project(session, user.user_id, project_id, for_update=True)
+        if project is None:
+            raise not_found()
+        if body.name is not None:
+            project.name = body.name
+        if body.description is not None:
+            project.description = body.description
+        project.updated_at = datetime.now(UTC)
+        await session.flush()
+        await record_project_event(app, session, project, PROJECT_UPDATED)
+        return project_out(project, await _owner_name(session, project))
+
+
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_project(project_id: str, user: CurrentUser, app: App) -> None:
+    async with app.db.write() as session:
+        project = await visible_project(session, user.user_id, project_id, for_update=True)
+        if project is None:
+            raise not_found()
+        if project.owner_id != user.user_id:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner can delete a project")
+        await record_project_event(app, session, project, PROJECT_DELETED)
+        await app.eventlog.forget_project(session, project.id, keep_from=project.last_seq)
+        await session.delete(project)
+        after_commit(session, lambda: app.processes.project_deleted(project_id))
+        after_commit(session, lambda: asyncio.to_thread(app.storage.remove_project, project_id))
+
+
+# -- members ---------------------------------------------------------------------------
+
+
+async def _owned_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
+    project = await visible_project(session, user_id, project_id, for_update=True)
+    if project is None:
+        raise not_found()
+    if project.owner_id != user_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner manages members")
+    return project
+
+
+@router.get("/{project_id}/members", response_model=list[MemberOut])
+async def list_members(project_id: str, user: CurrentUser, app: App) -> Any:
+    async with app.db.read() as session:
+        project = await visible_project(session, user.user_id, project_id)
+        if project is None:
+            raise not_found()
+        owner = await _owner_name(session, project)
+        rows = await session.execute(
+            select(User.id, User.username)
+            .join(Member, Member.user_id == User.id)
+            .where(Member.project_id == project_id)
+            .order_by(User.username)
+        )
+        members = [MemberOut(user_id=project.owner_id, username=owner, role="owner")]
+        members += [MemberOut(user_id=i, username=n, role="member") for i, n in rows.tuples()]
+        return members
+
+
+@router.post("/{project_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
+async def add_member(project_id: str, body: MemberIn, user: CurrentUser, app: App) -> Any:
+    async with app.db.write() as session:
+        project = await _owned_project(session, user.user_id, project_id)
+        target = await session.scalar(select(User).where(User.username == body.username))
+        if target is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
+        already = await session.get(Member, (project_id, target.id))
+        if target.id == project.owner_id or already is not None:
+            raise HTTPException(status.HTTP_409_CONFLICT, "already a member")
+        session.add(Member(project_id=project_id, user_id=target.id))
+        await session.flush()
+        # The new member's project list learns of the project through this event.
+        await record_project_event(app, session, project, PROJECT_UPDATED)
+    return MemberOut(user_id=target.id, username=target.username, role="member")
+
+
+@router.delete("/{project_id}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_member(project_id: str, username: str, user: CurrentUser, app: App) -> None:
+    async with app.db.write() as session:
+        project = await _owned_project(session, user.user_id, project_id)
+        target = await session.scalar(select(User).where(User.username == username))
+        member = await session.get(Member, (project_id, target.id)) if target else None
+        if target is None or member is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
+        await session.delete(member)
+        await session.flush()
+        await record_project_event(app, session, project, PROJECT_UPDATED)
+        removed = {"project_id": project_id, "user_id": target.id}
+        after_commit(session, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))

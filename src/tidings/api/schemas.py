@@ -1,0 +1,114 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.models import File, Project
+from tidings.settings import MiB
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(Body):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+
+
+class TokenIn(Body):
+    name: str = Field(default="", max_length=100)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+class NewTokenOut(TokenOut):
+    token: str
+
+
+class ProjectIn(Body):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=1 * MiB)
+
+
+class ProjectPatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=1 * MiB)
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    owner: str
+    created_at: datetime
+    updated_at: datetime
+    seq: int
+
+
+class MemberIn(Body):
+    username: str = Field(min_length=1, max_length=64)
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    username: str
+    role: str
+
+
+class FileOut(BaseModel):
+    id: str
+    name: str
+    path: str
+    size: int
+    asset_type: str
+    content_type: str
+    sha256: str
+    created_at: datetime
+
+
+class FilePage(BaseModel):
+    items: list[FileOut]
+    total: int
+    next_offset: int | None
+
+
+def project_out(project: Project, owner: str) -> dict[str, Any]:
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        owner=owner,
+        created_at=project.created_at,
+        updated_at=project.updated_at,
+        seq=project.last_seq,
+    ).model_dump(mode="json")
+
+
+def file_out(file: File) -> dict[str, Any]:
+    return FileOut.model_validate(file, from_attributes=True).model_dump(mode="json")
+
+
+def file_event(file: File) -> dict[str, Any]:
+    """The ``file`` object of ``file.*`` events (the story's fields, plus the id)."""
+    return {
+        "id": file.id,
+        "name": file.name,
+        "path": file.path,
+        "size": file.size,
+        "asset_type": file.asset_type,
+    }

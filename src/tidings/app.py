@@ -1,0 +1,109 @@
+"""The application factory: ``create_app(settings)`` builds one tidings node."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from tidings import __version__, metrics
+from tidings.access import visible_project
+from tidings.api import auth, files, health, projects
+from tidings.api.deps import Services
+from tidings.auth import LoginThrottle
+from tidings.broker import create_broker
+from tidings.db import Database, create_engine, migrate
+from tidings.events import EventLog
+from tidings.hub import Hub
+from tidings.models import User
+from tidings.processes import ProcessRunner
+from tidings.security import hash_password, new_password
+from tidings.settings import Settings
+from tidings.storage import Storage
+from tidings.ws import router as ws_router
+
+logger = logging.getLogger("tidings")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app. Nothing connects until the lifespan starts."""
+    settings = settings or Settings()
+    db = Database(create_engine(settings.effective_database_url))
+    broker = create_broker(settings.broker_url)
+    eventlog = EventLog(db, broker, settings.event_history)
+    storage = Storage(settings.files_dir)
+
+    async def can_see(user_id: str, project_id: str) -> bool:
+        async with db.read() as session:
+            return await visible_project(session, user_id, project_id) is not None
+
+    hub = Hub(eventlog, can_see, settings.heartbeat_interval)
+    services = Services(
+        settings=settings,
+        db=db,
+        eventlog=eventlog,
+        storage=storage,
+        hub=hub,
+        throttle=LoginThrottle(settings.login_max_failures, settings.login_failure_window),
+        processes=ProcessRunner(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        storage.prepare()
+        await migrate(db.engine)
+        if settings.create_admin:
+            await ensure_admin(db)
+        await broker.connect()
+        await hub.start()
+        await services.processes.start()
+        metrics.QUEUE_DEPTH.set_function(
+            lambda: sum(len(c.queue) for c in hub.connections.values())
+        )
+        metrics.QUEUE_BYTES.set_function(
+            lambda: sum(c.queue.nbytes for c in hub.connections.values())
+        )
+        try:
+            yield
+        finally:
+            await services.processes.stop()
+            await hub.stop()
+            await broker.disconnect()
+            await db.dispose()
+
+    app = FastAPI(
+        title="tidings",
+        version=__version__,
+        description="Projects, files and processes over REST; every change live over /ws.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    for module in (health, auth, projects, files):
+        app.include_router(module.router)
+    app.include_router(ws_router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (and ``tidings serve``): settings from the env."""
+    return create_app(Settings())
+
+
+async def ensure_admin(db: Database) -> None:
+    """First start: create ``admin`` with a random password and print it once."""
+    async with db.write() as session:
+        if await session.scalar(select(func.count()).select_from(User)):
+            return
+        password = new_password()
+        session.add(User(username="admin", password_hash=hash_password(password)))
+    banner = "=" * 64
+    print(
+        f"\n{banner}\n tidings: first start, created user 'admin'\n"
+        f" password: {password}\n"
+        f" (shown once; change it with `tidings users passwd admin`)\n{banner}\n",
+        flush=True,
+    )

@@ -1,0 +1,156 @@
+"""The ``tidings`` command: serve, manage users, mint API tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import select
+
+from tidings.db import Database, create_engine, migrate
+from tidings.models import ApiToken, User
+from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
+from tidings.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidings", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--data-dir", help="TIDINGS_DATA_DIR")
+    serve.add_argument("--database-url", help="TIDINGS_DATABASE_URL")
+    serve.add_argument("--broker-url", help="TIDINGS_BROKER_URL")
+    serve.add_argument("--log-level", default="info")
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser("create", help="create a user")
+    create.add_argument("username")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    passwd = users.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    users.add_parser("list", help="list users")
+
+    tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
+        dest="action", required=True
+    )
+    mint = tokens.add_parser("create", help="create an API token (printed once)")
+    mint.add_argument("username")
+    mint.add_argument("--name", default="cli")
+
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key in ("data_dir", "database_url", "broker_url")
+        if (value := getattr(args, key, None)) is not None
+    }
+    settings = Settings(**overrides)
+    if args.command == "serve":
+        return _serve(settings, args)
+    handlers: dict[tuple[str, str], Callable[[Database, argparse.Namespace], Awaitable[int]]] = {
+        ("users", "create"): _users_create,
+        ("users", "passwd"): _users_passwd,
+        ("users", "list"): _users_list,
+        ("tokens", "create"): _tokens_create,
+    }
+    return asyncio.run(_with_db(settings, args, handlers[(args.command, args.action)]))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from tidings.server import serve
+
+    # Workers re-read the settings from the environment: pass the flags on that way.
+    for key in ("data_dir", "database_url", "broker_url"):
+        value = getattr(args, key, None)
+        if value is not None:
+            os.environ[f"TIDINGS_{key.upper()}"] = str(value)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    serve(settings, args.host, args.port, args.workers, args.log_level)
+    return 0
+
+
+async def _with_db(
+    settings: Settings,
+    args: argparse.Namespace,
+    handler: Callable[[Database, argparse.Namespace], Awaitable[int]],
+) -> int:
+    db = Database(create_engine(settings.effective_database_url))
+    try:
+        await migrate(db.engine)
+        return await handler(db, args)
+    finally:
+        await db.dispose()
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+    if not password:
+        raise SystemExit("tidings: the password must not be empty")
+    return password
+
+
+async def _users_create(db: Database, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    async with db.write() as session:
+        if await session.scalar(select(User.id).where(User.username == args.username)):
+            print(f"tidings: user {args.username!r} already exists", file=sys.stderr)
+            return 1
+        user = User(username=args.username, password_hash=hash_password(password))
+        session.add(user)
+        await session.flush()
+    print(f"created user {args.username} ({user.id})")
+    return 0
+
+
+async def _users_passwd(db: Database, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    async with db.write() as session:
+        user = await session.scalar(select(User).where(User.username == args.username))
+        if user is None:
+            print(f"tidings: no user {args.username!r}", file=sys.stderr)
+            return 1
+        user.password_hash = hash_password(password)
+    print(f"password of {args.username} changed")
+    return 0
+
+
+async def _users_list(db: Database, args: argparse.Namespace) -> int:
+    async with db.read() as session:
+        for user in await session.scalars(select(User).order_by(User.username)):
+            print(f"{user.username}\t{user.id}\t{user.created_at.isoformat()}")
+    return 0
+
+
+async def _tokens_create(db: Database, args: argparse.Namespace) -> int:
+    secret = new_secret(TOKEN_PREFIX)
+    async with db.write() as session:
+        user = await session.scalar(select(User).where(User.username == args.username))
+        if user is None:
+            print(f"tidings: no user {args.username!r}", file=sys.stderr)
+            return 1
+        session.add(ApiToken(secret_hash=hash_secret(secret), user_id=user.id, name=args.name))
+    print(f"API token for {args.username} (shown once): {secret}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

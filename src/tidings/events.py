@@ -1,0 +1,195 @@
+"""The event log and the envelope events travel in.
+
+Durable events are written by :meth:`EventLog.record` inside the same write transaction
+as the change they describe, numbered per project (1, 2, 3 … without gaps, by bumping
+``projects.last_seq`` in that transaction), and handed to the broker only after the
+commit. Ephemeral events (``process.progress``) skip the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.broker import Broker
+from tidings.db import Database, after_commit
+from tidings.models import Event, Project
+
+CHANNEL = "tidings"
+
+# Durable event types.
+PROJECT_CREATED = "project.created"
+PROJECT_UPDATED = "project.updated"
+PROJECT_DELETED = "project.deleted"
+FILE_UPLOADED = "file.uploaded"
+FILE_DELETED = "file.deleted"
+PROCESS_STARTED = "process.started"
+PROCESS_COMPLETED = "process.completed"
+# Ephemeral.
+PROCESS_PROGRESS = "process.progress"
+# Control messages between nodes (never sent to clients as such).
+SESSION_REVOKED = "control.session_revoked"
+MEMBER_REMOVED = "control.member_removed"
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """RFC 3339, UTC, milliseconds, ``Z``: ``2026-11-25T16:28:35.123Z``."""
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One broker message: routing header plus the client frame, encoded once at the source.
+
+    ``audience``: users who get the frame even without a subscription (``project.*``).
+    ``coalesce``: queued frames with the same key replace each other (progress updates).
+    ``data``: payload of control messages.
+    """
+
+    type: str
+    frame: bytes = b""
+    project_id: str | None = None
+    seq: int | None = None
+    audience: tuple[str, ...] = ()
+    coalesce: str | None = None
+    data: dict[str, Any] | None = None
+
+    def encode(self) -> bytes:
+        header = {
+            "t": self.type,
+            "p": self.project_id,
+            "s": self.seq,
+            "a": self.audience,
+            "c": self.coalesce,
+            "d": self.data,
+        }
+        return orjson.dumps(header) + b"\n" + self.frame
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Envelope:
+        head, _, frame = raw.partition(b"\n")
+        h = orjson.loads(head)
+        return cls(
+            type=h["t"],
+            frame=frame,
+            project_id=h["p"],
+            seq=h["s"],
+            audience=tuple(h["a"] or ()),
+            coalesce=h["c"],
+            data=h["d"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    seq: int
+    type: str
+    frame: str
+
+
+class EventLog:
+    """Writes durable events, publishes envelopes, and reads the log back for resume."""
+
+    def __init__(self, db: Database, broker: Broker, history: int) -> None:
+        self.db = db
+        self.broker = broker
+        self.history = history
+
+    async def record(
+        self,
+        session: AsyncSession,
+        project_id: str,
+        type: str,
+        body: dict[str, Any] | Callable[[int], dict[str, Any]],
+        audience: Iterable[str] = (),
+    ) -> int:
+        """Log a durable event in ``session``'s write transaction; publish it after commit.
+
+        ``body`` may be a function of the new seq. Returns the seq. Bumping
+        ``projects.last_seq`` row-locks the project (PostgreSQL) or holds the write lock
+        (SQLite), so concurrent changes get consecutive numbers.
+        """
+        seq = await session.scalar(
+            update(Project)
+            .where(Project.id == project_id)
+            .values(last_seq=Project.last_seq + 1)
+            .returning(Project.last_seq)
+        )
+        if seq is None:
+            raise LookupError(f"project {project_id} does not exist")
+        seq = int(seq)
+        if callable(body):
+            body = body(seq)
+        frame = encode(
+            {"type": type, "project_id": project_id, "seq": seq, "timestamp": timestamp(), **body}
+        )
+        session.add(Event(project_id=project_id, seq=seq, type=type, frame=frame.decode()))
+        if seq > self.history:
+            await session.execute(
+                delete(Event).where(Event.project_id == project_id, Event.seq <= seq - self.history)
+            )
+        envelope = Envelope(
+            type=type, frame=frame, project_id=project_id, seq=seq, audience=tuple(audience)
+        )
+        after_commit(session, lambda: self.publish(envelope))
+        return seq
+
+    async def forget_project(self, session: AsyncSession, project_id: str, keep_from: int) -> None:
+        """Drop a deleted project's history, keeping its ``project.deleted`` tombstone."""
+        await session.execute(
+            delete(Event).where(Event.project_id == project_id, Event.seq < keep_from)
+        )
+
+    async def publish(self, envelope: Envelope) -> None:
+        await self.broker.publish(CHANNEL, envelope.encode())
+
+    async def publish_ephemeral(
+        self, project_id: str, type: str, body: dict[str, Any], coalesce: str | None = None
+    ) -> None:
+        frame = encode({"type": type, "project_id": project_id, "timestamp": timestamp(), **body})
+        await self.publish(
+            Envelope(type=type, frame=frame, project_id=project_id, coalesce=coalesce)
+        )
+
+    async def publish_control(self, type: str, data: dict[str, Any]) -> None:
+        await self.publish(Envelope(type=type, data=data))
+
+    async def bounds(self, project_id: str) -> tuple[int, int] | None:
+        """``(oldest retained seq, latest seq)`` of a live project, or None if it is gone."""
+        async with self.db.read() as session:
+            latest = await session.scalar(select(Project.last_seq).where(Project.id == project_id))
+            if latest is None:
+                return None
+            oldest = await session.scalar(
+                select(func.min(Event.seq)).where(Event.project_id == project_id)
+            )
+        return (oldest if oldest is not None else latest + 1, latest)
+
+    async def heads(self, project_ids: Sequence[str]) -> dict[str, int]:
+        """Latest seq of each existing project among ``project_ids``."""
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Project.id, Project.last_seq).where(Project.id.in_(project_ids))
+            )
+            return {pid: seq for pid, seq in rows.tuples()}
+
+    async def read_after(self, project_id: str, after: int, limit: int) -> list[LoggedEvent]:
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Event.seq, Event.type, Event.frame)
+                .where(Event.project_id == project_id, Event.seq > after)
+                .order_by(Event.seq)
+                .limit(limit)
+            )
+            return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows.tuples()]

@@ -1,0 +1,177 @@
+"""The client side of the WebSocket protocol as a pure state machine.
+
+:class:`ClientMessages` takes one raw client message and the current monotonic time and
+returns what to do: reply, close, subscribe or unsubscribe. It does no I/O, keeps no
+clock and never touches the database: access checks and delivery happen in
+``connection.py``, which feeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tidings.codes import CloseCode, ErrorCode
+
+MAX_ID_LENGTH = 128
+MAX_PROJECT_ID_LENGTH = 64
+# Messages a client may send while rate limited before the connection is closed.
+RATE_LIMIT_STRIKES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send this message (the I/O layer adds ``timestamp``)."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: CloseCode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    project_id: str
+    since: int | None
+    request_id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    project_id: str
+    request_id: Any = None
+
+
+Action = Reply | Close | Subscribe | Unsubscribe
+
+
+def error(code: ErrorCode, message: str, request_id: Any = None, **extra: Any) -> Reply:
+    body: dict[str, Any] = {"type": "error", "code": str(code), "message": message, **extra}
+    if request_id is not None:
+        body["id"] = request_id
+    return Reply(body)
+
+
+class ClientMessages:
+    """Validates, rate-limits and interprets the messages of one connection.
+
+    Keeps the set of projects the connection is subscribed to (or subscribing to), so that
+    the subscription limit is exact; the I/O layer calls :meth:`forget` when a subscription
+    ends for another reason (access check failed, access revoked, project deleted).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        max_subscriptions: int,
+        rate: float,
+        burst: int,
+        now: float,
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_subscriptions = max_subscriptions
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = now
+        self._strikes = 0
+        self.subscriptions: set[str] = set()
+
+    def receive(self, data: str | bytes, now: float) -> Action:
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > self.max_message_bytes:
+            return Close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        limited = self._take_token(now)
+        if limited is not None:
+            return limited
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return error(ErrorCode.BAD_REQUEST, "message is not valid JSON")
+        if not isinstance(message, dict):
+            return error(ErrorCode.BAD_REQUEST, "message must be a JSON object")
+        request_id = message.get("id")
+        if request_id is not None and not _valid_id(request_id):
+            return error(ErrorCode.BAD_REQUEST, "id must be a string or number (128 chars max)")
+        kind = message.get("type")
+        if kind == "ping":
+            return Reply(_with_id({"type": "pong"}, request_id))
+        if kind == "subscribe":
+            return self._subscribe(message, request_id)
+        if kind == "unsubscribe":
+            return self._unsubscribe(message, request_id)
+        if not isinstance(kind, str):
+            return error(ErrorCode.BAD_REQUEST, "missing field: type", request_id)
+        return error(ErrorCode.BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
+
+    def forget(self, project_id: str) -> None:
+        self.subscriptions.discard(project_id)
+
+    def _subscribe(self, message: dict[str, Any], request_id: Any) -> Action:
+        project_id = message.get("project_id")
+        if not _valid_project_id(project_id):
+            return error(ErrorCode.BAD_REQUEST, "project_id must be a non-empty string", request_id)
+        assert isinstance(project_id, str)
+        since = message.get("since")
+        if since is not None and (type(since) is not int or since < 0):
+            return error(ErrorCode.BAD_REQUEST, "since must be an integer >= 0", request_id)
+        if (
+            project_id not in self.subscriptions
+            and len(self.subscriptions) >= self.max_subscriptions
+        ):
+            return error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.max_subscriptions} subscriptions per connection",
+                request_id,
+                project_id=project_id,
+            )
+        self.subscriptions.add(project_id)
+        return Subscribe(project_id, since, request_id)
+
+    def _unsubscribe(self, message: dict[str, Any], request_id: Any) -> Action:
+        project_id = message.get("project_id")
+        if not _valid_project_id(project_id):
+            return error(ErrorCode.BAD_REQUEST, "project_id must be a non-empty string", request_id)
+        assert isinstance(project_id, str)
+        self.subscriptions.discard(project_id)
+        return Unsubscribe(project_id, request_id)
+
+    def _take_token(self, now: float) -> Action | None:
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._strikes = 0
+            return None
+        self._strikes += 1
+        if self._strikes > RATE_LIMIT_STRIKES:
+            return Close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+        return error(
+            ErrorCode.RATE_LIMITED,
+            f"too many messages; at most {self.rate:g} per second",
+            retry_after=round((1 - self._tokens) / self.rate, 3),
+        )
+
+
+def _with_id(message: dict[str, Any], request_id: Any) -> dict[str, Any]:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
+
+
+def _valid_project_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_PROJECT_ID_LENGTH

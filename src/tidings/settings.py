@@ -1,0 +1,75 @@
+"""Configuration: environment variables prefixed ``TIDINGS_``, read once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class Settings(BaseSettings):
+    """Every knob of a tidings node. Build one with ``Settings()`` and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    # Storage
+    data_dir: Path = Path("./data")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy async URL; empty means SQLite inside the data dir.",
+    )
+    max_upload_bytes: int = Field(default=1 * GiB, gt=0)
+
+    # HTTP and sessions
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    session_cookie_secure: bool = False
+    session_max_age: int = Field(default=14 * 24 * 3600, gt=0, description="seconds")
+    login_max_failures: int = Field(default=5, gt=0)
+    login_failure_window: float = Field(default=300.0, gt=0, description="seconds")
+    create_admin: bool = Field(default=True, description="create `admin` on first start")
+
+    # Real-time
+    broker_url: str = "memory://"
+    heartbeat_interval: float = Field(default=30.0, gt=0)
+    ws_ping_interval: float = Field(default=20.0, gt=0)
+    ws_ping_timeout: float = Field(default=20.0, gt=0)
+    ws_max_queue_messages: int = Field(default=1000, gt=0)
+    ws_max_queue_bytes: int = Field(default=4 * MiB, gt=0)
+    ws_max_message_bytes: int = Field(default=64 * KiB, gt=0)
+    ws_max_subscriptions: int = Field(default=200, gt=0)
+    ws_rate_limit: float = Field(default=20.0, gt=0, description="client messages per second")
+    ws_rate_burst: int = Field(default=60, gt=0)
+    ws_close_timeout: float = Field(default=10.0, gt=0)
+    ws_auth_check_interval: float = Field(default=2.0, gt=0)
+    event_history: int = Field(default=10_000, gt=0)
+
+    # Processes
+    progress_interval: float = Field(default=0.25, ge=0)
+    max_concurrent_processes: int = Field(default=2, gt=0)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tidings.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"

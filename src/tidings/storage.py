@@ -1,0 +1,210 @@
+"""Files on local disk: streamed multipart uploads, safe names, and atomic placement.
+
+Stored files are named by their id under ``<data>/files/<project>/``; user-supplied names
+and folder paths live only in the database, so no name can reach outside the data dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 1024
+MAX_FORM_FIELD_BYTES = 4096
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def clean_name(name: str) -> str:
+    """A file name as given, or UploadError(400) if it could name anything but one file."""
+    if not name or name in (".", "..") or len(name) > MAX_NAME_LENGTH:
+        raise UploadError(400, "file name must be 1-255 characters and not . or ..")
+    if any(c in name for c in "/\\\x00") or any(ord(c) < 32 for c in name):
+        raise UploadError(400, "file name must not contain slashes or control characters")
+    return name
+
+
+def clean_folder(path: str | None) -> str:
+    """Normalise a folder path inside a project to ``/a/b`` form; refuse traversal."""
+    if path is None or path.strip() == "":
+        return "/"
+    if "\x00" in path or "\\" in path or any(ord(c) < 32 for c in path):
+        raise UploadError(400, "path must not contain backslashes or control characters")
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UploadError(400, "path must not contain . or .. segments")
+    folder = "/" + "/".join(parts)
+    if len(folder) > MAX_PATH_LENGTH:
+        raise UploadError(400, "path is too long")
+    return folder
+
+
+@dataclass
+class Upload:
+    """A received upload in a temporary file, not yet placed."""
+
+    temp_path: Path
+    name: str | None = None
+    declared_type: str | None = None
+    folder: str | None = None
+    size: int = 0
+    sha256: str = ""
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
+
+
+class _Part:
+    """Headers of the multipart part being parsed."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.field = b""
+        self.value = b""
+        self.name: str | None = None
+
+
+class Storage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def prepare(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():  # uploads cut off by a crash
+            leftover.unlink(missing_ok=True)
+
+    def file_path(self, project_id: str, file_id: str) -> Path:
+        return self.root / project_id / file_id
+
+    def project_dir(self, project_id: str) -> Path:
+        return self.root / project_id
+
+    def new_temp(self) -> Path:
+        return self.tmp / f"{uuid.uuid4().hex}.part"
+
+    async def receive(
+        self, content_type: str, body: AsyncIterator[bytes], max_bytes: int
+    ) -> Upload:
+        """Stream a multipart body (field ``file``, optional field ``path``) to a temp file.
+
+        The size limit is enforced while streaming (UploadError 413) and the SHA-256 is
+        computed on the way. On any failure the temp file is removed before raising.
+        """
+        ctype, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if ctype != b"multipart/form-data" or not boundary:
+            raise UploadError(415, "expected a multipart/form-data body")
+        upload = Upload(self.new_temp())
+        out: BinaryIO | None = None
+        part = _Part()
+        fields: dict[str, bytes] = {}
+        error: list[UploadError] = []
+
+        def on_part_begin() -> None:
+            part.reset()
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            part.field += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            part.value += data[start:end]
+
+        def on_header_end() -> None:
+            part.headers[part.field.lower()] = part.value
+            part.field = part.value = b""
+
+        def on_headers_finished() -> None:
+            nonlocal out
+            _, disp = parse_options_header(part.headers.get(b"content-disposition", b""))
+            part.name = disp.get(b"name", b"").decode("utf-8", "replace")
+            if part.name == "file":
+                if out is not None:
+                    error.append(UploadError(400, "only one file per upload"))
+                    return
+                filename = disp.get(b"filename")
+                upload.name = filename.decode("utf-8", "replace") if filename else None
+                upload.declared_type = part.headers.get(b"content-type", b"").decode("latin-1")
+                out = open(upload.temp_path, "wb")  # noqa: SIM115 - closed below
+            else:
+                fields[part.name] = b""
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            if error:
+                return
+            chunk = data[start:end]
+            if part.name == "file" and out is not None:
+                upload.size += len(chunk)
+                if upload.size > max_bytes:
+                    error.append(UploadError(413, f"file exceeds the {max_bytes}-byte limit"))
+                    return
+                upload._hash.update(chunk)
+                out.write(chunk)
+            elif part.name is not None:
+                fields[part.name] += chunk
+                if len(fields[part.name]) > MAX_FORM_FIELD_BYTES:
+                    error.append(UploadError(400, f"form field {part.name!r} is too long"))
+
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+            },
+        )
+        try:
+            async for chunk in body:
+                parser.write(chunk)
+                if error:
+                    raise error[0]
+            parser.finalize()
+            if error:
+                raise error[0]
+            if out is None:
+                raise UploadError(400, "missing form field: file")
+            out.flush()
+            os.fsync(out.fileno())
+        except FormParserError as exc:
+            if out is not None:
+                out.close()
+            upload.temp_path.unlink(missing_ok=True)
+            raise UploadError(400, "malformed multipart body") from exc
+        except BaseException:
+            if out is not None:
+                out.close()
+            upload.temp_path.unlink(missing_ok=True)
+            raise
+        out.close()
+        upload.sha256 = upload._hash.hexdigest()
+        if "path" in fields:
+            upload.folder = fields["path"].decode("utf-8", "replace")
+        return upload
+
+    def place(self, upload: Upload, project_id: str, file_id: str) -> Path:
+        target = self.file_path(project_id, file_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(upload.temp_path, target)
+        return target
+
+    def remove_project(self, project_id: str) -> None:
+        shutil.rmtree(self.project_dir(project_id), ignore_errors=True)

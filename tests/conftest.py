@@ -1,0 +1,323 @@
+"""Shared fixtures: a real uvicorn server on a loopback port, real databases, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tidings import Settings, create_app
+from tidings.db import Database, create_engine, migrate
+from tidings.models import ApiToken, User
+from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
+from tidings.server import uvicorn_options
+
+# One time unit for timing-sensitive waits; raise TIDINGS_TEST_TIME_FACTOR on slow machines.
+MS = 0.001 * float(os.environ.get("TIDINGS_TEST_TIME_FACTOR", "1"))
+TIMEOUT = 10_000 * MS  # generous: a slow machine must never fail a test by being slow
+
+PG_ADMIN_DSN = os.environ.get("TIDINGS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip when a server is absent, except under CI=true where that is a failure."""
+    if _reachable(host, port):
+        return
+    if IN_CI:
+        pytest.fail(f"{name} is not running on {host}:{port} (CI=true requires it)")
+    pytest.skip(f"{name} is not running on {host}:{port}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Parametrise a test over both storage backends."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    kind = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'tidings.db'}"
+        return
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"tidings_t_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        create_admin=False,
+        heartbeat_interval=30,
+        login_max_failures=5,
+    )
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+class ServerThread:
+    """uvicorn serving ``create_app(settings)`` in a thread; stop and start it at will."""
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        config = uvicorn.Config(
+            create_app(self.settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            **uvicorn_options(self.settings),
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(TIMEOUT)
+            assert not self._thread.is_alive(), "server did not stop"
+        self._server = None
+        self._thread = None
+
+    @property
+    def services(self) -> Any:
+        """The running app's services (hub, event log …), for white-box assertions."""
+        app = self._server.config.app if self._server else None
+        return app.state.services  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[ServerThread]:
+    srv = ServerThread(settings)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def make_server(settings: Settings) -> Iterator[Callable[..., ServerThread]]:
+    """Build servers with changed settings: ``make_server(heartbeat_interval=1)``."""
+    started: list[ServerThread] = []
+
+    def make(**changes: Any) -> ServerThread:
+        srv = ServerThread(settings.model_copy(update=changes))
+        srv.start()
+        started.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in started:
+            srv.stop()
+
+
+# -- users and clients -------------------------------------------------------------------
+
+
+@dataclass
+class TestUser:
+    __test__ = False
+    id: str
+    username: str
+    password: str
+    token: str
+
+
+async def create_user(settings: Settings, username: str | None = None) -> TestUser:
+    username = username or f"user_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(12)
+    token = new_secret(TOKEN_PREFIX)
+    db = Database(create_engine(settings.effective_database_url))
+    try:
+        await migrate(db.engine)
+        async with db.write() as session:
+            user = User(username=username, password_hash=hash_password(password))
+            session.add(user)
+            await session.flush()
+            session.add(ApiToken(secret_hash=hash_secret(token), user_id=user.id, name="test"))
+    finally:
+        await db.dispose()
+    return TestUser(user.id, username, password, token)
+
+
+@pytest.fixture
+async def alice(server: ServerThread) -> TestUser:
+    return await create_user(server.settings, "alice")
+
+
+@pytest.fixture
+async def bob(server: ServerThread) -> TestUser:
+    return await create_user(server.settings, "bob")
+
+
+def api(server: ServerThread, user: TestUser | None = None, **kwargs: Any) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {user.token}"} if user else {}
+    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=TIMEOUT, **kwargs)
+
+
+@pytest.fixture
+async def alice_api(server: ServerThread, alice: TestUser) -> AsyncIterator[httpx.AsyncClient]:
+    async with api(server, alice) as client:
+        yield client
+
+
+@pytest.fixture
+async def bob_api(server: ServerThread, bob: TestUser) -> AsyncIterator[httpx.AsyncClient]:
+    async with api(server, bob) as client:
+        yield client
+
+
+async def create_project(client: httpx.AsyncClient, name: str = "demo") -> dict[str, Any]:
+    response = await client.post("/api/projects", json={"name": name})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    project_id: str,
+    name: str = "a.txt",
+    content: bytes = b"hello",
+    path: str | None = None,
+    content_type: str = "text/plain",
+) -> httpx.Response:
+    data = {"path": path} if path is not None else None
+    return await client.post(
+        f"/api/projects/{project_id}/files",
+        files={"file": (name, content, content_type)},
+        data=data,
+    )
+
+
+# -- WebSocket helpers -------------------------------------------------------------------
+
+
+async def ws_connect(
+    server: ServerThread, user: TestUser | None = None, **kwargs: Any
+) -> ClientConnection:
+    headers = kwargs.pop("additional_headers", {})
+    if user is not None:
+        headers["Authorization"] = f"Bearer {user.token}"
+    return await websockets.connect(
+        server.ws_url, additional_headers=headers, open_timeout=TIMEOUT, **kwargs
+    )
+
+
+async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    message = orjson.loads(raw)
+    assert isinstance(message, dict), message
+    return message
+
+
+async def recv_until(
+    ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """Read until a message matches (skipping heartbeats and others); fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await recv(ws, max(0.0, deadline - time.monotonic()))
+        if predicate(message):
+            return message
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(message).decode())
+
+
+async def connected(server: ServerThread, user: TestUser, **kwargs: Any) -> ClientConnection:
+    ws = await ws_connect(server, user, **kwargs)
+    hello = await recv(ws)
+    assert hello["type"] == "connection.established"
+    return ws
+
+
+async def subscribe(
+    ws: ClientConnection, project_id: str, since: int | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
+    if since is not None:
+        message["since"] = since
+    await send(ws, message)
+    return await recv_until(ws, lambda m: m["type"] in ("subscribed", "error"))
+
+
+async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> int | None:
+    """Wait for the server to close ``ws``; return its close code."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in ws:
+                pass
+    except websockets.ConnectionClosed:
+        pass
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return ws.close_code
