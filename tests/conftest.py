@@ -321,3 +321,31 @@ async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> int | N
         pass
     await asyncio.wait_for(ws.wait_closed(), timeout)
     return ws.close_code
+
+
+# -- REST helpers: look behind the API at the database and the disk ----------------------
+
+
+async def db_scalars(settings: Settings, statement: Any) -> list[Any]:
+    """Run one SELECT against the server's database from the test's own event loop."""
+    db = Database(create_engine(settings.effective_database_url))
+    try:
+        async with db.read() as session:
+            return list(await session.scalars(statement))
+    finally:
+        await db.dispose()
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    """Every regular file under the storage root, the temp dir included."""
+    root = settings.files_dir
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(10 * MS)

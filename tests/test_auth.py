@@ -1,0 +1,272 @@
+"""``/api/auth``: login cookie, logout, who am I, API tokens, the Origin check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import ServerThread, TestUser, api, create_project, create_user, db_scalars
+from tidings.models import AuthSession
+from tidings.security import hash_secret
+
+
+def cookie_client(server: ServerThread, **headers: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10)
+
+
+async def login(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
+    response = await client.post(
+        "/api/auth/login", json={"username": user.username, "password": user.password}
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def test_login_sets_httponly_lax_session_cookie(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with cookie_client(server) as client:
+        response = await login(client, alice)
+        assert response.json() == {"id": alice.id, "username": "alice"}
+        (set_cookie,) = response.headers.get_list("set-cookie")
+        attributes = [a.strip().lower() for a in set_cookie.split(";")]
+        assert attributes[0].startswith("tidings_session=")
+        assert len(attributes[0].split("=", 1)[1]) >= 32  # opaque and random
+        assert "httponly" in attributes
+        assert "samesite=lax" in attributes
+        assert "path=/" in attributes
+        assert "secure" not in attributes
+        me = await client.get("/api/auth/me")
+        assert me.status_code == 200
+        assert me.json() == {"id": alice.id, "username": "alice"}
+
+
+async def test_secure_cookie_is_configurable(make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server(session_cookie_secure=True, session_max_age=60)
+    user = await create_user(srv.settings, "carol")
+    async with cookie_client(srv) as client:
+        response = await login(client, user)
+    attributes = [a.strip().lower() for a in response.headers["set-cookie"].split(";")]
+    assert "secure" in attributes
+    assert "max-age=60" in attributes
+
+
+async def test_session_secret_is_stored_hashed(server: ServerThread, alice: TestUser) -> None:
+    async with cookie_client(server) as client:
+        await login(client, alice)
+        secret = client.cookies["tidings_session"]
+    hashes = await db_scalars(server.settings, select(AuthSession.secret_hash))
+    assert hashes == [hash_secret(secret)]
+    assert secret not in hashes
+
+
+async def test_bad_credentials_share_one_message(server: ServerThread, alice: TestUser) -> None:
+    async with cookie_client(server) as client:
+        wrong = await client.post(
+            "/api/auth/login", json={"username": "alice", "password": "not-it"}
+        )
+        unknown = await client.post(
+            "/api/auth/login", json={"username": "nobody", "password": alice.password}
+        )
+        assert wrong.status_code == unknown.status_code == 401
+        assert wrong.json() == unknown.json() == {"detail": "invalid username or password"}
+        assert "set-cookie" not in wrong.headers
+        assert (await client.get("/api/auth/me")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "alice"},
+        {"username": "", "password": "x"},
+        {"username": "alice", "password": "x", "remember": True},
+        ["alice", "x"],
+    ],
+)
+async def test_login_bad_body_is_422(server: ServerThread, body: object) -> None:
+    async with cookie_client(server) as client:
+        assert (await client.post("/api/auth/login", json=body)).status_code == 422
+        malformed = await client.post(
+            "/api/auth/login",
+            content=b'{"username": ',
+            headers={"content-type": "application/json"},
+        )
+        assert malformed.status_code == 422
+
+
+async def test_repeated_failures_are_throttled(server: ServerThread, alice: TestUser) -> None:
+    limit = server.settings.login_max_failures
+    async with cookie_client(server) as client:
+        for _ in range(limit):
+            response = await client.post(
+                "/api/auth/login", json={"username": "alice", "password": "wrong"}
+            )
+            assert response.status_code == 401
+        # Even the right password is refused until the window passes.
+        throttled = await client.post(
+            "/api/auth/login", json={"username": "alice", "password": alice.password}
+        )
+        assert throttled.status_code == 429
+        assert int(throttled.headers["retry-after"]) > 0
+
+
+async def test_logout_revokes_the_session_server_side(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with cookie_client(server) as client:
+        await login(client, alice)
+        secret = client.cookies["tidings_session"]
+        response = await client.post("/api/auth/logout")
+        assert response.status_code == 204
+        assert 'tidings_session=""' in response.headers["set-cookie"]
+    # Replaying the old cookie (as a stolen copy would) no longer works.
+    async with cookie_client(server) as replay:
+        replay.cookies.set("tidings_session", secret)
+        assert (await replay.get("/api/auth/me")).status_code == 401
+        assert (await replay.post("/api/auth/logout")).status_code == 401
+
+
+async def test_unknown_cookie_or_token_is_401(server: ServerThread) -> None:
+    async with cookie_client(server) as client:
+        client.cookies.set("tidings_session", "made-up")
+        response = await client.get("/api/auth/me")
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    for header in ("Bearer tdg_made-up", "Basic YWxpY2U6eA==", "Bearer", "tdg_x"):
+        async with cookie_client(server, Authorization=header) as client:
+            assert (await client.get("/api/auth/me")).status_code == 401, header
+
+
+async def test_tokens_create_list_delete(
+    server: ServerThread, alice: TestUser, bob: TestUser
+) -> None:
+    async with api(server, alice) as client:
+        created = await client.post("/api/auth/tokens", json={"name": "ci"})
+        assert created.status_code == 201
+        token = created.json()
+        assert token["name"] == "ci" and token["token"].startswith("tdg_")
+        listed = (await client.get("/api/auth/tokens")).json()
+        assert [t["name"] for t in listed] == ["test", "ci"]
+        assert all("token" not in t for t in listed)  # the secret is shown once only
+
+    async with api(server) as anonymous:
+        anonymous.headers["Authorization"] = f"Bearer {token['token']}"
+        assert (await anonymous.get("/api/auth/me")).json()["username"] == "alice"
+
+        # Someone else cannot see or revoke it.
+        async with api(server, bob) as other:
+            assert (await other.delete(f"/api/auth/tokens/{token['id']}")).status_code == 404
+
+        async with api(server, alice) as client:
+            assert (await client.delete(f"/api/auth/tokens/{token['id']}")).status_code == 204
+            assert (await client.delete(f"/api/auth/tokens/{token['id']}")).status_code == 404
+            listed = (await client.get("/api/auth/tokens")).json()
+            assert [t["name"] for t in listed] == ["test"]
+
+        revoked = await anonymous.get("/api/auth/me")
+        assert revoked.status_code == 401
+
+
+async def test_token_body_is_validated(alice_api: httpx.AsyncClient) -> None:
+    assert (await alice_api.post("/api/auth/tokens", json={"name": "x" * 101})).status_code == 422
+    assert (await alice_api.post("/api/auth/tokens", json={"scope": "all"})).status_code == 422
+    assert (await alice_api.post("/api/auth/tokens", json={})).status_code == 201
+
+
+async def test_logout_with_a_bearer_token_revokes_that_token(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with api(server, alice) as client:
+        assert (await client.post("/api/auth/logout")).status_code == 204
+        assert (await client.get("/api/auth/me")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/auth/me"),
+        ("POST", "/api/auth/logout"),
+        ("GET", "/api/auth/tokens"),
+        ("POST", "/api/auth/tokens"),
+        ("DELETE", "/api/auth/tokens/x"),
+        ("GET", "/api/projects"),
+        ("POST", "/api/projects"),
+        ("GET", "/api/projects/x"),
+        ("PATCH", "/api/projects/x"),
+        ("DELETE", "/api/projects/x"),
+        ("GET", "/api/projects/x/members"),
+        ("POST", "/api/projects/x/members"),
+        ("DELETE", "/api/projects/x/members/bob"),
+        ("GET", "/api/projects/x/files"),
+        ("POST", "/api/projects/x/files"),
+        ("GET", "/api/projects/x/files/y"),
+        ("GET", "/api/projects/x/files/y/content"),
+        ("DELETE", "/api/projects/x/files/y"),
+    ],
+)
+async def test_every_endpoint_needs_authentication(
+    server: ServerThread, method: str, path: str
+) -> None:
+    async with cookie_client(server) as client:
+        response = await client.request(method, path, json={})
+        assert response.status_code == 401, response.text
+        assert response.json() == {"detail": "not authenticated"}
+
+
+# -- the Origin check (CSRF) -------------------------------------------------------------
+
+
+async def test_cookie_request_from_a_foreign_origin_is_refused(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with cookie_client(server) as client:
+        await login(client, alice)
+        evil = {"Origin": "https://evil.example"}
+        refused = await client.post("/api/projects", json={"name": "x"}, headers=evil)
+        assert refused.status_code == 403
+        assert (await client.get("/api/projects")).json() == []  # nothing was created
+        # Reads are not state-changing: they pass.
+        assert (await client.get("/api/projects", headers=evil)).status_code == 200
+        for method in ("PATCH", "DELETE"):
+            response = await client.request(method, "/api/projects/x", headers=evil, json={})
+            assert response.status_code == 403, method
+        assert (await client.post("/api/auth/logout", headers=evil)).status_code == 403
+        # Same origin, and no Origin at all (not a browser), pass.
+        same = {"Origin": server.url}
+        assert (await client.post("/api/projects", json={"name": "a"}, headers=same)).is_success
+        assert (await client.post("/api/projects", json={"name": "b"})).is_success
+
+
+async def test_login_from_a_foreign_origin_is_refused(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with cookie_client(server, Origin="https://evil.example") as client:
+        response = await client.post(
+            "/api/auth/login", json={"username": "alice", "password": alice.password}
+        )
+        assert response.status_code == 403
+        assert "set-cookie" not in response.headers
+
+
+async def test_allowed_origins_pass(make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server(allowed_origins=["https://app.example"])
+    user = await create_user(srv.settings, "carol")
+    async with cookie_client(srv, Origin="https://app.example") as client:
+        await login(client, user)
+        assert (await client.post("/api/projects", json={"name": "x"})).status_code == 201
+        response = await client.post(
+            "/api/projects", json={"name": "y"}, headers={"Origin": "https://other.example"}
+        )
+        assert response.status_code == 403
+
+
+async def test_bearer_requests_are_exempt_from_the_origin_check(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with api(server, alice) as client:
+        client.headers["Origin"] = "https://evil.example"
+        project = await create_project(client)
+        assert (await client.delete(f"/api/projects/{project['id']}")).status_code == 204
