@@ -1,0 +1,104 @@
+"""``/api/projects/{id}/members``: the owner adds, lists and removes members."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import ServerThread, create_project, create_user, upload
+
+
+async def test_add_list_remove_members(
+    alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient, backend: str
+) -> None:
+    project = await create_project(alice_api)
+    pid = project["id"]
+    members = await alice_api.get(f"/api/projects/{pid}/members")
+    assert members.status_code == 200
+    alice_id = members.json()[0]["user_id"]
+    assert members.json() == [{"user_id": alice_id, "username": "alice", "role": "owner"}]
+
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert added.status_code == 201
+    assert added.json()["username"] == "bob" and added.json()["role"] == "member"
+    # The member sees the project, its members and its files.
+    assert (await bob_api.get(f"/api/projects/{pid}")).status_code == 200
+    listed = (await bob_api.get(f"/api/projects/{pid}/members")).json()
+    assert [(m["username"], m["role"]) for m in listed] == [("alice", "owner"), ("bob", "member")]
+    assert (await upload(bob_api, pid, "by-bob.txt")).status_code == 201
+
+    removed = await alice_api.delete(f"/api/projects/{pid}/members/bob")
+    assert removed.status_code == 204
+    assert [
+        m["username"] for m in (await alice_api.get(f"/api/projects/{pid}/members")).json()
+    ] == ["alice"]
+    # A removed member loses access: 404, as if the project did not exist.
+    for path in (f"/api/projects/{pid}", f"/api/projects/{pid}/files"):
+        assert (await bob_api.get(path)).status_code == 404
+    assert (await bob_api.get("/api/projects")).json() == []
+    assert (await upload(bob_api, pid)).status_code == 404
+
+
+async def test_adding_twice_or_the_owner_is_409(
+    alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    assert (
+        await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    ).status_code == 201
+    again = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert again.status_code == 409
+    owner = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "alice"})
+    assert owner.status_code == 409
+
+
+async def test_unknown_users_and_members_are_404(alice_api: httpx.AsyncClient) -> None:
+    pid = (await create_project(alice_api))["id"]
+    unknown = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "nobody"})
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "user not found"}
+    assert (await alice_api.delete(f"/api/projects/{pid}/members/nobody")).status_code == 404
+    # The owner is not a removable member.
+    assert (await alice_api.delete(f"/api/projects/{pid}/members/alice")).status_code == 404
+
+
+async def test_member_body_is_validated(alice_api: httpx.AsyncClient) -> None:
+    pid = (await create_project(alice_api))["id"]
+    for body in ({}, {"username": ""}, {"username": "bob", "role": "owner"}, {"username": 1}):
+        response = await alice_api.post(f"/api/projects/{pid}/members", json=body)
+        assert response.status_code == 422, body
+    malformed = await alice_api.post(
+        f"/api/projects/{pid}/members",
+        content=b"{username",
+        headers={"content-type": "application/json"},
+    )
+    assert malformed.status_code == 422
+
+
+async def test_only_the_owner_manages_members(
+    server: ServerThread, alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient
+) -> None:
+    await create_user(server.settings, "carol")
+    pid = (await create_project(alice_api))["id"]
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    # A member sees the list but cannot change it: 403, since they know the project.
+    assert (await bob_api.get(f"/api/projects/{pid}/members")).status_code == 200
+    add = await bob_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
+    assert add.status_code == 403
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/bob")).status_code == 403
+    names = [m["username"] for m in (await alice_api.get(f"/api/projects/{pid}/members")).json()]
+    assert names == ["alice", "bob"]
+
+
+async def test_non_members_get_404_for_member_endpoints(
+    alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    for method, path, body in [
+        ("GET", f"/api/projects/{pid}/members", None),
+        ("POST", f"/api/projects/{pid}/members", {"username": "bob"}),
+        ("DELETE", f"/api/projects/{pid}/members/alice", None),
+    ]:
+        response = await bob_api.request(method, path, json=body)
+        assert response.status_code == 404, (method, response.text)
+        assert response.json() == {"detail": "project not found"}
+    assert (await bob_api.get("/api/projects")).json() == []
