@@ -1,0 +1,226 @@
+"""The event log: per-project seq without gaps, retention, and one transaction with the change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import (
+    ServerThread,
+    api,
+    create_project,
+    create_user,
+    db_scalars,
+    upload,
+)
+from tidings.db import Database, create_engine, migrate
+from tidings.events import FILE_UPLOADED, PROJECT_CREATED, Envelope, EventLog
+from tidings.models import Event, Project, User
+
+
+async def events_of(server: ServerThread, project_id: str) -> list[Event]:
+    return await db_scalars(
+        server.settings, select(Event).where(Event.project_id == project_id).order_by(Event.seq)
+    )
+
+
+async def test_project_created_is_seq_1(
+    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+) -> None:
+    project = await create_project(alice_api)
+    (event,) = await events_of(server, project["id"])
+    assert (event.seq, event.type) == (1, PROJECT_CREATED)
+    frame = orjson.loads(event.frame)
+    assert frame["type"] == "project.created"
+    assert frame["project_id"] == project["id"]
+    assert frame["seq"] == 1
+    assert frame["timestamp"].endswith("Z")
+    assert frame["data"]["name"] == "demo"
+    assert frame["data"]["seq"] == 1
+
+
+async def test_every_change_logs_its_event(
+    server: ServerThread, alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient, backend: str
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    await alice_api.patch(f"/api/projects/{pid}", json={"name": "renamed"})
+    file = (await upload(alice_api, pid)).json()
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    await alice_api.delete(f"/api/projects/{pid}/members/bob")
+    await alice_api.delete(f"/api/projects/{pid}/files/{file['id']}")
+    events = await events_of(server, pid)
+    assert [(e.seq, e.type) for e in events] == [
+        (1, "project.created"),
+        (2, "project.updated"),
+        (3, "file.uploaded"),
+        (4, "project.updated"),
+        (5, "project.updated"),
+        (6, "file.deleted"),
+    ]
+    uploaded = orjson.loads(events[2].frame)
+    assert uploaded["file"] == {
+        "id": file["id"],
+        "name": "a.txt",
+        "path": "/",
+        "size": 5,
+        "asset_type": "document",
+    }
+    # A deleted project keeps only its tombstone.
+    assert (await alice_api.delete(f"/api/projects/{pid}")).status_code == 204
+    assert [(e.seq, e.type) for e in await events_of(server, pid)] == [(7, "project.deleted")]
+
+
+async def test_concurrent_changes_get_consecutive_seqs(
+    server: ServerThread, alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient, backend: str
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    changes = [upload(alice_api, pid, f"a{i}.txt") for i in range(8)]
+    changes += [upload(bob_api, pid, f"b{i}.txt") for i in range(8)]
+    changes += [
+        alice_api.patch(f"/api/projects/{pid}", json={"description": str(i)}) for i in range(6)
+    ]
+    responses = await asyncio.gather(*changes)
+    assert all(r.is_success for r in responses), [r.text for r in responses if not r.is_success]
+    seqs = [e.seq for e in await events_of(server, pid)]
+    assert seqs == list(range(1, 2 + 1 + len(changes)))
+    last = await db_scalars(server.settings, select(Project.last_seq).where(Project.id == pid))
+    assert last == [len(seqs)]
+    # Concurrent work on another project does not touch this one's numbering.
+    other = (await create_project(bob_api, "other"))["id"]
+    assert [e.seq for e in await events_of(server, other)] == [1]
+
+
+async def test_retention_keeps_the_newest_events(
+    make_server: Callable[..., ServerThread], backend: str
+) -> None:
+    server = make_server(event_history=3)
+    user = await create_user(server.settings, "alice")
+    async with api(server, user) as client:
+        pid = (await create_project(client))["id"]
+        for i in range(5):
+            await client.patch(f"/api/projects/{pid}", json={"description": str(i)})
+        assert [e.seq for e in await events_of(server, pid)] == [4, 5, 6]
+        project = (await client.get(f"/api/projects/{pid}")).json()
+        assert project["seq"] == 6
+
+
+async def test_a_failed_change_logs_no_event(
+    server: ServerThread, alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient, backend: str
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    assert (await upload(alice_api, pid, "a.txt")).status_code == 201
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    # Refused at the database (unique constraint), by permission, or by validation.
+    assert (await upload(alice_api, pid, "a.txt")).status_code == 409
+    assert (await bob_api.delete(f"/api/projects/{pid}")).status_code == 403
+    assert (
+        await bob_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    ).status_code == 403
+    assert (await alice_api.patch(f"/api/projects/{pid}", json={"name": ""})).status_code == 422
+    assert [e.seq for e in await events_of(server, pid)] == [1, 2, 3]
+    # The next change takes the next number: no gap where the failures were.
+    assert (await upload(alice_api, pid, "b.txt")).status_code == 201
+    assert [e.seq for e in await events_of(server, pid)] == [1, 2, 3, 4]
+
+
+# -- EventLog against the database directly ----------------------------------------------
+
+
+class RecordingBroker:
+    """A broker that keeps what is published (the database stays real)."""
+
+    def __init__(self) -> None:
+        self.published: list[Envelope] = []
+
+    async def connect(self) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        self.published.append(Envelope.decode(message))
+
+    async def listen(self, channel: str) -> AsyncIterator[bytes]:  # pragma: no cover
+        raise NotImplementedError
+        yield b""
+
+
+@pytest.fixture
+async def log_db(database_url: str, backend: str) -> AsyncIterator[tuple[Database, str]]:
+    db = Database(create_engine(database_url))
+    await migrate(db.engine)
+    async with db.write() as session:
+        user = User(username="owner", password_hash="x")
+        session.add(user)
+        await session.flush()
+        project = Project(name="p", owner_id=user.id, last_seq=0)
+        session.add(project)
+    try:
+        yield db, project.id
+    finally:
+        await db.dispose()
+
+
+async def test_event_is_published_only_after_commit(log_db: tuple[Database, str]) -> None:
+    db, pid = log_db
+    broker = RecordingBroker()
+    log = EventLog(db, broker, history=100)
+    async with db.write() as session:
+        seq = await log.record(session, pid, FILE_UPLOADED, {"file": {}}, audience=["u1"])
+        assert broker.published == []  # not yet durable
+    assert seq == 1
+    (envelope,) = broker.published
+    assert (envelope.type, envelope.project_id, envelope.seq) == (FILE_UPLOADED, pid, 1)
+    assert envelope.audience == ("u1",)
+    (logged,) = await log.read_after(pid, 0, 10)
+    assert logged.frame.encode() == envelope.frame
+    assert await log.bounds(pid) == (1, 1)
+    assert await log.heads([pid, "missing"]) == {pid: 1}
+
+
+async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str]) -> None:
+    db, pid = log_db
+    broker = RecordingBroker()
+    log = EventLog(db, broker, history=100)
+    with pytest.raises(RuntimeError, match="change failed"):
+        async with db.write() as session:
+            await log.record(session, pid, FILE_UPLOADED, {"file": {}})
+            raise RuntimeError("change failed")
+    assert broker.published == []
+    assert await log.read_after(pid, 0, 10) == []
+    assert await log.bounds(pid) == (1, 0)  # empty log, latest seq still 0
+    async with db.write() as session:
+        assert await log.record(session, pid, FILE_UPLOADED, {"file": {}}) == 1
+
+
+async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str]) -> None:
+    db, pid = log_db
+    log = EventLog(db, RecordingBroker(), history=2)
+
+    def body(seq: int) -> dict[str, Any]:
+        return {"data": {"seen": seq}}
+
+    async with db.write() as session:
+        for _ in range(3):
+            await log.record(session, pid, "project.updated", body)
+    events = await log.read_after(pid, 0, 10)
+    assert [e.seq for e in events] == [2, 3]
+    assert orjson.loads(events[-1].frame)["data"] == {"seen": 3}
+    assert await log.bounds(pid) == (2, 3)
+
+
+async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str]) -> None:
+    db, _ = log_db
+    log = EventLog(db, RecordingBroker(), history=10)
+    with pytest.raises(LookupError):
+        async with db.write() as session:
+            await log.record(session, "no-such-project", FILE_UPLOADED, {})
+    assert await log.bounds("no-such-project") is None
