@@ -418,3 +418,23 @@ async def test_interrupted_upload_leaves_nothing(
     await assert_nothing_stored(server, alice_api, pid)
     # The server is fine afterwards.
     assert (await upload(alice_api, pid)).status_code == 201
+
+
+async def test_body_ending_before_the_closing_boundary_is_refused(
+    server: ServerThread, alice_api: httpx.AsyncClient
+) -> None:
+    """A chunked upload that simply stops must not be stored as a shorter file."""
+    pid = (await create_project(alice_api))["id"]
+    whole = multipart(("file", "cut.bin", b"x" * 10_000))
+
+    async def cut_short() -> Any:
+        yield whole[:5_000]
+
+    response = await alice_api.post(
+        f"/api/projects/{pid}/files",
+        content=cut_short(),
+        headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": "incomplete multipart body"}
+    await assert_nothing_stored(server, alice_api, pid)

@@ -116,6 +116,7 @@ class Storage:
         part = _Part()
         fields: dict[str, bytes] = {}
         error: list[UploadError] = []
+        complete = False
 
         def on_part_begin() -> None:
             part.reset()
@@ -161,6 +162,10 @@ class Storage:
                 if len(fields[part.name]) > MAX_FORM_FIELD_BYTES:
                     error.append(UploadError(400, f"form field {part.name!r} is too long"))
 
+        def on_end() -> None:
+            nonlocal complete
+            complete = True
+
         parser = MultipartParser(
             boundary,
             {
@@ -170,6 +175,7 @@ class Storage:
                 "on_header_end": on_header_end,
                 "on_headers_finished": on_headers_finished,
                 "on_part_data": on_part_data,
+                "on_end": on_end,
             },
         )
         try:
@@ -180,6 +186,10 @@ class Storage:
             parser.finalize()
             if error:
                 raise error[0]
+            # finalize() does not check that the closing boundary came: a body cut short
+            # (a chunked upload ended early) would otherwise be stored truncated.
+            if not complete:
+                raise UploadError(400, "incomplete multipart body")
             if out is None:
                 raise UploadError(400, "missing form field: file")
             out.flush()
