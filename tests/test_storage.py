@@ -1,0 +1,170 @@
+"""``storage.py`` on its own: name and path cleaning, streamed multipart receive."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from tidings.storage import Storage, UploadError, clean_folder, clean_name
+
+BOUNDARY = "b0undary"
+CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for field, filename, data in parts:
+        disposition = f'form-data; name="{field}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename is not None:
+            out += b"Content-Type: image/png\r\n"
+        out += b"\r\n" + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+async def chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    s = Storage(tmp_path / "files")
+    s.prepare()
+    return s
+
+
+# -- clean_name / clean_folder -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.txt", "report 2024.pdf", "ünï©ødé.png", ".hidden", "x" * 255])
+def test_clean_name_keeps_ordinary_names(name: str) -> None:
+    assert clean_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "../a", "a/b", "/abs", "a\\b", "C:\\x", "a\x00", "a\nb", "x" * 256]
+)
+def test_clean_name_refuses_anything_but_one_file(name: str) -> None:
+    with pytest.raises(UploadError) as info:
+        clean_name(name)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("given", "folder"),
+    [
+        (None, "/"),
+        ("", "/"),
+        ("   ", "/"),
+        ("/", "/"),
+        ("a", "/a"),
+        ("/a/b/", "/a/b"),
+        ("a//b", "/a/b"),
+        ("/.config", "/.config"),
+        ("a..b/c", "/a..b/c"),
+    ],
+)
+def test_clean_folder_normalises(given: str | None, folder: str) -> None:
+    assert clean_folder(given) == folder
+
+
+@pytest.mark.parametrize(
+    "path", ["..", "../x", "/a/../b", "a/./b", ".", "a\\b", "a\x00b", "a\tb", "/" + "x" * 1024]
+)
+def test_clean_folder_refuses_traversal(path: str) -> None:
+    with pytest.raises(UploadError) as info:
+        clean_folder(path)
+    assert info.value.status == 400
+
+
+# -- receive -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+async def test_receive_streams_to_a_temp_file(storage: Storage, chunk: int) -> None:
+    content = bytes(range(256)) * 40 + b"\r\n--b0und"  # boundary-like bytes inside the data
+    body = form(("path", None, b"/imgs"), ("file", "pic.png", content))
+    upload = await storage.receive(CTYPE, chunks(body, chunk), max_bytes=len(content))
+    assert upload.name == "pic.png"
+    assert upload.declared_type == "image/png"
+    assert upload.folder == "/imgs"
+    assert upload.size == len(content)
+    assert upload.sha256 == hashlib.sha256(content).hexdigest()
+    assert upload.temp_path.parent == storage.tmp
+    assert upload.temp_path.read_bytes() == content
+
+    placed = storage.place(upload, "proj", "file1")
+    assert placed == storage.file_path("proj", "file1")
+    assert placed.read_bytes() == content
+    assert list(storage.tmp.iterdir()) == []
+    storage.remove_project("proj")
+    assert not storage.project_dir("proj").exists()
+
+
+async def test_receive_without_path_field(storage: Storage) -> None:
+    upload = await storage.receive(CTYPE, chunks(form(("file", "a", b"")), 5), max_bytes=10)
+    assert upload.folder is None
+    assert upload.size == 0
+    assert upload.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def leftovers(storage: Storage) -> list[Path]:
+    return list(storage.tmp.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (form(("file", "a", b"x" * 101)), 413),
+        (form(("path", None, b"/x")), 400),
+        (form(("file", "a", b"1"), ("file", "b", b"2")), 400),
+        (form(("path", None, b"p" * 5000), ("file", "a", b"1")), 400),
+        (form(("file", "a", b"1"))[:-10], 400),  # truncated: no closing boundary
+        (b"\x00\x01 not multipart at all", 400),
+    ],
+    ids=["too-big", "no-file", "two-files", "long-field", "truncated", "garbage"],
+)
+async def test_receive_failures_leave_no_temp_file(
+    storage: Storage, body: bytes, status: int
+) -> None:
+    with pytest.raises(UploadError) as info:
+        await storage.receive(CTYPE, chunks(body, 16), max_bytes=100)
+    assert info.value.status == status
+    assert leftovers(storage) == []
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/json", "multipart/form-data", "text/plain; boundary=x"]
+)
+async def test_receive_needs_multipart_with_a_boundary(storage: Storage, ctype: str) -> None:
+    with pytest.raises(UploadError) as info:
+        await storage.receive(ctype, chunks(b"", 1), max_bytes=100)
+    assert info.value.status == 415
+
+
+async def test_receive_cleans_up_when_the_stream_breaks(storage: Storage) -> None:
+    class Disconnected(Exception):
+        pass
+
+    async def broken(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+        raise Disconnected
+
+    body = form(("file", "a", b"x" * 1000))
+    with pytest.raises(Disconnected):
+        await storage.receive(CTYPE, broken([body[:500]]), max_bytes=10_000)
+    assert leftovers(storage) == []
+
+
+def test_prepare_removes_leftovers_of_a_crash(storage: Storage) -> None:
+    leftover = storage.new_temp()
+    leftover.write_bytes(b"partial")
+    storage.prepare()
+    assert leftovers(storage) == []
