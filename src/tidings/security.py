@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 
@@ -9,8 +10,6 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
-# Verifying against this keeps an unknown username as slow as a wrong password.
-_DUMMY_HASH = _hasher.hash("tidings-timing-equaliser")
 
 TOKEN_PREFIX = "tdg_"
 
@@ -19,10 +18,21 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps an unknown username as slow as a wrong password.
+
+    Made on first use, not at import: one argon2 hash costs every CLI command and every
+    worker start most of a second otherwise.
+    """
+    return _hasher.hash("tidings-timing-equaliser")
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Constant-effort check; ``password_hash=None`` (no such user) always fails."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        matched = _hasher.verify(password_hash or _dummy_hash(), password)
+        return matched and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 
