@@ -1,0 +1,214 @@
+"""The ``tidings`` command, run as a subprocess the way an operator or a script runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TIMEOUT, ServerThread, free_port
+from tidings import Settings
+from tidings.cli import main
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env["TIDINGS_DATA_DIR"] = str(settings.data_dir)
+    env["TIDINGS_DATABASE_URL"] = settings.effective_database_url
+    return env
+
+
+def tidings(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TIDINGS, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=cli_env(settings),
+        timeout=TIMEOUT * 6,
+        check=False,
+    )
+
+
+async def test_users_and_tokens(
+    settings: Settings, make_server: Callable[..., ServerThread], backend: str
+) -> None:
+    created = tidings(settings, "users", "create", "dana", "--password-stdin", stdin="s3cret pw\n")
+    assert created.returncode == 0, created.stderr
+    assert "dana" in created.stdout
+
+    listed = tidings(settings, "users", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["dana"]
+
+    minted = tidings(settings, "tokens", "create", "dana")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.split()[-1]
+    assert token.startswith("tdg_")
+
+    server = make_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        me = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200
+        assert me.json()["username"] == "dana"
+        login = await client.post(
+            "/api/auth/login", json={"username": "dana", "password": "s3cret pw"}
+        )
+        assert login.status_code == 200
+
+
+# In-process from here on: the same code path, without an interpreter start per command.
+
+
+def run(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+    stdin: str = "",
+) -> tuple[int, str, str]:
+    for key, value in cli_env(settings).items():
+        if key.startswith("TIDINGS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_refusals(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        return run(settings, monkeypatch, capsys, *args, stdin=stdin)
+
+    assert cli("users", "create", "dana", "--password-stdin", stdin="pw\n")[0] == 0
+    code, _, err = cli("users", "create", "dana", "--password-stdin", stdin="other\n")
+    assert code == 1 and "already exists" in err
+    assert cli("users", "create", "erin", "--password-stdin", stdin="\n")[0] != 0
+    assert cli("users", "create", "erin", "--password-stdin", stdin="")[0] != 0
+    assert cli("tokens", "create", "nobody")[0] == 1
+    assert cli("users", "passwd", "nobody", "--password-stdin", stdin="x\n")[0] == 1
+    code, out, _ = cli("users", "list")
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["dana"]
+    for usage in ((), ("users",), ("frobnicate",), ("tokens", "create")):
+        assert cli(*usage)[0] == 2, usage
+
+
+async def test_users_passwd(
+    settings: Settings,
+    make_server: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def cli(*args: str, stdin: str = "") -> int:
+        return run(settings, monkeypatch, capsys, *args, stdin=stdin)[0]
+
+    assert (
+        await asyncio.to_thread(cli, "users", "create", "dana", "--password-stdin", stdin="old\n")
+        == 0
+    )
+    assert (
+        await asyncio.to_thread(cli, "users", "passwd", "dana", "--password-stdin", stdin="new\n")
+        == 0
+    )
+    server = make_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        for password, status in (("old", 401), ("new", 200)):
+            response = await client.post(
+                "/api/auth/login", json={"username": "dana", "password": password}
+            )
+            assert response.status_code == status
+
+
+class Serve:
+    """``tidings serve`` in a subprocess; its output collected line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.lines: list[str] = []
+
+    async def read_until(self, needle: str) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(TIMEOUT * 3):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"{needle!r} never printed:\n" + "".join(self.lines))
+                line = raw.decode()
+                self.lines.append(line)
+                if needle in line:
+                    return line
+
+    async def stop(self) -> str:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        out, _ = await asyncio.wait_for(self.proc.communicate(), TIMEOUT * 3)
+        return "".join(self.lines) + out.decode()
+
+
+async def serve(data_dir: Path) -> Serve:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env["TIDINGS_DATA_DIR"] = str(data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = await asyncio.create_subprocess_exec(
+        TIDINGS,
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    return Serve(proc, f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.timeout(120)
+async def test_first_start_creates_admin_and_prints_its_password(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    first = await serve(data_dir)
+    try:
+        line = await first.read_until("password:")
+        password = line.split("password:", 1)[1].strip()
+        assert len(password) >= 12
+        await first.read_until("Uvicorn running on")
+        async with httpx.AsyncClient(base_url=first.url, timeout=TIMEOUT) as client:
+            login = await client.post(
+                "/api/auth/login", json={"username": "admin", "password": password}
+            )
+            assert login.status_code == 200, login.text
+            assert (await client.get("/api/auth/me")).json()["username"] == "admin"
+            project = await client.post("/api/projects", json={"name": "first"})
+            assert project.status_code == 201
+    finally:
+        await first.stop()
+    assert (data_dir / "tidings.db").is_file()
+
+    # A second start finds the user and prints no new password.
+    second = await serve(data_dir)
+    try:
+        await second.read_until("Uvicorn running on")
+        async with httpx.AsyncClient(base_url=second.url, timeout=TIMEOUT) as client:
+            login = await client.post(
+                "/api/auth/login", json={"username": "admin", "password": password}
+            )
+            assert login.status_code == 200
+    finally:
+        output = await second.stop()
+    assert "password:" not in output

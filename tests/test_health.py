@@ -1,0 +1,42 @@
+"""``/healthz``, ``/readyz`` and the other unauthenticated service endpoints."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import ServerThread, _pg_admin
+
+
+async def test_healthz_and_readyz(server: ServerThread, backend: str) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok"}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_readyz_is_503_when_the_database_is_gone(
+    server: ServerThread, database_url: str, backend: str
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        name = database_url.rsplit("/", 1)[1]
+        await _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable"
+        # Liveness is about the process, not its dependencies.
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_protocol_table_and_metrics(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        protocol = await client.get("/api/protocol")
+        assert protocol.status_code == 200
+        assert isinstance(protocol.json(), dict)
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")
