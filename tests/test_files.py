@@ -438,3 +438,32 @@ async def test_body_ending_before_the_closing_boundary_is_refused(
     assert response.status_code == 400
     assert response.json() == {"detail": "incomplete multipart body"}
     await assert_nothing_stored(server, alice_api, pid)
+
+
+class UnreachableBroker:
+    async def publish(self, channel: str, message: bytes) -> None:
+        raise ConnectionError("broker unreachable")
+
+
+async def test_a_committed_change_survives_a_broker_outage(
+    server: ServerThread, alice_api: httpx.AsyncClient
+) -> None:
+    """Publishing happens after the commit; its failure must not undo the change's effects."""
+    pid = (await create_project(alice_api))["id"]
+    eventlog = server.services.eventlog
+    broker, eventlog.broker = eventlog.broker, UnreachableBroker()
+    try:
+        uploaded = await upload(alice_api, pid, "kept.txt", b"kept")
+        assert uploaded.status_code == 201, uploaded.text
+        fid = uploaded.json()["id"]
+        content = await alice_api.get(f"/api/projects/{pid}/files/{fid}/content")
+        assert content.content == b"kept"
+        assert (await alice_api.delete(f"/api/projects/{pid}/files/{fid}")).status_code == 204
+        assert stored_files(server.settings) == []
+        assert (await upload(alice_api, pid, "again.txt")).status_code == 201
+        assert (await alice_api.delete(f"/api/projects/{pid}")).status_code == 204
+        assert stored_files(server.settings) == []
+    finally:
+        eventlog.broker = broker
+    seqs = await db_scalars(server.settings, select(Event.seq).where(Event.project_id == pid))
+    assert seqs == [5]  # every change was logged; the project.deleted tombstone remains

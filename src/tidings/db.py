@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant will do: it only has to be the same on every node migrating one database.
@@ -63,8 +66,11 @@ class Database:
 
     A write transaction commits when its block ends without an exception, and only then
     runs the callbacks queued with :func:`after_commit` (this is how events reach the
-    broker: recorded inside the transaction, published once it is durable). On SQLite a
-    write takes the database lock up front, so concurrent writers queue instead of failing.
+    broker: recorded inside the transaction, published once it is durable). Every callback
+    runs even if an earlier one fails, and failures are logged, not raised: the change is
+    committed, so the caller must not report it as failed or undo what it placed for it.
+    On SQLite a write takes the database lock up front, so concurrent writers queue
+    instead of failing.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -91,7 +97,12 @@ class Database:
                 yield session
             callbacks: list[Callable[[], Awaitable[Any]]] = session.info.pop(AFTER_COMMIT)
         for callback in callbacks:
-            await callback()
+            try:
+                await callback()
+            except Exception:
+                # E.g. the broker is down: the event is in the log, and clients catch up
+                # from it by seq; the committed change itself stands.
+                logger.exception("after-commit callback failed")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
