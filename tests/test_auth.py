@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import ServerThread, TestUser, api, create_project, create_user, db_scalars
+from tidings.db import Database, create_engine
 from tidings.models import AuthSession
 from tidings.security import hash_secret
 
@@ -270,3 +272,32 @@ async def test_bearer_requests_are_exempt_from_the_origin_check(
         client.headers["Origin"] = "https://evil.example"
         project = await create_project(client)
         assert (await client.delete(f"/api/projects/{project['id']}")).status_code == 204
+
+
+async def test_logout_stands_when_the_broker_is_down(server: ServerThread, alice: TestUser) -> None:
+    class UnreachableBroker:
+        async def publish(self, channel: str, message: bytes) -> None:
+            raise ConnectionError("broker unreachable")
+
+    eventlog = server.services.eventlog
+    broker, eventlog.broker = eventlog.broker, UnreachableBroker()
+    try:
+        async with cookie_client(server) as client:
+            await login(client, alice)
+            assert (await client.post("/api/auth/logout")).status_code == 204
+    finally:
+        eventlog.broker = broker
+
+
+async def test_an_expired_session_is_401(server: ServerThread, alice: TestUser) -> None:
+    async with cookie_client(server) as client:
+        await login(client, alice)
+        assert (await client.get("/api/auth/me")).status_code == 200
+        db = Database(create_engine(server.settings.effective_database_url))
+        try:
+            async with db.write() as session:
+                past = datetime.now(UTC) - timedelta(seconds=1)
+                await session.execute(update(AuthSession).values(expires_at=past))
+        finally:
+            await db.dispose()
+        assert (await client.get("/api/auth/me")).status_code == 401

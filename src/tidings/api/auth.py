@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from tidings.api.deps import App, CurrentUser, origin_allowed
 from tidings.api.schemas import LoginIn, NewTokenOut, TokenIn, TokenOut, UserOut
 from tidings.auth import COOKIE_NAME
+from tidings.db import after_commit
 from tidings.events import SESSION_REVOKED
 from tidings.models import ApiToken, AuthSession, User
 from tidings.security import TOKEN_PREFIX, hash_secret, new_secret, verify_password
@@ -119,4 +120,5 @@ async def revoke(app: App, credential: str) -> None:
             .where(model.id == ident, model.revoked_at.is_(None))
             .values(revoked_at=datetime.now(UTC))
         )
-    await app.eventlog.publish_control(SESSION_REVOKED, {"credential": credential})
+        notice = {"credential": credential}
+        after_commit(session, lambda: app.eventlog.publish_control(SESSION_REVOKED, notice))
