@@ -168,3 +168,17 @@ def test_prepare_removes_leftovers_of_a_crash(storage: Storage) -> None:
     leftover.write_bytes(b"partial")
     storage.prepare()
     assert leftovers(storage) == []
+
+
+async def test_receive_bounds_fields_and_headers_besides_the_file(storage: Storage) -> None:
+    """Many small fields in a chunked body must not pile up in memory."""
+    fields = [(f"f{i}", None, b"v" * 4000) for i in range(20)]
+    body = form(*fields, ("file", "a", b"x"))
+    with pytest.raises(UploadError) as info:
+        await storage.receive(CTYPE, chunks(body, 4096), max_bytes=100)
+    assert info.value.status == 400
+    assert "too large" in info.value.detail
+    assert leftovers(storage) == []
+    # A few ordinary fields are fine.
+    upload = await storage.receive(CTYPE, chunks(form(*fields[:3], ("file", "a", b"x")), 512), 10)
+    assert upload.size == 1

@@ -21,6 +21,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 MAX_NAME_LENGTH = 255
 MAX_PATH_LENGTH = 1024
 MAX_FORM_FIELD_BYTES = 4096
+# Part headers and form fields together, besides the file: without a Content-Length (a
+# chunked body) nothing else bounds what a client can make the server hold in memory.
+MAX_FORM_OVERHEAD = 64 * 1024
 
 
 class UploadError(Exception):
@@ -117,14 +120,23 @@ class Storage:
         fields: dict[str, bytes] = {}
         error: list[UploadError] = []
         complete = False
+        overhead = 0
+
+        def count(n: int) -> None:
+            nonlocal overhead
+            overhead += n
+            if overhead > MAX_FORM_OVERHEAD and not error:
+                error.append(UploadError(400, "multipart headers and fields are too large"))
 
         def on_part_begin() -> None:
             part.reset()
 
         def on_header_field(data: bytes, start: int, end: int) -> None:
+            count(end - start)
             part.field += data[start:end]
 
         def on_header_value(data: bytes, start: int, end: int) -> None:
+            count(end - start)
             part.value += data[start:end]
 
         def on_header_end() -> None:
@@ -158,6 +170,7 @@ class Storage:
                 upload._hash.update(chunk)
                 out.write(chunk)
             elif part.name is not None:
+                count(len(chunk))
                 fields[part.name] += chunk
                 if len(fields[part.name]) > MAX_FORM_FIELD_BYTES:
                     error.append(UploadError(400, f"form field {part.name!r} is too long"))
