@@ -272,7 +272,10 @@ async def _close_client_sockets() -> AsyncIterator[None]:
     while _open_sockets:
         ws = _open_sockets.pop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), TIMEOUT)
+            if not ws.transport.is_reading():
+                ws.transport.resume_reading()
+            await asyncio.wait_for(ws.close(), 1.0)
+        ws.transport.abort()
 
 
 async def ws_connect(

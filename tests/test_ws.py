@@ -356,3 +356,36 @@ async def test_batch_subprotocol_packs_frames(server, alice, alice_api) -> None:
     assert (await recv(plain))["type"] == "connection.established"
     await plain.close()
     assert project
+
+
+async def test_silent_peer_is_dropped(make_server) -> None:
+    srv = make_server(ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    user = await create_user(srv.settings)
+    ws = await ws_connect(srv, user, ping_interval=None)
+    hello = await recv(ws)
+    hub = srv.services.hub
+    assert hello["client_id"] in hub.connections
+    ws.transport.pause_reading()  # pings go unanswered from now on
+    async with asyncio.timeout(TIMEOUT):
+        while hello["client_id"] in hub.connections:
+            await asyncio.sleep(0.05)
+
+
+async def test_metrics_count_connections_and_events(server, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    ws = await connected(server, alice)
+    await subscribe(ws, project["id"])
+    await upload(alice_api, project["id"])
+    await recv_until(ws, lambda m: m["type"] == "file.uploaded")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        text = (await client.get("/metrics")).text
+    for name in (
+        "tidings_ws_connections",
+        "tidings_ws_subscriptions",
+        "tidings_ws_queue_depth",
+        'tidings_events_published_total{type="file.uploaded"}',
+        'tidings_events_delivered_total{type="file.uploaded"}',
+        "tidings_ws_slow_consumer_closes_total",
+        "tidings_ws_delivery_latency_seconds_bucket",
+    ):
+        assert name in text, name
