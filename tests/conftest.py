@@ -343,3 +343,10 @@ async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> int | N
         pass
     await asyncio.wait_for(ws.wait_closed(), timeout)
     return ws.close_code
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll server-side state that no message announces (a connection being released)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
