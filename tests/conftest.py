@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -261,15 +262,36 @@ async def upload(
 # -- WebSocket helpers -------------------------------------------------------------------
 
 
+_open_sockets: list[ClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_client_sockets() -> AsyncIterator[None]:
+    """Close every client WebSocket a test opened, even when it failed half-way."""
+    yield
+    while _open_sockets:
+        ws = _open_sockets.pop()
+        with contextlib.suppress(Exception):
+            if not ws.transport.is_reading():
+                ws.transport.resume_reading()
+            await asyncio.wait_for(ws.close(), 1.0)
+        ws.transport.abort()
+
+
 async def ws_connect(
     server: ServerThread, user: TestUser | None = None, **kwargs: Any
 ) -> ClientConnection:
     headers = kwargs.pop("additional_headers", {})
     if user is not None:
         headers["Authorization"] = f"Bearer {user.token}"
-    return await websockets.connect(
+    # Unbounded client-side queue: a test that leaves messages unread must still be able
+    # to complete a closing handshake quickly.
+    kwargs.setdefault("max_queue", None)
+    ws = await websockets.connect(
         server.ws_url, additional_headers=headers, open_timeout=TIMEOUT, **kwargs
     )
+    _open_sockets.append(ws)
+    return ws
 
 
 async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -323,6 +345,13 @@ async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> int | N
     return ws.close_code
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll server-side state that no message announces (a connection being released)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
 # -- REST helpers: look behind the API at the database and the disk ----------------------
 
 
@@ -340,12 +369,3 @@ def stored_files(settings: Settings) -> list[Path]:
     """Every regular file under the storage root, the temp dir included."""
     root = settings.files_dir
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(10 * MS)

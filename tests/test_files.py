@@ -19,9 +19,9 @@ from tests.conftest import (
     create_project,
     create_user,
     db_scalars,
+    eventually,
     stored_files,
     upload,
-    wait_for,
 )
 from tidings.models import Event, File
 
@@ -412,9 +412,9 @@ async def test_interrupted_upload_leaves_nothing(
         + b"x" * 256 * 1024
     )
     await writer.drain()
-    await wait_for(lambda: any(tmp.iterdir()))  # the server is writing the temp file
+    await eventually(lambda: any(tmp.iterdir()))  # the server is writing the temp file
     writer.transport.abort()  # the client goes away mid-body
-    await wait_for(lambda: not any(tmp.iterdir()))
+    await eventually(lambda: not any(tmp.iterdir()))
     await assert_nothing_stored(server, alice_api, pid)
     # The server is fine afterwards.
     assert (await upload(alice_api, pid)).status_code == 201

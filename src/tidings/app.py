@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from tidings import __version__, metrics
 from tidings.access import visible_project
-from tidings.api import auth, files, health, projects
+from tidings.api import auth, files, health, processes, projects
 from tidings.api.deps import Services
 from tidings.auth import LoginThrottle
 from tidings.broker import create_broker
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database(create_engine(settings.effective_database_url))
     broker = create_broker(settings.broker_url)
-    eventlog = EventLog(db, broker, settings.event_history)
+    eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
 
     async def can_see(user_id: str, project_id: str) -> bool:
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage=storage,
         hub=hub,
         throttle=LoginThrottle(settings.login_max_failures, settings.login_failure_window),
-        processes=ProcessRunner(),
+        processes=ProcessRunner(settings, db, eventlog, storage),
     )
 
     @asynccontextmanager
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
-    for module in (health, auth, projects, files):
+    for module in (health, auth, projects, files, processes):
         app.include_router(module.router)
     app.include_router(ws_router)
     return app

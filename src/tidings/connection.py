@@ -32,6 +32,14 @@ class Socket(Protocol):
         """Send each string as one text frame, in order; wait while the peer is behind."""
         ...
 
+    def writable(self) -> bool:
+        """True if :meth:`write_nowait` may be called now (the peer is keeping up)."""
+        ...
+
+    def write_nowait(self, frames: list[str]) -> None:
+        """Hand frames to the transport without waiting; only when :meth:`writable`."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None:
@@ -116,6 +124,7 @@ class Connection:
         close_timeout: float,
         batch: bool = False,
         on_gap: Callable[[Connection, Subscription], None],
+        schedule_flush: Callable[[Connection], None],
         on_slow: Callable[[Connection], None] = lambda conn: None,
         on_written: Callable[[int, float], None] = lambda count, oldest: None,
     ) -> None:
@@ -132,6 +141,9 @@ class Connection:
         self.subs: dict[str, Subscription] = {}
         self.close_code: int | None = None
         self._on_gap = on_gap
+        self._schedule_flush = schedule_flush
+        self._flush_scheduled = False
+        self._sending = False  # the writer task is inside an awaited send
         self._on_slow = on_slow
         self._on_written = on_written
         self._wakeup = asyncio.Event()
@@ -173,7 +185,37 @@ class Connection:
             return
         if len(self.queue) == 1:
             self._oldest = frame.published_at
-        self._wakeup.set()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._schedule_flush(self)
+
+    def flush(self) -> None:
+        """Write what is queued, now, if the transport takes it without waiting.
+
+        The hub calls this once per loop iteration for every connection that got frames,
+        so all the events fanned out in that iteration leave in one write. When the peer is
+        behind (or a send is already in progress) the writer task takes over and waits.
+        """
+        self._flush_scheduled = False
+        queue = self.queue
+        if self.state is not ConnState.OPEN or not queue:
+            return
+        socket = self.socket
+        while queue:
+            if self._sending or not socket.writable():
+                self._wakeup.set()
+                break
+            oldest = self._oldest
+            frames = queue.drain(BATCH_MAX_FRAMES)
+            if queue:
+                self._oldest = time.time()
+            try:
+                socket.write_nowait(self._pack(frames))
+            except Exception as exc:  # the peer went away; the endpoint will notice
+                logger.debug("write to %s failed: %r", self.client_id, exc)
+                return
+            self._on_written(len(frames), oldest)
+        self._room.set()
 
     def send_message(self, message: dict[str, Any]) -> None:
         """Queue a reply or notice for this connection only; ``timestamp`` is added here."""
@@ -189,18 +231,23 @@ class Connection:
         if sub is not None and reason is not None:
             self.send_message({"type": "unsubscribed", "project_id": project_id, "reason": reason})
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Start closing; the socket is aborted if the handshake does not finish in time."""
+    def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
+        """Start closing; the socket is aborted if the handshake does not finish in time.
+
+        With ``flush``, frames already queued (say, the error that explains the close) are
+        written first, within the same time limit; otherwise they are dropped.
+        """
         if self.state is not ConnState.OPEN:
             return
         self.state = ConnState.CLOSING
         self.close_code = code
-        self.queue.clear()
-        self._writer.cancel()
+        if not flush:
+            self.queue.clear()
+            self._writer.cancel()
         for sub in self.subs.values():
             if sub.task is not None:
                 sub.task.cancel()
-        self._closer = asyncio.create_task(self._close(code, reason))
+        self._closer = asyncio.create_task(self._close(code, reason, flush))
 
     # -- flow control for replays ------------------------------------------------------
 
@@ -235,6 +282,8 @@ class Connection:
         try:
             while True:
                 if not queue:
+                    if self.state is not ConnState.OPEN:
+                        return  # flushed before a close
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
@@ -243,24 +292,37 @@ class Connection:
                 if queue:
                     self._oldest = time.time()
                 self._room.set()
-                if self.batch and len(frames) > 1:
-                    await self.socket.send_frames(["[" + ",".join(frames) + "]"])
-                elif self.batch:
-                    await self.socket.send_frames(["[" + frames[0] + "]"])
-                else:
-                    await self.socket.send_frames(frames)
+                self._sending = True
+                try:
+                    await self.socket.send_frames(self._pack(frames))
+                finally:
+                    self._sending = False
                 self._on_written(len(frames), oldest)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-write
             logger.debug("writer of %s stopped: %r", self.client_id, exc)
 
-    async def _close(self, code: int, reason: str) -> None:
+    def _pack(self, frames: list[str]) -> list[str]:
+        if self.batch:  # tidings.batch.v1: one frame holds a JSON array of messages
+            return ["[" + ",".join(frames) + "]"]
+        return frames
+
+    async def _close(self, code: int, reason: str, flush: bool) -> None:
         # Whatever happens below, the TCP connection is gone after the timeout: a peer that
         # never reads can stall both the close frame and a graceful transport close.
-        asyncio.get_running_loop().call_later(self.close_timeout, self.socket.abort)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.close_timeout, self.socket.abort)
+        deadline = loop.time() + self.close_timeout
+        if flush:
+            self._wakeup.set()
+            done, _ = await asyncio.wait([self._writer], timeout=self.close_timeout)
+            if not done:
+                self._writer.cancel()
         try:
-            await asyncio.wait_for(self.socket.close(code, reason), self.close_timeout)
+            await asyncio.wait_for(
+                self.socket.close(code, reason), max(0.0, deadline - loop.time())
+            )
         except TimeoutError:
             logger.info("closing handshake of %s timed out; dropping it", self.client_id)
             self.socket.abort()

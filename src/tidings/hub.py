@@ -17,7 +17,6 @@ from tidings import metrics
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection, ConnState, Frame, Subscription, SubState
 from tidings.events import (
-    CHANNEL,
     MEMBER_REMOVED,
     PROJECT_DELETED,
     SESSION_REVOKED,
@@ -63,6 +62,8 @@ class Hub:
         self.channels: dict[str, Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -101,7 +102,25 @@ class Hub:
 
     def connection_args(self) -> dict[str, Any]:
         """Callbacks a new :class:`Connection` needs from the hub."""
-        return {"on_gap": self._start_replay, "on_slow": _count_slow, "on_written": _observe}
+        return {
+            "on_gap": self._start_replay,
+            "schedule_flush": self._schedule_flush,
+            "on_slow": _count_slow,
+            "on_written": _observe,
+        }
+
+    def _schedule_flush(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per loop iteration: write every connection that got frames in it."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -225,7 +244,7 @@ class Hub:
         broker = self.eventlog.broker
         while True:
             try:
-                stream = broker.listen(CHANNEL)
+                stream = broker.listen(self.eventlog.channel)
                 first = asyncio.ensure_future(anext(stream))  # subscribes before ready
                 await asyncio.sleep(0)
                 self._ready.set()

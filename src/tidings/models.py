@@ -144,8 +144,14 @@ class Event(Base):
 
 
 class Process(Base):
+    """A long-running operation. ``heartbeat_at`` is the lease: the node running a queued
+    or running process renews it; a stale one means that node is gone (see processes)."""
+
     __tablename__ = "processes"
-    __table_args__ = (Index("ix_processes_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_processes_project_created", "project_id", "created_at"),
+        Index("ix_processes_status", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -161,3 +167,4 @@ class Process(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

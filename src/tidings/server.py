@@ -41,8 +41,14 @@ class FastSocket:
         self._proto = proto
 
     async def send_frames(self, frames: list[str]) -> None:
+        await self._proto.writable.wait()  # transport flow control: the peer is reading
+        self.write_nowait(frames)
+
+    def writable(self) -> bool:
+        return self._proto.writable.is_set()
+
+    def write_nowait(self, frames: list[str]) -> None:
         proto = self._proto
-        await proto.writable.wait()  # transport flow control: the peer is reading
         if proto.disconnected or proto.close_sent or proto.conn.state is not State.OPEN:
             raise ConnectionError("websocket is closed")
         proto.transport.write(b"".join([frame_text(f.encode()) for f in frames]))

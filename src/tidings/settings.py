@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     # Real-time
     broker_url: str = "memory://"
+    broker_channel: str = Field(
+        default="tidings", description="pub/sub channel; distinct per deployment on one Redis"
+    )
     heartbeat_interval: float = Field(default=30.0, gt=0)
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)
@@ -52,6 +55,12 @@ class Settings(BaseSettings):
     # Processes
     progress_interval: float = Field(default=0.25, ge=0)
     max_concurrent_processes: int = Field(default=2, gt=0)
+    process_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds; a queued or running process whose node has not renewed its "
+        "lease for this long is failed as `interrupted`",
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -41,6 +41,12 @@ class AsgiSocket:
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code, reason)
 
+    def writable(self) -> bool:
+        return False  # ASGI sends are awaited: the writer task does them
+
+    def write_nowait(self, frames: list[str]) -> None:
+        raise RuntimeError("ASGI sockets cannot write without awaiting")
+
     def abort(self) -> None:
         pass  # not possible through ASGI; the server's own timeouts apply
 
@@ -52,6 +58,12 @@ class ExtensionSocket(AsgiSocket):
 
     async def send_frames(self, frames: list[str]) -> None:
         await self.fast.send_frames(frames)
+
+    def writable(self) -> bool:
+        return bool(self.fast.writable())
+
+    def write_nowait(self, frames: list[str]) -> None:
+        self.fast.write_nowait(frames)
 
     def abort(self) -> None:
         self.fast.abort()
@@ -129,7 +141,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             elif isinstance(action, Unsubscribe):
                 hub.unsubscribe(conn, action.project_id, action.request_id)
             elif isinstance(action, Close):
-                conn.close(action.code, action.reason)
+                conn.close(action.code, action.reason, flush=True)
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:

@@ -1,0 +1,214 @@
+"""``/api/projects/{id}/processes``: start, watch, cancel and drive long-running processes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import func, select
+
+from tidings.access import visible_project
+from tidings.api.deps import App, CurrentUser, not_found
+from tidings.api.schemas import Body
+from tidings.models import Process
+from tidings.processes import KINDS, Conflict, NotFound, ProcessOut, Status, process_out
+from tidings.processes.state import valid_fraction
+from tidings.storage import UploadError, clean_folder
+
+router = APIRouter(prefix="/api/projects/{project_id}/processes", tags=["processes"])
+
+MAX_EXTERNAL_PARAMS_BYTES = 16 * 1024
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+class ProcessIn(Body):
+    kind: str
+    params: dict[str, Any] = {}
+
+
+class ProgressIn(Body):
+    progress: float
+    message: str = ""
+
+
+class CompleteIn(Body):
+    status: Literal["succeeded", "failed"]
+    result: Any = None
+    error: str | None = None
+
+
+class ProcessPage(BaseModel):
+    items: list[ProcessOut]
+    total: int
+    next_offset: int | None
+
+
+def _invalid(loc: tuple[str | int, ...], message: str, value: Any) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", *loc), "msg": message, "input": value}]
+    )
+
+
+def _parse(body: ProcessIn) -> tuple[Any, BaseModel]:
+    """The kind and its validated params, or a 422 in FastAPI's usual error shape."""
+    kind = KINDS.get(body.kind)
+    if kind is None:
+        known = ", ".join(sorted(KINDS))
+        raise _invalid(("kind",), f"unknown kind; one of: {known}", body.kind)
+    try:
+        params = kind.params.model_validate(body.params)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    folder = getattr(params, "path", None)
+    if folder is not None:
+        try:
+            params.path = clean_folder(folder)  # type: ignore[attr-defined]
+        except UploadError as exc:
+            raise _invalid(("params", "path"), exc.detail, folder) from None
+    if kind.external and len(orjson.dumps(body.params)) > MAX_EXTERNAL_PARAMS_BYTES:
+        raise _invalid(("params",), "params are too large", None)
+    return kind, params
+
+
+async def _visible_process(app: App, user_id: str, project_id: str, process_id: str) -> Process:
+    async with app.db.read() as session:
+        if await visible_project(session, user_id, project_id) is None:
+            raise not_found()
+        process = await session.get(Process, process_id)
+    if process is None or process.project_id != project_id:
+        raise not_found("process")
+    return process
+
+
+@router.post("", response_model=ProcessOut, status_code=status.HTTP_202_ACCEPTED)
+async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app: App) -> Any:
+    """Start a process. Built-in kinds answer ``queued`` and run when a slot is free;
+    ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``."""
+    kind, params = _parse(body)
+    async with app.db.write() as session:
+        if await visible_project(session, user.user_id, project_id, for_update=True) is None:
+            raise not_found()
+        process = await app.processes.create(session, project_id, user.user_id, kind, params)
+        out = process_out(process)
+    return out
+
+
+@router.get("", response_model=ProcessPage)
+async def list_processes(
+    project_id: str,
+    user: CurrentUser,
+    app: App,
+    status_: Annotated[Status | None, Query(alias="status")] = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> Any:
+    """The project's processes, newest first."""
+    async with app.db.read() as session:
+        if await visible_project(session, user.user_id, project_id) is None:
+            raise not_found()
+        where = [Process.project_id == project_id]
+        if status_ is not None:
+            where.append(Process.status == status_.value)
+        total = await session.scalar(select(func.count()).select_from(Process).where(*where)) or 0
+        rows = await session.scalars(
+            select(Process)
+            .where(*where)
+            .order_by(Process.created_at.desc(), Process.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        items = [process_out(p) for p in rows]
+    next_offset = offset + len(items) if offset + len(items) < total else None
+    return {"items": items, "total": total, "next_offset": next_offset}
+
+
+@router.get("/{process_id}", response_model=ProcessOut)
+async def get_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+    return process_out(await _visible_process(app, user.user_id, project_id, process_id))
+
+
+@router.delete("/{process_id}", response_model=ProcessOut)
+async def cancel_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+    """Cancel a queued or running process; answers once it has stopped (``cancelled``).
+    409 if it had already finished."""
+    await _visible_process(app, user.user_id, project_id, process_id)
+    try:
+        await app.processes.cancel(project_id, process_id)
+    except NotFound:
+        raise not_found("process") from None
+    except Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return process_out(await _visible_process(app, user.user_id, project_id, process_id))
+
+
+@router.get("/{process_id}/result", response_class=FileResponse)
+async def download_result(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+    """The artefact of a succeeded process that makes one (``export``: the zip)."""
+    process = await _visible_process(app, user.user_id, project_id, process_id)
+    kind = KINDS.get(process.kind)
+    if kind is None or kind.artefact is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{process.kind} makes no downloadable")
+    return _serve(app, process, kind.artefact)
+
+
+@router.get("/{process_id}/result/{name}", response_class=FileResponse)
+async def download_result_file(
+    project_id: str, process_id: str, name: str, user: CurrentUser, app: App
+) -> Any:
+    """One named output file of a succeeded process (``thumbnails``: ``<file id>.<ext>``)."""
+    process = await _visible_process(app, user.user_id, project_id, process_id)
+    return _serve(app, process, name)
+
+
+def _serve(app: App, process: Process, name: str) -> FileResponse:
+    if process.status != Status.SUCCEEDED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"process is {process.status}")
+    path = app.processes.output(process.project_id, process.id, name)
+    if path is None:
+        raise not_found("result file")
+    media = "application/zip" if name.endswith(".zip") else None
+    return FileResponse(path, media_type=media, filename=name)
+
+
+@router.post("/{process_id}/progress", status_code=status.HTTP_204_NO_CONTENT)
+async def report_progress(
+    project_id: str, process_id: str, body: ProgressIn, user: CurrentUser, app: App
+) -> Response:
+    """An external worker's progress (0.0-1.0). 409 outside that range, for a finished
+    process, or for a built-in kind (the server reports those itself)."""
+    await _visible_process(app, user.user_id, project_id, process_id)
+    if not valid_fraction(body.progress):
+        raise HTTPException(status.HTTP_409_CONFLICT, "progress must be within 0.0-1.0")
+    try:
+        await app.processes.report(project_id, process_id, body.progress, body.message[:1000])
+    except NotFound:
+        raise not_found("process") from None
+    except Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{process_id}/complete", response_model=ProcessOut)
+async def complete_process(
+    project_id: str, process_id: str, body: CompleteIn, user: CurrentUser, app: App
+) -> Any:
+    """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``."""
+    await _visible_process(app, user.user_id, project_id, process_id)
+    if body.result is not None and len(orjson.dumps(body.result)) > MAX_RESULT_BYTES:
+        raise _invalid(("result",), "result is too large", None)
+    error = (body.error or "failed")[:1000] if body.status == "failed" else None
+    try:
+        row = await app.processes.complete(
+            project_id, process_id, Status(body.status), body.result, error
+        )
+    except NotFound:
+        raise not_found("process") from None
+    except Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return process_out(row)

@@ -1,0 +1,88 @@
+"""The processes table: the JSON shape of a process, and compare-and-set status moves.
+
+Every status change goes through :func:`move`, an ``UPDATE … WHERE status IN (…)``: of two
+racing finishers (a worker completing, a cancel, a sweep of stale leases, a project
+deletion) exactly one wins, and only the winner emits ``process.completed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.models import File, Process
+from tidings.processes.state import Status
+from tidings.processes.work import SourceFile
+from tidings.storage import Storage
+
+
+class ProcessOut(BaseModel):
+    id: str
+    project_id: str
+    kind: str
+    params: dict[str, Any]
+    status: Status
+    progress: float
+    message: str
+    result: Any | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def process_out(process: Process) -> dict[str, Any]:
+    """A process as REST returns it and as ``process.*`` events carry it."""
+    return ProcessOut.model_validate(process, from_attributes=True).model_dump(mode="json")
+
+
+async def move(
+    session: AsyncSession,
+    process_id: str,
+    from_: Iterable[Status],
+    to: Status,
+    **values: Any,
+) -> Process | None:
+    """Set ``status=to`` (and ``values``) if the process is in one of ``from_``.
+
+    Returns the updated row, or None if it is gone or in another status (someone else
+    moved it first).
+    """
+    rows = await session.scalars(
+        update(Process)
+        .where(Process.id == process_id, Process.status.in_([s.value for s in from_]))
+        .values(status=to.value, **values)
+        .returning(Process),
+        execution_options={"populate_existing": True},
+    )
+    return rows.first()
+
+
+async def source_files(
+    session: AsyncSession, storage: Storage, project_id: str, folder: str | None
+) -> list[SourceFile]:
+    """The project's files (under ``folder`` if given) in a stable order."""
+    query = select(File).where(File.project_id == project_id)
+    if folder is not None and folder != "/":
+        query = query.where(
+            (File.path == folder) | File.path.startswith(folder + "/", autoescape=True)
+        )
+    rows = await session.scalars(query.order_by(File.path, File.name))
+    return [
+        SourceFile(
+            id=f.id,
+            name=f.name,
+            path=f.path,
+            size=f.size,
+            sha256=f.sha256,
+            asset_type=f.asset_type,
+            disk_path=storage.file_path(project_id, f.id),
+        )
+        for f in rows
+    ]
