@@ -172,7 +172,7 @@ async def log_db(database_url: str, backend: str) -> AsyncIterator[tuple[Databas
 async def test_event_is_published_only_after_commit(log_db: tuple[Database, str]) -> None:
     db, pid = log_db
     broker = RecordingBroker()
-    log = EventLog(db, broker, history=100)
+    log = EventLog(db, broker, history=100, channel="test")
     async with db.write() as session:
         seq = await log.record(session, pid, FILE_UPLOADED, {"file": {}}, audience=["u1"])
         assert broker.published == []  # not yet durable
@@ -189,7 +189,7 @@ async def test_event_is_published_only_after_commit(log_db: tuple[Database, str]
 async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str]) -> None:
     db, pid = log_db
     broker = RecordingBroker()
-    log = EventLog(db, broker, history=100)
+    log = EventLog(db, broker, history=100, channel="test")
     with pytest.raises(RuntimeError, match="change failed"):
         async with db.write() as session:
             await log.record(session, pid, FILE_UPLOADED, {"file": {}})
@@ -203,7 +203,7 @@ async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str]
 
 async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str]) -> None:
     db, pid = log_db
-    log = EventLog(db, RecordingBroker(), history=2)
+    log = EventLog(db, RecordingBroker(), history=2, channel="test")
 
     def body(seq: int) -> dict[str, Any]:
         return {"data": {"seen": seq}}
@@ -219,7 +219,7 @@ async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str]) -> None:
 
 async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str]) -> None:
     db, _ = log_db
-    log = EventLog(db, RecordingBroker(), history=10)
+    log = EventLog(db, RecordingBroker(), history=10, channel="test")
     with pytest.raises(LookupError):
         async with db.write() as session:
             await log.record(session, "no-such-project", FILE_UPLOADED, {})
