@@ -182,7 +182,7 @@ class EventLog:
             rows = await session.execute(
                 select(Project.id, Project.last_seq).where(Project.id.in_(project_ids))
             )
-            return {pid: seq for pid, seq in rows.tuples()}
+            return {pid: seq for pid, seq in rows}
 
     async def read_after(self, project_id: str, after: int, limit: int) -> list[LoggedEvent]:
         async with self.db.read() as session:
@@ -192,4 +192,4 @@ class EventLog:
                 .order_by(Event.seq)
                 .limit(limit)
             )
-            return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows.tuples()]
+            return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows]

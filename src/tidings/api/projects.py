@@ -73,7 +73,7 @@ async def list_projects(user: CurrentUser, app: App) -> Any:
             .where(visible_to(user.user_id))
             .order_by(Project.created_at, Project.id)
         )
-        return [project_out(p, owner) for p, owner in rows.tuples()]
+        return [project_out(p, owner) for p, owner in rows]
 
 
 @router.get("/{project_id}", response_model=ProjectOut)
@@ -142,7 +142,7 @@ async def list_members(project_id: str, user: CurrentUser, app: App) -> Any:
             .order_by(User.username)
         )
         members = [MemberOut(user_id=project.owner_id, username=owner, role="owner")]
-        members += [MemberOut(user_id=i, username=n, role="member") for i, n in rows.tuples()]
+        members += [MemberOut(user_id=i, username=n, role="member") for i, n in rows]
         return members
 
 
