@@ -261,16 +261,20 @@ async def test_unrecovered_is_surfaced(make_server, alice_api) -> None:
 
 
 async def test_normal_close_ends_iteration() -> None:
-    """A server that closes with 1000 (reconnect: false in the table) is not retried."""
+    """A server that closes with 1000 (reconnect: false in the table) is not retried;
+    messages batched with the hello in the first frame are not lost."""
     import websockets
 
+    first = [{"type": "connection.established"}, {"type": "project.updated", "project_id": "p"}]
+
     async def handler(ws: Any) -> None:
-        await ws.send(orjson.dumps([{"type": "connection.established"}]).decode())
+        await ws.send(orjson.dumps(first).decode())
         await ws.close(CloseCode.NORMAL)
 
     async with websockets.serve(handler, "127.0.0.1", 0) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
         async with TidingsClient(f"ws://127.0.0.1:{port}/ws", backoff=fast_backoff()) as c:
+            assert [await anext(c), await anext(c)] == first
             started = time.monotonic()
             with pytest.raises(Closed) as info:
                 await next_event(c, lambda e: False)

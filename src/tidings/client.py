@@ -247,8 +247,7 @@ class TidingsClient:
     async def connect(self) -> None:
         """Open the first connection (errors propagate), then keep it up in the background."""
         ws = await self._open()
-        hello = await self._first_message(ws)
-        self._events.put_nowait(hello)
+        self._deliver(await self._first_message(ws))
         self._runner = asyncio.create_task(self._run(ws), name="tidings-client")
 
     async def close(self) -> None:
@@ -333,8 +332,11 @@ class TidingsClient:
             max_size=None,
         )
 
-    async def _first_message(self, ws: ClientConnection) -> dict[str, Any]:
-        """Wait for ``connection.established``; raise if the server closes instead."""
+    async def _first_message(self, ws: ClientConnection) -> list[dict[str, Any]]:
+        """Wait for ``connection.established``; raise if the server closes instead.
+
+        Returns the whole first frame: with ``tidings.batch.v1`` more may follow the hello.
+        """
         try:
             raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
         except websockets.ConnectionClosed:
@@ -343,9 +345,9 @@ class TidingsClient:
                 raise Unauthorized(ws.close_reason or "not authenticated") from None
             raise
         messages = decode_frame(raw)
-        hello = messages[0]
-        if hello.get("type") != "connection.established":
-            raise TidingsError(f"unexpected first message {hello.get('type')!r}")
+        kind = messages[0].get("type") if messages else None
+        if kind != "connection.established":
+            raise TidingsError(f"unexpected first message {kind!r}")
         # Subscriptions the caller asked for, from where each left off; sent before
         # `connected` is set so that a concurrent subscribe() cannot interleave.
         for message in self.state.resubscribe():
@@ -353,7 +355,12 @@ class TidingsClient:
         self._ws = ws
         self.connected.set()
         self.backoff.reset()
-        return hello
+        return messages
+
+    def _deliver(self, first_frame: list[dict[str, Any]]) -> None:
+        self._events.put_nowait(first_frame[0])  # connection.established
+        for message in first_frame[1:]:
+            self._handle(message)
 
     async def _run(self, ws: ClientConnection) -> None:
         try:
@@ -413,7 +420,7 @@ class TidingsClient:
                 logger.info("tidings client: connect failed: %s", exc)
                 continue
             try:
-                hello = await self._first_message(ws)
+                first_frame = await self._first_message(ws)
             except (websockets.ConnectionClosed, TimeoutError, TidingsError) as exc:
                 if isinstance(exc, Unauthorized):
                     raise
@@ -425,7 +432,7 @@ class TidingsClient:
                     raise Closed(ws.close_code, ws.close_reason or "") from None
                 continue
             self.reconnects += 1
-            self._events.put_nowait(hello)
+            self._deliver(first_frame)
             return ws
 
     def _finish(self, exc: BaseException | None) -> None:
