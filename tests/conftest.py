@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -261,15 +262,33 @@ async def upload(
 # -- WebSocket helpers -------------------------------------------------------------------
 
 
+_open_sockets: list[ClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_client_sockets() -> AsyncIterator[None]:
+    """Close every client WebSocket a test opened, even when it failed half-way."""
+    yield
+    while _open_sockets:
+        ws = _open_sockets.pop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), TIMEOUT)
+
+
 async def ws_connect(
     server: ServerThread, user: TestUser | None = None, **kwargs: Any
 ) -> ClientConnection:
     headers = kwargs.pop("additional_headers", {})
     if user is not None:
         headers["Authorization"] = f"Bearer {user.token}"
-    return await websockets.connect(
+    # Unbounded client-side queue: a test that leaves messages unread must still be able
+    # to complete a closing handshake quickly.
+    kwargs.setdefault("max_queue", None)
+    ws = await websockets.connect(
         server.ws_url, additional_headers=headers, open_timeout=TIMEOUT, **kwargs
     )
+    _open_sockets.append(ws)
+    return ws
 
 
 async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     db = Database(create_engine(settings.effective_database_url))
     broker = create_broker(settings.broker_url)
-    eventlog = EventLog(db, broker, settings.event_history)
+    eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
 
     async def can_see(user_id: str, project_id: str) -> bool:

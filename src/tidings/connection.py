@@ -189,18 +189,23 @@ class Connection:
         if sub is not None and reason is not None:
             self.send_message({"type": "unsubscribed", "project_id": project_id, "reason": reason})
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Start closing; the socket is aborted if the handshake does not finish in time."""
+    def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
+        """Start closing; the socket is aborted if the handshake does not finish in time.
+
+        With ``flush``, frames already queued (say, the error that explains the close) are
+        written first, within the same time limit; otherwise they are dropped.
+        """
         if self.state is not ConnState.OPEN:
             return
         self.state = ConnState.CLOSING
         self.close_code = code
-        self.queue.clear()
-        self._writer.cancel()
+        if not flush:
+            self.queue.clear()
+            self._writer.cancel()
         for sub in self.subs.values():
             if sub.task is not None:
                 sub.task.cancel()
-        self._closer = asyncio.create_task(self._close(code, reason))
+        self._closer = asyncio.create_task(self._close(code, reason, flush))
 
     # -- flow control for replays ------------------------------------------------------
 
@@ -235,6 +240,8 @@ class Connection:
         try:
             while True:
                 if not queue:
+                    if self.state is not ConnState.OPEN:
+                        return  # flushed before a close
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
@@ -255,12 +262,21 @@ class Connection:
         except Exception as exc:  # the peer went away mid-write
             logger.debug("writer of %s stopped: %r", self.client_id, exc)
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, flush: bool) -> None:
         # Whatever happens below, the TCP connection is gone after the timeout: a peer that
         # never reads can stall both the close frame and a graceful transport close.
-        asyncio.get_running_loop().call_later(self.close_timeout, self.socket.abort)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.close_timeout, self.socket.abort)
+        deadline = loop.time() + self.close_timeout
+        if flush:
+            self._wakeup.set()
+            done, _ = await asyncio.wait([self._writer], timeout=self.close_timeout)
+            if not done:
+                self._writer.cancel()
         try:
-            await asyncio.wait_for(self.socket.close(code, reason), self.close_timeout)
+            await asyncio.wait_for(
+                self.socket.close(code, reason), max(0.0, deadline - loop.time())
+            )
         except TimeoutError:
             logger.info("closing handshake of %s timed out; dropping it", self.client_id)
             self.socket.abort()

@@ -21,8 +21,6 @@ from tidings.broker import Broker
 from tidings.db import Database, after_commit
 from tidings.models import Event, Project
 
-CHANNEL = "tidings"
-
 # Durable event types.
 PROJECT_CREATED = "project.created"
 PROJECT_UPDATED = "project.updated"
@@ -101,10 +99,11 @@ class LoggedEvent:
 class EventLog:
     """Writes durable events, publishes envelopes, and reads the log back for resume."""
 
-    def __init__(self, db: Database, broker: Broker, history: int) -> None:
+    def __init__(self, db: Database, broker: Broker, history: int, channel: str) -> None:
         self.db = db
         self.broker = broker
         self.history = history
+        self.channel = channel
 
     async def record(
         self,
@@ -152,7 +151,7 @@ class EventLog:
         )
 
     async def publish(self, envelope: Envelope) -> None:
-        await self.broker.publish(CHANNEL, envelope.encode())
+        await self.broker.publish(self.channel, envelope.encode())
 
     async def publish_ephemeral(
         self, project_id: str, type: str, body: dict[str, Any], coalesce: str | None = None

@@ -17,7 +17,6 @@ from tidings import metrics
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection, ConnState, Frame, Subscription, SubState
 from tidings.events import (
-    CHANNEL,
     MEMBER_REMOVED,
     PROJECT_DELETED,
     SESSION_REVOKED,
@@ -225,7 +224,7 @@ class Hub:
         broker = self.eventlog.broker
         while True:
             try:
-                stream = broker.listen(CHANNEL)
+                stream = broker.listen(self.eventlog.channel)
                 first = asyncio.ensure_future(anext(stream))  # subscribes before ready
                 await asyncio.sleep(0)
                 self._ready.set()

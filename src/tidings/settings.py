@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     # Real-time
     broker_url: str = "memory://"
+    broker_channel: str = Field(
+        default="tidings", description="pub/sub channel; distinct per deployment on one Redis"
+    )
     heartbeat_interval: float = Field(default=30.0, gt=0)
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)

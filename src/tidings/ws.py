@@ -129,7 +129,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             elif isinstance(action, Unsubscribe):
                 hub.unsubscribe(conn, action.project_id, action.request_id)
             elif isinstance(action, Close):
-                conn.close(action.code, action.reason)
+                conn.close(action.code, action.reason, flush=True)
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:

@@ -1,0 +1,112 @@
+"""Two tidings nodes on one PostgreSQL and one Redis behave as one service."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    REDIS_URL,
+    ServerThread,
+    api,
+    closed_with,
+    connected,
+    create_project,
+    create_user,
+    recv,
+    recv_until,
+    require_service,
+    subscribe,
+    upload,
+)
+from tidings import Settings
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"
+
+
+@pytest.fixture
+def nodes(database_url: str, tmp_path: Path) -> Iterator[tuple[ServerThread, ServerThread]]:
+    require_service("Redis", "127.0.0.1", 6379)
+    shared = {
+        "database_url": database_url,
+        "broker_url": REDIS_URL,
+        "broker_channel": f"tidings-test-{secrets.token_hex(4)}",
+        "create_admin": False,
+    }
+    a = ServerThread(Settings(data_dir=tmp_path / "data", **shared))
+    b = ServerThread(Settings(data_dir=tmp_path / "data", **shared))
+    a.start()
+    b.start()
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_change_on_one_node_reaches_subscribers_on_the_other(nodes) -> None:
+    a, b = nodes
+    user = await create_user(a.settings)
+    async with api(a, user) as client_a:
+        ws_b = await connected(b, user)
+        project = await create_project(client_a)
+        created = await recv_until(ws_b, lambda m: m["type"] == "project.created")
+        assert created["project_id"] == project["id"]
+        await subscribe(ws_b, project["id"])
+        await upload(client_a, project["id"], "from-a.txt")
+        event = await recv_until(ws_b, lambda m: m["type"] == "file.uploaded")
+        assert event["seq"] == 2 and event["file"]["name"] == "from-a.txt"
+
+
+async def test_concurrent_changes_on_both_nodes_get_consecutive_seqs(nodes) -> None:
+    import asyncio
+
+    a, b = nodes
+    user = await create_user(a.settings)
+    async with api(a, user) as client_a, api(b, user) as client_b:
+        project = await create_project(client_a)
+        pid = project["id"]
+        watcher = await connected(a, user)
+        await subscribe(watcher, pid)
+
+        async def patch(client, i: int) -> None:  # type: ignore[no-untyped-def]
+            response = await client.patch(f"/api/projects/{pid}", json={"description": str(i)})
+            assert response.status_code == 200
+
+        await asyncio.gather(*(patch(client_a if i % 2 else client_b, i) for i in range(30)))
+        got = [(await recv_until(watcher, lambda m: "seq" in m))["seq"] for _ in range(30)]
+        assert got == list(range(2, 32))
+
+
+async def test_revocation_on_one_node_closes_sockets_on_the_other(nodes) -> None:
+    a, b = nodes
+    user = await create_user(a.settings)
+    async with api(a, user) as client_a:
+        token = (await client_a.post("/api/auth/tokens", json={})).json()
+        from tests.conftest import TestUser
+
+        holder = TestUser(user.id, user.username, user.password, token["token"])
+        ws_b = await connected(b, holder)
+        await client_a.delete(f"/api/auth/tokens/{token['id']}")
+    assert await closed_with(ws_b) == 4401
+
+
+async def test_resume_on_another_node(nodes) -> None:
+    a, b = nodes
+    user = await create_user(a.settings)
+    async with api(a, user) as client_a:
+        project = await create_project(client_a)
+        for i in range(5):
+            await client_a.patch(f"/api/projects/{project['id']}", json={"description": str(i)})
+    ws_b = await connected(b, user)
+    reply = await subscribe(ws_b, project["id"], since=2)
+    assert reply["recovered"] is True
+    assert [(await recv(ws_b))["seq"] for _ in range(4)] == [3, 4, 5, 6]

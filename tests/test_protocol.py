@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tidings.codes import CloseCode
+from tidings.protocol import (
+    RATE_LIMIT_STRIKES,
+    ClientMessages,
+    Close,
+    Reply,
+    Subscribe,
+    Unsubscribe,
+)
+
+
+def session(**overrides: object) -> ClientMessages:
+    options: dict[str, object] = {
+        "max_message_bytes": 1024,
+        "max_subscriptions": 3,
+        "rate": 10.0,
+        "burst": 5,
+        "now": 0.0,
+    }
+    options.update(overrides)
+    return ClientMessages(**options)  # type: ignore[arg-type]
+
+
+def msg(**fields: object) -> str:
+    return orjson.dumps(fields).decode()
+
+
+def error_code(action: object) -> str:
+    assert isinstance(action, Reply), action
+    assert action.message["type"] == "error"
+    return str(action.message["code"])
+
+
+def test_ping_echoes_id() -> None:
+    action = session().receive(msg(type="ping", id="abc"), 0)
+    assert action == Reply({"type": "pong", "id": "abc"})
+
+
+def test_subscribe_and_unsubscribe() -> None:
+    s = session()
+    assert s.receive(msg(type="subscribe", project_id="p", id=1), 0) == Subscribe("p", None, 1)
+    assert s.subscriptions == {"p"}
+    assert s.receive(msg(type="subscribe", project_id="p", since=4), 0) == Subscribe("p", 4, None)
+    assert s.receive(msg(type="unsubscribe", project_id="p"), 0) == Unsubscribe("p", None)
+    assert s.subscriptions == set()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not json",
+        "[1, 2]",
+        '"text"',
+        msg(kind="ping"),
+        msg(type="dance"),
+        msg(type=5),
+        msg(type="subscribe"),
+        msg(type="subscribe", project_id=""),
+        msg(type="subscribe", project_id=7),
+        msg(type="subscribe", project_id="x" * 65),
+        msg(type="subscribe", project_id="p", since=-1),
+        msg(type="subscribe", project_id="p", since="3"),
+        msg(type="subscribe", project_id="p", since=True),
+        msg(type="subscribe", project_id="p", since=1.5),
+        msg(type="unsubscribe"),
+        msg(type="ping", id=True),
+        msg(type="ping", id="x" * 129),
+        msg(type="ping", id={"a": 1}),
+        b"\xff\xfe",
+    ],
+)
+def test_bad_requests_get_an_error_and_keep_the_connection(raw: str | bytes) -> None:
+    assert error_code(session().receive(raw, 0)) == "bad_request"
+
+
+def test_error_echoes_a_valid_id() -> None:
+    action = session().receive(msg(type="dance", id=9), 0)
+    assert isinstance(action, Reply) and action.message["id"] == 9
+
+
+def test_oversized_message_closes_with_1009() -> None:
+    action = session(max_message_bytes=10).receive("x" * 11, 0)
+    assert action == Close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+
+def test_size_is_counted_in_utf8_bytes() -> None:
+    action = session(max_message_bytes=10).receive("é" * 6, 0)
+    assert isinstance(action, Close)
+
+
+def test_subscription_limit() -> None:
+    s = session(max_subscriptions=2)
+    s.receive(msg(type="subscribe", project_id="a"), 0)
+    s.receive(msg(type="subscribe", project_id="b"), 0)
+    assert error_code(s.receive(msg(type="subscribe", project_id="c"), 0)) == (
+        "too_many_subscriptions"
+    )
+    # Re-subscribing to a project already held is fine at the limit.
+    assert isinstance(s.receive(msg(type="subscribe", project_id="a", since=1), 0), Subscribe)
+    s.forget("a")
+    assert isinstance(s.receive(msg(type="subscribe", project_id="c"), 0), Subscribe)
+
+
+def test_rate_limit_then_close() -> None:
+    s = session(rate=1.0, burst=3)
+    for _ in range(3):
+        assert isinstance(s.receive(msg(type="ping"), 0), Reply)
+    for _ in range(RATE_LIMIT_STRIKES):
+        assert error_code(s.receive(msg(type="ping"), 0)) == "rate_limited"
+    assert s.receive(msg(type="ping"), 0) == Close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+
+
+def test_rate_limit_refills_over_time() -> None:
+    s = session(rate=2.0, burst=2)
+    s.receive(msg(type="ping"), 0)
+    s.receive(msg(type="ping"), 0)
+    assert error_code(s.receive(msg(type="ping"), 0)) == "rate_limited"
+    assert s.receive(msg(type="ping"), 0.5) == Reply({"type": "pong"})
+
+
+def test_strikes_reset_after_a_good_message() -> None:
+    s = session(rate=1.0, burst=1)
+    s.receive(msg(type="ping"), 0)
+    for _ in range(RATE_LIMIT_STRIKES):
+        s.receive(msg(type="ping"), 0)
+    assert isinstance(s.receive(msg(type="ping"), 1.0), Reply)
+    for _ in range(RATE_LIMIT_STRIKES):
+        assert error_code(s.receive(msg(type="ping"), 1.0)) == "rate_limited"

@@ -1,0 +1,358 @@
+"""/ws over real sockets against a real uvicorn: handshake, auth, subscriptions, events."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import (
+    TIMEOUT,
+    ServerThread,
+    TestUser,
+    api,
+    closed_with,
+    connected,
+    create_project,
+    create_user,
+    recv,
+    recv_until,
+    send,
+    subscribe,
+    upload,
+    ws_connect,
+)
+
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+async def test_handshake(server: ServerThread, alice: TestUser) -> None:
+    ws = await ws_connect(server, alice)
+    hello = await recv(ws)
+    assert hello["type"] == "connection.established"
+    assert hello["user"] == {"id": alice.id, "username": "alice"}
+    assert hello["heartbeat_interval"] == 30
+    assert hello["protocol"] == 1
+    assert isinstance(hello["client_id"], str) and hello["client_id"]
+    assert RFC3339_MS.match(hello["timestamp"])
+    await ws.close()
+
+
+async def test_cookie_session_authenticates(server: ServerThread, alice: TestUser) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        login = await client.post(
+            "/api/auth/login", json={"username": "alice", "password": alice.password}
+        )
+        assert login.status_code == 200
+        cookie = login.cookies["tidings_session"]
+    ws = await ws_connect(server, additional_headers={"Cookie": f"tidings_session={cookie}"})
+    assert (await recv(ws))["user"]["username"] == "alice"
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer tdg_not-a-real-token"},
+        {"Authorization": "Basic YWxpY2U6cHc="},
+        {"Cookie": "tidings_session=forged"},
+    ],
+)
+async def test_missing_or_invalid_credentials_close_4401(
+    server: ServerThread, headers: dict[str, str]
+) -> None:
+    ws = await ws_connect(server, additional_headers=headers)
+    assert await closed_with(ws) == 4401
+
+
+async def test_revoking_a_token_closes_its_sockets(server: ServerThread, alice: TestUser) -> None:
+    async with api(server, alice) as client:
+        created = (await client.post("/api/auth/tokens", json={"name": "ws"})).json()
+    second = TestUser(alice.id, alice.username, alice.password, created["token"])
+    doomed = await connected(server, second)
+    survivor = await connected(server, alice)
+    async with api(server, alice) as client:
+        assert (await client.delete(f"/api/auth/tokens/{created['id']}")).status_code == 204
+    assert await closed_with(doomed) == 4401
+    await send(survivor, {"type": "ping"})
+    assert (await recv_until(survivor, lambda m: m["type"] == "pong"))["type"] == "pong"
+    await survivor.close()
+
+
+async def test_logout_closes_the_sessions_sockets(server: ServerThread, alice: TestUser) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await client.post("/api/auth/login", json={"username": "alice", "password": alice.password})
+        cookie = client.cookies["tidings_session"]
+        ws = await ws_connect(server, additional_headers={"Cookie": f"tidings_session={cookie}"})
+        await recv(ws)
+        assert (await client.post("/api/auth/logout")).status_code == 204
+    assert await closed_with(ws) == 4401
+
+
+async def test_foreign_origin_refused_before_upgrade(server: ServerThread, alice: TestUser) -> None:
+    with pytest.raises(websockets.InvalidStatus) as excinfo:
+        await ws_connect(server, alice, origin="https://evil.example")
+    assert excinfo.value.response.status_code == 403
+
+
+async def test_own_and_allowed_origins_accepted(make_server, alice: TestUser) -> None:
+    srv = make_server(allowed_origins=["https://app.example"])
+    await create_user(srv.settings, "carol")
+    for origin in (f"http://127.0.0.1:{srv.port}", "https://app.example"):
+        ws = await ws_connect(srv, alice, origin=origin)
+        assert (await recv(ws))["type"] == "connection.established"
+        await ws.close()
+
+
+async def test_subscribe_reports_latest_seq(server, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    await upload(alice_api, project["id"])
+    ws = await connected(server, alice)
+    await send(ws, {"type": "subscribe", "project_id": project["id"], "id": "r1"})
+    reply = await recv_until(ws, lambda m: m["type"] == "subscribed")
+    assert reply["project_id"] == project["id"]
+    assert reply["seq"] == 2
+    assert reply["id"] == "r1"
+    assert "recovered" not in reply
+    assert RFC3339_MS.match(reply["timestamp"])
+    await send(ws, {"type": "unsubscribe", "project_id": project["id"]})
+    reply = await recv_until(ws, lambda m: m["type"] == "unsubscribed")
+    assert reply["project_id"] == project["id"] and "reason" not in reply
+    await ws.close()
+
+
+async def test_foreign_and_missing_projects_look_the_same(server, alice, bob, alice_api) -> None:
+    project = await create_project(alice_api)
+    ws = await connected(server, bob)
+    foreign = await subscribe(ws, project["id"])
+    missing = await subscribe(ws, "0" * 32)
+    for reply in (foreign, missing):
+        assert reply["type"] == "error"
+        assert reply["code"] == "not_found"
+    assert foreign["message"] == missing["message"]
+    await ws.close()
+
+
+async def test_only_subscribers_get_project_events(server, alice, bob, alice_api, bob_api) -> None:
+    mine = await create_project(alice_api, "alice's")
+    theirs = await create_project(bob_api, "bob's")
+    alice_ws = await connected(server, alice)
+    bob_ws = await connected(server, bob)
+    await subscribe(alice_ws, mine["id"])
+    await subscribe(bob_ws, theirs["id"])
+    await upload(alice_api, mine["id"], "secret.txt")
+    await upload(bob_api, theirs["id"], "bob.txt")
+    got = await recv_until(alice_ws, lambda m: m["type"] == "file.uploaded")
+    assert got["file"]["name"] == "secret.txt"
+    got = await recv_until(bob_ws, lambda m: m["type"] == "file.uploaded")
+    assert got["file"]["name"] == "bob.txt"  # alice's file never reached bob
+    # And nothing else is waiting for bob.
+    await send(bob_ws, {"type": "ping"})
+    assert (await recv(bob_ws))["type"] == "pong"
+    await alice_ws.close()
+    await bob_ws.close()
+
+
+async def test_every_event_type_from_rest(server, alice, bob, alice_api) -> None:
+    alice_ws = await connected(server, alice)
+    bob_ws = await connected(server, bob)
+
+    project = await create_project(alice_api, "launch")
+    created = await recv_until(alice_ws, lambda m: m["type"] == "project.created")
+    assert created["seq"] == 1 and created["data"]["name"] == "launch"
+    assert created["project_id"] == project["id"]
+    pid = project["id"]
+    await subscribe(alice_ws, pid)
+
+    # Adding bob tells bob's open connections about the project (no subscription needed).
+    assert (
+        await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    ).status_code == 201
+    seen = await recv_until(bob_ws, lambda m: m["type"] == "project.updated")
+    assert seen["data"]["id"] == pid and seen["seq"] == 2
+    await subscribe(bob_ws, pid)
+
+    await alice_api.patch(f"/api/projects/{pid}", json={"description": "v2"})
+    for ws in (alice_ws, bob_ws):
+        updated = await recv_until(ws, lambda m: m["type"] == "project.updated" and m["seq"] == 3)
+        assert updated["data"]["description"] == "v2"
+
+    uploaded = await upload(alice_api, pid, "model.glb", b"glTF", path="/assets")
+    file_id = uploaded.json()["id"]
+    for ws in (alice_ws, bob_ws):
+        event = await recv_until(ws, lambda m: m["type"] == "file.uploaded")
+        assert event["seq"] == 4
+        assert event["file"] == {
+            "id": file_id,
+            "name": "model.glb",
+            "path": "/assets",
+            "size": 4,
+            "asset_type": "model",
+        }
+        assert RFC3339_MS.match(event["timestamp"])
+
+    await alice_api.delete(f"/api/projects/{pid}/files/{file_id}")
+    for ws in (alice_ws, bob_ws):
+        event = await recv_until(ws, lambda m: m["type"] == "file.deleted")
+        assert event["seq"] == 5 and event["file"]["id"] == file_id
+
+    # Removing bob ends his subscription at once.
+    await alice_api.delete(f"/api/projects/{pid}/members/bob")
+    revoked = await recv_until(bob_ws, lambda m: m["type"] == "unsubscribed")
+    assert revoked["project_id"] == pid and revoked["reason"] == "access_revoked"
+
+    await alice_api.delete(f"/api/projects/{pid}")
+    deleted = await recv_until(alice_ws, lambda m: m["type"] == "project.deleted")
+    assert deleted["seq"] == 7 and deleted["project_id"] == pid
+    # The subscription ended with the project: unsubscribing answers plainly, and a new
+    # subscription is refused.
+    assert (await subscribe(alice_ws, pid))["code"] == "not_found"
+    await alice_ws.close()
+    await bob_ws.close()
+
+
+async def test_resume_while_events_keep_flowing(server, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    pid = project["id"]
+    total = 60
+
+    async def produce() -> None:
+        async with api(server, alice) as client:
+            for i in range(total):
+                response = await client.patch(f"/api/projects/{pid}", json={"description": str(i)})
+                assert response.status_code == 200
+
+    producer = asyncio.create_task(produce())
+    # Wait until part of the history exists, then resume from an early point mid-flow.
+    watcher = await connected(server, alice)
+    await subscribe(watcher, pid)
+    await recv_until(watcher, lambda m: m.get("seq", 0) >= 15)
+    ws = await connected(server, alice)
+    reply = await subscribe(ws, pid, since=5)
+    assert reply["type"] == "subscribed" and reply["recovered"] is True
+    seqs: list[int] = []
+    while not seqs or seqs[-1] < total + 1:
+        message = await recv(ws)
+        if "seq" in message and message["type"] != "subscribed":
+            seqs.append(message["seq"])
+    await producer
+    assert seqs == list(range(6, total + 2))
+    await ws.close()
+    await watcher.close()
+
+
+async def test_resume_past_retention_is_not_recovered(make_server, tmp_path) -> None:
+    srv = make_server(event_history=5)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as client:
+        project = await create_project(client)
+        for i in range(9):
+            await client.patch(f"/api/projects/{project['id']}", json={"description": str(i)})
+    ws = await connected(srv, user)
+    lost = await subscribe(ws, project["id"], since=1)
+    assert lost["recovered"] is False and lost["seq"] == 10
+    kept = await subscribe(ws, project["id"], since=5)
+    assert kept["recovered"] is True
+    replayed = [(await recv(ws))["seq"] for _ in range(5)]
+    assert replayed == [6, 7, 8, 9, 10]
+    await ws.close()
+
+
+async def test_heartbeat(make_server) -> None:
+    srv = make_server(heartbeat_interval=1)
+    user = await create_user(srv.settings)
+    ws = await ws_connect(srv, user)
+    hello = await recv(ws)
+    assert hello["heartbeat_interval"] == 1
+    beats = [await recv_until(ws, lambda m: m["type"] == "system.heartbeat") for _ in range(2)]
+    assert all(RFC3339_MS.match(b["timestamp"]) for b in beats)
+    await ws.close()
+
+
+async def test_many_simultaneous_clients(server, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    clients = await asyncio.gather(*(connected(server, alice) for _ in range(60)))
+    await asyncio.gather(*(subscribe(ws, project["id"]) for ws in clients))
+    await upload(alice_api, project["id"], "shared.txt")
+    events = await asyncio.gather(
+        *(recv_until(ws, lambda m: m["type"] == "file.uploaded") for ws in clients)
+    )
+    assert {e["file"]["name"] for e in events} == {"shared.txt"}
+    assert len(server.services.hub.connections) == 60
+    await asyncio.gather(*(ws.close() for ws in clients))
+
+
+async def test_garbage_gets_an_error_and_the_connection_stays(server, alice) -> None:
+    ws = await connected(server, alice)
+    for raw in ("{nope", "[]", '{"type":"dance","id":4}', '{"type":"subscribe"}'):
+        await ws.send(raw)
+        reply = await recv(ws)
+        assert reply["type"] == "error" and reply["code"] == "bad_request", raw
+        assert reply["message"]
+    await send(ws, {"type": "ping", "id": 1})
+    assert (await recv(ws))["type"] == "pong"
+    await ws.close()
+
+
+async def test_oversized_message_closes_1009(server, alice) -> None:
+    ws = await connected(server, alice)
+    await ws.send("x" * (server.settings.ws_max_message_bytes + 1))
+    assert await closed_with(ws) == 1009
+
+
+async def test_flooding_is_rate_limited_then_closed(make_server) -> None:
+    srv = make_server(ws_rate_limit=1, ws_rate_burst=2)
+    user = await create_user(srv.settings)
+    ws = await connected(srv, user)
+    codes = []
+    try:
+        for _ in range(40):
+            await send(ws, {"type": "ping"})
+        while True:
+            codes.append((await recv(ws)).get("code"))
+    except websockets.ConnectionClosed:
+        pass
+    assert "rate_limited" in codes
+    assert ws.close_code == 4429
+
+
+async def test_subscription_limit(make_server) -> None:
+    srv = make_server(ws_max_subscriptions=2)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as client:
+        projects = [await create_project(client, f"p{i}") for i in range(3)]
+    ws = await connected(srv, user)
+    assert (await subscribe(ws, projects[0]["id"]))["type"] == "subscribed"
+    assert (await subscribe(ws, projects[1]["id"]))["type"] == "subscribed"
+    refused = await subscribe(ws, projects[2]["id"])
+    assert refused["code"] == "too_many_subscriptions"
+    await ws.close()
+
+
+async def test_shutdown_closes_with_1012(make_server) -> None:
+    srv = make_server()
+    user = await create_user(srv.settings)
+    ws = await connected(srv, user)
+    stopping = asyncio.create_task(asyncio.to_thread(srv.stop))
+    assert await closed_with(ws) == 1012
+    await stopping
+
+
+async def test_batch_subprotocol_packs_frames(server, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    ws = await ws_connect(server, alice, subprotocols=["tidings.batch.v1"])
+    assert ws.subprotocol == "tidings.batch.v1"
+    import orjson
+
+    first = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert isinstance(first, list) and first[0]["type"] == "connection.established"
+    await ws.close()
+    plain = await ws_connect(server, alice, subprotocols=["tidings.v1"])
+    assert plain.subprotocol == "tidings.v1"
+    assert (await recv(plain))["type"] == "connection.established"
+    await plain.close()
+    assert project
