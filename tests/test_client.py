@@ -235,7 +235,7 @@ async def test_subscribe_while_disconnected_is_sent_on_reconnect(
     async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
         server.stop()
         async with asyncio.timeout(TIMEOUT):
-            while client.connected.is_set():  # noqa: ASYNC110 (the client has no "lost" event)
+            while client.connected.is_set():
                 await asyncio.sleep(0.01)
         pending = asyncio.create_task(client.subscribe(project["id"]))
         server.start()
