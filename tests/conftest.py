@@ -53,12 +53,6 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{name} is not running on {host}:{port}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- databases ---------------------------------------------------------------------------
 
 
@@ -111,15 +105,26 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 class ServerThread:
     """uvicorn serving ``create_app(settings)`` in a thread; stop and start it at will."""
 
-    def __init__(self, settings: Settings, port: int | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.port = 0  # chosen by the kernel at the first start, kept across restarts
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
     def start(self) -> None:
+        # Bind here, not in uvicorn: no window in which another process can take the port.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.settings),
             host="127.0.0.1",
@@ -130,7 +135,9 @@ class ServerThread:
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + TIMEOUT
         while not self._server.started:

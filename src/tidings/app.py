@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from tidings import __version__, metrics
 from tidings.access import visible_project
-from tidings.api import auth, files, health, processes, projects
+from tidings.api import auth, dashboard, files, health, processes, projects
 from tidings.api.deps import Services
 from tidings.auth import LoginThrottle
 from tidings.broker import create_broker
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, auth, projects, files, processes):
         app.include_router(module.router)
     app.include_router(ws_router)
+    dashboard.mount(app)
     return app
 
 

@@ -1,0 +1,282 @@
+"""tidings.client: the pure bookkeeping on its own, the reconnect loop against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import (
+    TIMEOUT,
+    ServerThread,
+    TestUser,
+    api,
+    create_project,
+    create_user,
+    upload,
+)
+from tidings import TidingsClient
+from tidings.client import (
+    Backoff,
+    ClientState,
+    Closed,
+    SubscriptionError,
+    Unauthorized,
+    decode_frame,
+    should_reconnect,
+    websocket_url,
+)
+from tidings.codes import CLOSE_CODES, CloseCode
+
+# -- pure parts --------------------------------------------------------------------------
+
+
+def test_should_reconnect_reads_the_table() -> None:
+    for code, info in CLOSE_CODES.items():
+        assert should_reconnect(int(code)) is info.reconnect
+    assert should_reconnect(None)  # refused or dropped
+    assert should_reconnect(1011)  # not in the table: transient
+    assert not should_reconnect(4401)
+    assert should_reconnect(1012)
+
+
+def test_backoff_grows_with_jitter_and_resets() -> None:
+    b = Backoff(base=1.0, cap=8.0, rng=lambda lo, hi: hi)
+    assert [b.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    b.reset()
+    assert b.next_delay() == 1.0
+    low = Backoff(base=1.0, cap=8.0, rng=lambda lo, hi: lo)
+    assert [low.next_delay() for _ in range(3)] == [0.5, 1.0, 2.0]
+    real = Backoff(base=0.1, cap=1.0)
+    for _ in range(100):
+        assert 0.0 < real.next_delay() <= 1.0  # huge attempt counts do not overflow
+
+
+def test_state_dedupes_by_seq_per_project() -> None:
+    s = ClientState()
+    assert s.want("p", None) == {"type": "subscribe", "project_id": "p"}
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 3})
+    assert s.last == {"p": 3}
+    assert not s.receive({"type": "file.uploaded", "project_id": "p", "seq": 3})
+    assert s.receive({"type": "file.uploaded", "project_id": "p", "seq": 4})
+    assert not s.receive({"type": "file.uploaded", "project_id": "p", "seq": 4})
+    assert s.receive({"type": "file.uploaded", "project_id": "q", "seq": 1})  # own counter
+    assert s.receive({"type": "process.progress", "project_id": "p", "progress": 0.5})
+    assert s.receive({"type": "process.progress", "project_id": "p", "progress": 0.5})
+    assert not s.receive({"type": "system.heartbeat"})
+    assert not s.receive({"type": "pong"})
+    assert s.receive({"type": "connection.established"})
+    assert s.resubscribe() == [{"type": "subscribe", "project_id": "p", "since": 4}]
+
+
+def test_state_resume_and_recovery() -> None:
+    s = ClientState()
+    assert s.want("p", 7) == {"type": "subscribe", "project_id": "p", "since": 7}
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 9, "recovered": True})
+    assert s.last["p"] == 7  # the replay of 8 and 9 follows
+    assert s.receive({"type": "file.uploaded", "project_id": "p", "seq": 8})
+    # Past retention, or a `since` from another history: start over from the server's seq.
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 2, "recovered": False})
+    assert s.last["p"] == 2
+    assert s.receive({"type": "file.uploaded", "project_id": "p", "seq": 3})
+    # A fresh subscribe never moves the cursor backwards.
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 1})
+    assert s.last["p"] == 3
+
+
+def test_state_forgets_ended_subscriptions() -> None:
+    s = ClientState()
+    for p in ("a", "b", "c", "d"):
+        s.want(p, None)
+    assert s.receive({"type": "unsubscribed", "project_id": "a", "reason": "access_revoked"})
+    assert s.receive({"type": "error", "code": "not_found", "project_id": "b"})
+    assert s.receive({"type": "project.deleted", "project_id": "c", "seq": 5})
+    assert s.subscriptions == {"d"}
+    assert s.drop("d") == {"type": "unsubscribe", "project_id": "d"}
+    assert s.resubscribe() == []
+    # An unsubscribed reply to our own request keeps nothing either.
+    assert s.receive({"type": "unsubscribed", "project_id": "d"})
+    assert s.receive({"type": "error", "code": "bad_request"})
+
+
+def test_url_and_frames() -> None:
+    assert websocket_url("http://h:1") == "ws://h:1/ws"
+    assert websocket_url("https://h/") == "wss://h/ws"
+    assert websocket_url("ws://h/ws") == "ws://h/ws"
+    assert decode_frame(b'{"type":"a"}') == [{"type": "a"}]
+    assert decode_frame('[{"type":"a"},{"type":"b"},3]') == [{"type": "a"}, {"type": "b"}]
+
+
+# -- against a real server ---------------------------------------------------------------
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(base=0.02, cap=0.25)
+
+
+async def next_event(
+    client: TidingsClient, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        async for event in client:
+            if predicate(event):
+                return event
+    raise AssertionError("iteration ended")
+
+
+def file_events(seen: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(e["file"]["name"], e["seq"]) for e in seen if e["type"] == "file.uploaded"]
+
+
+async def test_token_subscribe_and_receive(server: ServerThread, alice: TestUser, alice_api):
+    project = await create_project(alice_api)
+    async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
+        hello = await next_event(client, lambda e: True)
+        assert hello["type"] == "connection.established"
+        assert hello["user"]["username"] == "alice"
+        reply = await client.subscribe(project["id"])
+        assert reply == {**reply, "type": "subscribed", "seq": 1}
+        assert (await upload(alice_api, project["id"], "x.txt")).status_code == 201
+        event = await next_event(client, lambda e: e["type"] == "file.uploaded")
+        assert event["seq"] == 2 and event["file"]["name"] == "x.txt"
+        assert client.state.last[project["id"]] == 2
+        await client.unsubscribe(project["id"])
+        assert client.state.subscriptions == set()
+        with pytest.raises(SubscriptionError) as info:
+            await client.subscribe("no-such-project")
+        assert info.value.message["code"] == "not_found"
+
+
+async def test_cookie_auth(server: ServerThread, alice: TestUser) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        login = await http.post(
+            "/api/auth/login", json={"username": "alice", "password": alice.password}
+        )
+        assert login.status_code == 200
+        cookie = login.cookies["tidings_session"]
+    async with TidingsClient(server.ws_url, cookie=cookie) as client:
+        hello = await next_event(client, lambda e: True)
+        assert hello["user"]["username"] == "alice"
+
+
+async def test_bad_credentials_stop_at_once(server: ServerThread) -> None:
+    client = TidingsClient(server.url, token="tid_wrong", backoff=fast_backoff())
+    with pytest.raises(Unauthorized):
+        await client.connect()
+
+
+async def test_revoked_session_ends_iteration(server: ServerThread, alice: TestUser) -> None:
+    async with api(server, alice) as http:
+        created = await http.post("/api/auth/tokens", json={"name": "short-lived"})
+        token = created.json()
+    async with TidingsClient(server.url, token=token["token"], backoff=fast_backoff()) as c:
+        await next_event(c, lambda e: e["type"] == "connection.established")
+        async with api(server, alice) as http:
+            assert (await http.delete(f"/api/auth/tokens/{token['id']}")).status_code == 204
+        with pytest.raises(Unauthorized):
+            await next_event(c, lambda e: False)
+        with pytest.raises(Unauthorized):  # and stays ended
+            await next_event(c, lambda e: False)
+        assert c.reconnects == 0
+
+
+async def test_events_during_restart_arrive_once(
+    server: ServerThread, alice: TestUser, alice_api
+) -> None:
+    """The server stops (1012), another node takes writes meanwhile, the server comes back
+    on the same port: the client reconnects, resumes, gets each missed event exactly once."""
+    project = await create_project(alice_api)
+    pid = project["id"]
+    seen: list[dict[str, Any]] = []
+    async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
+        await client.subscribe(pid)
+        await upload(alice_api, pid, "before.txt")
+        seen.append(await next_event(client, lambda e: e["type"] == "file.uploaded"))
+
+        server.stop()
+        other = ServerThread(server.settings)  # same database, another port
+        other.start()
+        try:
+            async with api(other, alice) as http:
+                for name in ("during-1.txt", "during-2.txt"):
+                    assert (await upload(http, pid, name)).status_code == 201
+        finally:
+            other.stop()
+        server.start()
+
+        established = await next_event(client, lambda e: e["type"] == "connection.established")
+        assert established["type"] == "connection.established"
+        resumed = await next_event(client, lambda e: e["type"] == "subscribed")
+        assert resumed["recovered"] is True and resumed["seq"] == 4
+        await upload(alice_api, pid, "after.txt")
+        async with asyncio.timeout(TIMEOUT):
+            async for event in client:
+                seen.append(event)
+                if event.get("seq") == 5:
+                    break
+        assert client.reconnects >= 1
+    assert file_events(seen) == [
+        ("before.txt", 2),
+        ("during-1.txt", 3),
+        ("during-2.txt", 4),
+        ("after.txt", 5),
+    ]
+
+
+async def test_subscribe_while_disconnected_is_sent_on_reconnect(
+    server: ServerThread, alice: TestUser, alice_api
+) -> None:
+    project = await create_project(alice_api)
+    async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
+        server.stop()
+        async with asyncio.timeout(TIMEOUT):
+            while client.connected.is_set():
+                await asyncio.sleep(0.01)
+        pending = asyncio.create_task(client.subscribe(project["id"]))
+        server.start()
+        async with asyncio.timeout(TIMEOUT):
+            reply = await pending
+        assert reply["seq"] == 1
+
+
+async def test_unrecovered_is_surfaced(make_server, alice_api) -> None:
+    srv = make_server(event_history=2)
+    user = await create_user(srv.settings, "carol")
+    async with api(srv, user) as http:
+        project = await create_project(http)
+        for i in range(4):
+            await upload(http, project["id"], f"f{i}.txt")
+    lost: list[str] = []
+    client = TidingsClient(srv.url, token=user.token, on_unrecovered=lost.append)
+    async with client:
+        reply = await client.subscribe(project["id"], since=1)
+        assert reply["recovered"] is False and reply["seq"] == 5
+        assert lost == [project["id"]]
+        assert client.state.last[project["id"]] == 5
+
+
+async def test_normal_close_ends_iteration() -> None:
+    """A server that closes with 1000 (reconnect: false in the table) is not retried;
+    messages batched with the hello in the first frame are not lost."""
+    import websockets
+
+    first = [{"type": "connection.established"}, {"type": "project.updated", "project_id": "p"}]
+
+    async def handler(ws: Any) -> None:
+        await ws.send(orjson.dumps(first).decode())
+        await ws.close(CloseCode.NORMAL)
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        async with TidingsClient(f"ws://127.0.0.1:{port}/ws", backoff=fast_backoff()) as c:
+            assert [await anext(c), await anext(c)] == first
+            started = time.monotonic()
+            with pytest.raises(Closed) as info:
+                await next_event(c, lambda e: False)
+            assert info.value.code == 1000
+            assert time.monotonic() - started < TIMEOUT
