@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TIMEOUT, ServerThread, free_port
+from tests.conftest import TIMEOUT, ServerThread
 from tidings import Settings
 from tidings.cli import main
 
@@ -158,6 +159,13 @@ class Serve:
             self.proc.terminate()
         out, _ = await asyncio.wait_for(self.proc.communicate(), TIMEOUT * 3)
         return "".join(self.lines) + out.decode()
+
+
+def free_port() -> int:
+    """A port for a server in another process (which cannot take a bound socket from us)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def serve(data_dir: Path) -> Serve:
