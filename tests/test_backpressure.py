@@ -18,6 +18,7 @@ from tests.conftest import (
     create_user,
     eventually,
     recv_until,
+    send,
     subscribe,
     ws_connect,
 )
@@ -107,3 +108,35 @@ async def test_stalled_client_that_wakes_up_sees_4008(make_server) -> None:
     except websockets.ConnectionClosed:
         pass
     assert stalled.close_code == 4008
+
+
+async def test_progress_coalesces_for_a_slow_reader(server: ServerThread, alice, alice_api) -> None:
+    project = await create_project(alice_api)
+    pid = project["id"]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    ws = await ws_connect(server, alice, sock=sock)
+    await recv_until(ws, lambda m: m["type"] == "connection.established")
+    await subscribe(ws, pid)
+    ws.transport.pause_reading()
+
+    eventlog = server.services.eventlog
+    published = 2000
+
+    async def burst() -> None:
+        for i in range(1, published + 1):
+            body = {"process_id": "p1", "progress": i / published, "message": "x" * 1000}
+            await eventlog.publish_ephemeral(pid, "process.progress", body, coalesce="progress:p1")
+
+    server_loop = server.services.hub._tasks[0].get_loop()
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(burst(), server_loop))
+    ws.transport.resume_reading()
+    seen: list[float] = []
+    while not seen or seen[-1] < 1.0:
+        message = await recv_until(ws, lambda m: m["type"] == "process.progress")
+        seen.append(message["progress"])
+    assert seen == sorted(set(seen)), "progress went backwards or repeated"
+    assert len(seen) < published  # queued updates were coalesced, not all delivered
+    await send(ws, {"type": "ping"})
+    assert (await recv_until(ws, lambda m: m["type"] == "pong"))["type"] == "pong"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from tidings.codes import CloseCode
 from tidings.events import encode, timestamp
+from tidings.frames import Frame
 from tidings.outqueue import OutboundQueue
 from tidings.protocol import ClientMessages
 
@@ -26,18 +27,21 @@ BATCH_MAX_FRAMES = 256
 
 
 class Socket(Protocol):
-    """What a connection needs from the transport (see ``server.py`` and ``ws.py``)."""
+    """What a connection needs from the transport (see ``server.py`` and ``ws.py``).
 
-    async def send_frames(self, frames: list[str]) -> None:
-        """Send each string as one text frame, in order; wait while the peer is behind."""
+    ``batch`` asks for ``tidings.batch.v1`` framing: all the frames as one JSON array.
+    """
+
+    async def send(self, frames: list[Frame], batch: bool) -> None:
+        """Send the frames in order; wait while the peer is behind."""
         ...
 
     def writable(self) -> bool:
         """True if :meth:`write_nowait` may be called now (the peer is keeping up)."""
         ...
 
-    def write_nowait(self, frames: list[str]) -> None:
-        """Hand frames to the transport without waiting; only when :meth:`writable`."""
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
+        """Hand the frames to the transport without waiting; only when :meth:`writable`."""
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -45,29 +49,6 @@ class Socket(Protocol):
     def abort(self) -> None:
         """Drop the TCP connection now, without a closing handshake."""
         ...
-
-
-class Frame:
-    """An event encoded once, shared by every connection it goes to."""
-
-    __slots__ = ("coalesce", "project_id", "published_at", "seq", "size", "text", "type")
-
-    def __init__(
-        self,
-        text: str,
-        type: str,
-        project_id: str | None = None,
-        seq: int | None = None,
-        coalesce: str | None = None,
-        published_at: float = 0.0,
-    ) -> None:
-        self.text = text
-        self.size = len(text)
-        self.type = type
-        self.project_id = project_id
-        self.seq = seq
-        self.coalesce = coalesce
-        self.published_at = published_at
 
 
 class ConnState(enum.Enum):
@@ -126,7 +107,7 @@ class Connection:
         on_gap: Callable[[Connection, Subscription], None],
         schedule_flush: Callable[[Connection], None],
         on_slow: Callable[[Connection], None] = lambda conn: None,
-        on_written: Callable[[int, float], None] = lambda count, oldest: None,
+        on_written: Callable[[list[Frame]], None] = lambda frames: None,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id
@@ -134,7 +115,7 @@ class Connection:
         self.credential = credential
         self.socket = socket
         self.messages = messages
-        self.queue = OutboundQueue(max_queue_messages, max_queue_bytes)
+        self.queue: OutboundQueue[Frame] = OutboundQueue(max_queue_messages, max_queue_bytes)
         self.close_timeout = close_timeout
         self.batch = batch
         self.state = ConnState.OPEN
@@ -148,23 +129,20 @@ class Connection:
         self._on_written = on_written
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
-        self._oldest = 0.0  # publish time of the oldest frame waiting, for latency metrics
         self._writer = asyncio.create_task(self._write_loop(), name=f"tidings-writer-{client_id}")
         self._closer: asyncio.Task[None] | None = None
 
     # -- called by the hub while fanning out: synchronous, never blocks -----------------
 
-    def deliver(self, frame: Frame) -> bool:
-        """Offer an event of a project; returns False if not subscribed to it.
+    def deliver(self, frame: Frame) -> None:
+        """Offer an event of a project this connection is subscribed to.
 
         Durable events go out in strict ``seq`` order: one at the cursor + 1 is sent, an old
         one dropped, and one past a gap switches the subscription to recovery from the log.
         """
-        sub = self.subs.get(frame.project_id) if frame.project_id is not None else None
-        if sub is None:
-            return False
-        if sub.state is not SubState.LIVE:
-            return True  # the replay from the log covers it; ephemeral events wait for live
+        sub = self.subs.get(frame.project_id)  # type: ignore[arg-type]
+        if sub is None or sub.state is not SubState.LIVE:
+            return  # a replay from the log covers it; ephemeral events wait for live
         seq = frame.seq
         if seq is None:
             self.push(frame)
@@ -174,17 +152,14 @@ class Connection:
         elif seq > sub.cursor + 1:
             sub.move(SubState.RECOVERING)
             self._on_gap(self, sub)
-        return True
 
     def push(self, frame: Frame) -> None:
         if self.state is not ConnState.OPEN:
             return
-        if not self.queue.put(frame.text, frame.size, frame.coalesce):
+        if not self.queue.put(frame, frame.size, frame.coalesce):
             self._on_slow(self)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return
-        if len(self.queue) == 1:
-            self._oldest = frame.published_at
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._schedule_flush(self)
@@ -198,23 +173,20 @@ class Connection:
         """
         self._flush_scheduled = False
         queue = self.queue
-        if self.state is not ConnState.OPEN or not queue:
+        if self.state is not ConnState.OPEN:
             return
         socket = self.socket
-        while queue:
+        while queue.count:
             if self._sending or not socket.writable():
                 self._wakeup.set()
-                break
-            oldest = self._oldest
+                return
             frames = queue.drain(BATCH_MAX_FRAMES)
-            if queue:
-                self._oldest = time.time()
             try:
-                socket.write_nowait(self._pack(frames))
+                socket.write_nowait(frames, self.batch)
             except Exception as exc:  # the peer went away; the endpoint will notice
                 logger.debug("write to %s failed: %r", self.client_id, exc)
                 return
-            self._on_written(len(frames), oldest)
+            self._on_written(frames)
         self._room.set()
 
     def send_message(self, message: dict[str, Any]) -> None:
@@ -255,7 +227,7 @@ class Connection:
         """Wait until ``size`` bytes fit with a quarter of the queue left for live events."""
         q = self.queue
         while self.state is ConnState.OPEN:
-            if len(q) + 1 <= q.max_messages * 3 // 4 and q.nbytes + size <= max(
+            if q.count + 1 <= q.max_messages * 3 // 4 and q.nbytes + size <= max(
                 q.max_bytes * 3 // 4, size
             ):
                 return True
@@ -287,26 +259,18 @@ class Connection:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                oldest = self._oldest
                 frames = queue.drain(BATCH_MAX_FRAMES)
-                if queue:
-                    self._oldest = time.time()
                 self._room.set()
                 self._sending = True
                 try:
-                    await self.socket.send_frames(self._pack(frames))
+                    await self.socket.send(frames, self.batch)
                 finally:
                     self._sending = False
-                self._on_written(len(frames), oldest)
+                self._on_written(frames)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-write
             logger.debug("writer of %s stopped: %r", self.client_id, exc)
-
-    def _pack(self, frames: list[str]) -> list[str]:
-        if self.batch:  # tidings.batch.v1: one frame holds a JSON array of messages
-            return ["[" + ",".join(frames) + "]"]
-        return frames
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         # Whatever happens below, the TCP connection is gone after the timeout: a peer that

@@ -10,48 +10,47 @@ any other server the endpoint falls back to plain ASGI messages (see ``ws.py``).
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from tidings.frames import Frame, batch_text, frame_text
 from tidings.settings import Settings
 
 EXTENSION = "tidings.socket"
 
 
-def frame_text(payload: bytes) -> bytes:
-    """One unmasked, unfragmented text frame (a server never masks, RFC 6455 §5.1)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
 class FastSocket:
-    """The ``tidings.socket`` extension: batched writes and abort, for one connection."""
+    """The ``tidings.socket`` extension: batched writes and abort, for one connection.
+
+    Frames are written straight to the transport (no per-frame websockets ``Frame``
+    objects or ASGI messages); ``writable`` mirrors uvicorn's transport flow control.
+    """
 
     __slots__ = ("_proto",)
 
     def __init__(self, proto: TidingsWebSocketProtocol) -> None:
         self._proto = proto
 
-    async def send_frames(self, frames: list[str]) -> None:
+    async def send(self, frames: list[Frame], batch: bool) -> None:
         await self._proto.writable.wait()  # transport flow control: the peer is reading
-        self.write_nowait(frames)
+        self.write_nowait(frames, batch)
 
     def writable(self) -> bool:
         return self._proto.writable.is_set()
 
-    def write_nowait(self, frames: list[str]) -> None:
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
         proto = self._proto
         if proto.disconnected or proto.close_sent or proto.conn.state is not State.OPEN:
             raise ConnectionError("websocket is closed")
-        proto.transport.write(b"".join([frame_text(f.encode()) for f in frames]))
+        if batch:
+            proto.transport.write(frame_text(batch_text(frames).encode()))
+        elif len(frames) == 1:
+            proto.transport.write(frames[0].wire)
+        else:
+            proto.transport.write(b"".join([f.wire for f in frames]))
 
     def abort(self) -> None:
         transport = self._proto.transport

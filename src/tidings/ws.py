@@ -18,6 +18,7 @@ from tidings.api.deps import Services
 from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
 from tidings.connection import Connection
+from tidings.frames import Frame, batch_text
 from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscribe
 from tidings.server import EXTENSION
 
@@ -34,9 +35,12 @@ class AsgiSocket:
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
 
-    async def send_frames(self, frames: list[str]) -> None:
+    async def send(self, frames: list[Frame], batch: bool) -> None:
+        if batch:
+            await self.websocket.send_text(batch_text(frames))
+            return
         for frame in frames:
-            await self.websocket.send_text(frame)
+            await self.websocket.send_text(frame.text)
 
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code, reason)
@@ -44,7 +48,7 @@ class AsgiSocket:
     def writable(self) -> bool:
         return False  # ASGI sends are awaited: the writer task does them
 
-    def write_nowait(self, frames: list[str]) -> None:
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
         raise RuntimeError("ASGI sockets cannot write without awaiting")
 
     def abort(self) -> None:
@@ -56,14 +60,14 @@ class ExtensionSocket(AsgiSocket):
         super().__init__(websocket)
         self.fast = websocket.scope["extensions"][EXTENSION]
 
-    async def send_frames(self, frames: list[str]) -> None:
-        await self.fast.send_frames(frames)
+    async def send(self, frames: list[Frame], batch: bool) -> None:
+        await self.fast.send(frames, batch)
 
     def writable(self) -> bool:
         return bool(self.fast.writable())
 
-    def write_nowait(self, frames: list[str]) -> None:
-        self.fast.write_nowait(frames)
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
+        self.fast.write_nowait(frames, batch)
 
     def abort(self) -> None:
         self.fast.abort()
