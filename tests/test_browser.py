@@ -1,6 +1,7 @@
 """The dashboard and tidings.js in real headless Chromium (Debian's, driven by Playwright).
 
-Set ``TIDINGS_SCREENSHOT=docs/dashboard.png`` to save the README screenshot on the way.
+Set ``TIDINGS_SCREENSHOT=docs/dashboard.png`` to save the README screenshot on the way
+(taken by ``test_processes_panel_shows_results_reports_and_cancels``, a process mid-progress).
 """
 
 from __future__ import annotations
@@ -8,13 +9,23 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.conftest import IN_CI, TIMEOUT, ServerThread, TestUser, api, create_project, upload
+from tests.conftest import (
+    IN_CI,
+    TIMEOUT,
+    ServerThread,
+    TestUser,
+    api,
+    create_project,
+    create_user,
+    upload,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +43,7 @@ CHROMIUM_ARGS = [
 WAIT_MS = TIMEOUT * 1000
 # A restart outage lets the page's back-off grow to a few seconds: wait longer for that.
 RECONNECT_MS = 4 * WAIT_MS
+MiB = 1024 * 1024
 
 
 def _require(ok: bool, why: str) -> None:
@@ -137,11 +149,159 @@ async def test_two_members_see_changes_live_across_a_restart(
     file_id = await alice_page.get_attribute("#files tr[data-name='brief.md']", "data-id")
     assert (await alice_api.delete(f"/api/projects/{pid}/files/{file_id}")).status_code == 204
     await bob_page.wait_for_selector("#files tr[data-name='brief.md']", state="detached")
+    assert alice_page.errors == [] and bob_page.errors == []
+
+
+async def share(http: Any, name: str, *members: str) -> str:
+    project = await create_project(http, name)
+    for username in members:
+        added = await http.post(
+            f"/api/projects/{project['id']}/members", json={"username": username}
+        )
+        assert added.status_code == 201, added.text
+    return str(project["id"])
+
+
+async def start_from(page: Any, kind: str, compression: str = "stored") -> None:
+    await page.select_option("#start-process select[name=kind]", kind)
+    if kind == "export":
+        await page.select_option("#start-process select[name=compression]", compression)
+    await page.click("#start-process button[type=submit]")
+
+
+# Installed in a page: every value the progress bar of the first process of `kind` shows,
+# recorded as the DOM changes (a MutationObserver sees each one; polling could miss some).
+# The arrival highlights have faded (only endless animations, a running bar's sheen, remain).
+SETTLED = """() => document.getAnimations().every(
+    a => a.playState === "finished" || a.effect.getTiming().iterations === Infinity
+)"""
+
+RECORD_PROGRESS = """kind => {
+    window.progressSeen = [];
+    const record = () => {
+        const bar = document.querySelector(`#processes li[data-kind="${kind}"] [role=progressbar]`);
+        const value = bar ? Number(bar.getAttribute("aria-valuenow")) : null;
+        const seen = window.progressSeen;
+        if (value !== null && seen[seen.length - 1] !== value) seen.push(value);
+    };
+    new MutationObserver(record).observe(document.querySelector("#processes"), {
+        subtree: true, childList: true, attributes: true, attributeFilter: ["aria-valuenow"],
+    });
+}"""
+
+
+async def test_an_export_started_in_one_page_runs_live_in_another(
+    browser: Any, make_server: Any
+) -> None:
+    # Progress events every 20 ms, and a deflated zip of 6 MiB of random bytes: the export
+    # takes long enough for several of them to reach the other page.
+    server = make_server(progress_interval=0.02)
+    alice = await create_user(server.settings, "alice")
+    bob = await create_user(server.settings, "bob")
+    files = {"renders/hero.exr": 4 * MiB, "renders/alt.exr": 2 * MiB, "brief.md": 2000}
+    async with api(server, alice) as http:
+        pid = await share(http, "Launch campaign", "bob")
+        for location, size in files.items():
+            folder, _, name = location.rpartition("/")
+            sent = await upload(http, pid, name, os.urandom(size), path="/" + folder)
+            assert sent.status_code == 201, sent.text
+
+        alice_page = await open_dashboard(browser, server, alice)
+        bob_page = await open_dashboard(browser, server, bob)
+        for page in (alice_page, bob_page):
+            await select(page, pid)
+            await wait_file(page, "hero.exr")
+            await page.wait_for_selector("#processes li.empty", timeout=WAIT_MS)
+        await bob_page.evaluate(RECORD_PROGRESS, "export")
+
+        await start_from(alice_page, "export", compression="deflated")
+        row = "#processes li[data-kind=export]"
+        await alice_page.wait_for_selector(row, timeout=WAIT_MS)
+        await bob_page.wait_for_selector(row, timeout=WAIT_MS)
+        # Bob's bar moves while it runs (a value strictly between 0 and 1) …
+        await bob_page.wait_for_function(
+            "() => window.progressSeen.some(v => v > 0 && v < 1)", timeout=WAIT_MS
+        )
+        # … and the export ends succeeded, full, with its result, on both pages.
+        for page in (bob_page, alice_page):
+            await page.wait_for_selector(f"{row}[data-status=succeeded]", timeout=WAIT_MS)
+            assert await page.get_attribute(f"{row} [role=progressbar]", "aria-valuenow") == "1"
+            assert await page.text_content(f"{row} .tag") == "succeeded"
+            assert (await page.text_content(f"{row} .message") or "").startswith("3 files")
+        seen = await bob_page.evaluate("window.progressSeen")
+        assert seen == sorted(seen) and seen[-1] == 1, seen  # it only ever rose
+        assert alice_page.errors == [] and bob_page.errors == []
+        assert await bob_page.locator("#processes li.process").count() == 1
+
+        # Both pages offer the zip; the link serves it.
+        href = await bob_page.get_attribute(f"{row} a.download", "href")
+        assert href == await alice_page.get_attribute(f"{row} a.download", "href")
+        response = await http.get(href)
+        assert response.status_code == 200
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            assert sorted(archive.namelist()) == sorted(files)
+
+
+async def test_processes_panel_shows_results_reports_and_cancels(
+    browser: Any, server: ServerThread, alice: TestUser, bob: TestUser, alice_api: Any
+) -> None:
+    pid = await share(alice_api, "Launch campaign", "bob")
+    await share(alice_api, "Brand refresh")
+    await upload(alice_api, pid, "brief.md", b"# Brief\n" * 400, content_type="text/markdown")
+    await upload(alice_api, pid, "poster.png", PNG, path="/art", content_type="image/png")
+
+    alice_page = await open_dashboard(browser, server, alice)
+    bob_page = await open_dashboard(browser, server, bob)
+    for page in (alice_page, bob_page):
+        await select(page, pid)
+        await wait_file(page, "poster.png")
+    await upload(alice_api, pid, "storyboard.pdf", os.urandom(90_000), "/art", "application/pdf")
+    await upload(alice_api, pid, "teaser.mp4", os.urandom(300_000), "/video", "video/mp4")
+    for page in (alice_page, bob_page):
+        await wait_file(page, "teaser.mp4")
+
+    # Started by bob; alice's page shows how it ended and what it found.
+    await start_from(bob_page, "verify")
+    verify = "#processes li[data-kind=verify][data-status=succeeded]"
+    await alice_page.wait_for_selector(verify, timeout=WAIT_MS)
+    assert await alice_page.text_content(f"{verify} .message") == "4 files checked · all intact"
+    await start_from(alice_page, "export")
+    export = "#processes li[data-kind=export][data-status=succeeded]"
+    await bob_page.wait_for_selector(f"{export} a.download", timeout=WAIT_MS)
+
+    # An external worker reports progress over REST: both bars follow it.
+    created = await alice_api.post(
+        f"/api/projects/{pid}/processes",
+        json={"kind": "external", "params": {"label": "transcode"}},
+    )
+    assert created.status_code == 202, created.text
+    row = f"#processes li[data-id='{created.json()['id']}']"
+    reported = await alice_api.post(
+        f"/api/projects/{pid}/processes/{created.json()['id']}/progress",
+        json={"progress": 0.42, "message": "Transcoding teaser.mp4 · pass 1 of 2"},
+    )
+    assert reported.status_code == 204
+    for page in (alice_page, bob_page):
+        await page.wait_for_selector(f"{row}[data-status=running] [aria-valuenow='0.42']")
+        assert await page.text_content(f"{row} .name") == "transcode"
+        assert await page.text_content(f"{row} .message") == "Transcoding teaser.mp4 · pass 1 of 2"
+        assert await page.text_content(f"{row} .pct") == "42%"
 
     screenshot = os.environ.get("TIDINGS_SCREENSHOT")
     if screenshot:
-        await alice_page.wait_for_timeout(1500)  # let the arrival highlights fade
+        await alice_page.wait_for_function(SETTLED, timeout=WAIT_MS)
         await alice_page.screenshot(path=screenshot)
+
+    # Bob cancels it: both pages show it cancelled where it stopped, with no cancel left.
+    await bob_page.click(f"{row} button.cancel")
+    for page in (bob_page, alice_page):
+        await page.wait_for_selector(f"{row}[data-status=cancelled]", timeout=WAIT_MS)
+        assert await page.text_content(f"{row} .message") == "Cancelled at 42%"
+        assert await page.locator(f"{row} button.cancel").count() == 0
+    # Finished processes offer no cancel; only the export offers a download.
+    assert await bob_page.locator("#processes button.cancel").count() == 0
+    assert await bob_page.locator("#processes a.download").count() == 1
+    assert await bob_page.locator("#processes li.process").count() == 3
     assert alice_page.errors == [] and bob_page.errors == []
 
 

@@ -23,7 +23,7 @@ from tidings.processes import ProcessRunner
 from tidings.security import hash_password, new_password
 from tidings.settings import Settings
 from tidings.storage import Storage
-from tidings.ws import router as ws_router
+from tidings.ws import websocket_endpoint
 
 logger = logging.getLogger("tidings")
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     for module in (health, auth, projects, files, processes):
         app.include_router(module.router)
-    app.include_router(ws_router)
+    app.router.add_websocket_route("/ws", websocket_endpoint)
     dashboard.mount(app)
     return app
 

@@ -124,12 +124,11 @@ class Connection:
         self._on_gap = on_gap
         self._schedule_flush = schedule_flush
         self._flush_scheduled = False
-        self._sending = False  # the writer task is inside an awaited send
         self._on_slow = on_slow
         self._on_written = on_written
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(), name=f"tidings-writer-{client_id}")
+        # Created only when needed: an idle connection holds no task and no event.
+        self._writer: asyncio.Task[None] | None = None  # running while the peer is behind
+        self._room: asyncio.Event | None = None  # a replay waiting for queue space
         self._closer: asyncio.Task[None] | None = None
 
     # -- called by the hub while fanning out: synchronous, never blocks -----------------
@@ -169,16 +168,16 @@ class Connection:
 
         The hub calls this once per loop iteration for every connection that got frames,
         so all the events fanned out in that iteration leave in one write. When the peer is
-        behind (or a send is already in progress) the writer task takes over and waits.
+        behind (or a send is already in progress) a writer task takes over and waits.
         """
         self._flush_scheduled = False
         queue = self.queue
-        if self.state is not ConnState.OPEN:
-            return
+        if self.state is not ConnState.OPEN or self._writer is not None:
+            return  # a running writer takes whatever is queued
         socket = self.socket
         while queue.count:
-            if self._sending or not socket.writable():
-                self._wakeup.set()
+            if not socket.writable():
+                self._writer = asyncio.create_task(self._write_loop())
                 return
             frames = queue.drain(BATCH_MAX_FRAMES)
             try:
@@ -187,7 +186,8 @@ class Connection:
                 logger.debug("write to %s failed: %r", self.client_id, exc)
                 return
             self._on_written(frames)
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
 
     def send_message(self, message: dict[str, Any]) -> None:
         """Queue a reply or notice for this connection only; ``timestamp`` is added here."""
@@ -215,7 +215,8 @@ class Connection:
         self.close_code = code
         if not flush:
             self.queue.clear()
-            self._writer.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
         for sub in self.subs.values():
             if sub.task is not None:
                 sub.task.cancel()
@@ -231,6 +232,8 @@ class Connection:
                 q.max_bytes * 3 // 4, size
             ):
                 return True
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         return False
@@ -238,11 +241,13 @@ class Connection:
     async def finish(self) -> None:
         """Wait for the writer and closer to end; call once the socket has disconnected."""
         self.state = ConnState.CLOSED if self.state is ConnState.OPEN else self.state
-        self._writer.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
         for sub in self.subs.values():
             if sub.task is not None:
                 sub.task.cancel()
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         tasks = [t for t in (self._writer, self._closer) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         self.state = ConnState.CLOSED
@@ -250,27 +255,22 @@ class Connection:
     # -- I/O -----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Send what is queued, waiting on the peer, until the queue is empty; then end."""
         queue = self.queue
         try:
-            while True:
-                if not queue:
-                    if self.state is not ConnState.OPEN:
-                        return  # flushed before a close
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
+            while queue.count:
                 frames = queue.drain(BATCH_MAX_FRAMES)
-                self._room.set()
-                self._sending = True
-                try:
-                    await self.socket.send(frames, self.batch)
-                finally:
-                    self._sending = False
+                if self._room is not None:
+                    self._room.set()
+                await self.socket.send(frames, self.batch)
                 self._on_written(frames)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-write
             logger.debug("writer of %s stopped: %r", self.client_id, exc)
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     async def _close(self, code: int, reason: str, flush: bool) -> None:
         # Whatever happens below, the TCP connection is gone after the timeout: a peer that
@@ -278,11 +278,12 @@ class Connection:
         loop = asyncio.get_running_loop()
         loop.call_later(self.close_timeout, self.socket.abort)
         deadline = loop.time() + self.close_timeout
-        if flush:
-            self._wakeup.set()
-            done, _ = await asyncio.wait([self._writer], timeout=self.close_timeout)
+        if flush and self.queue.count:
+            writer = self._writer or asyncio.create_task(self._write_loop())
+            self._writer = writer
+            done, _ = await asyncio.wait([writer], timeout=self.close_timeout)
             if not done:
-                self._writer.cancel()
+                writer.cancel()
         try:
             await asyncio.wait_for(
                 self.socket.close(code, reason), max(0.0, deadline - loop.time())

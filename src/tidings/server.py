@@ -65,6 +65,14 @@ class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][EXTENSION] = FastSocket(self)
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The handshake is done: don't keep its request and response (headers and all)
+            # for the life of an idle connection.
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]
+
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options tidings needs, whoever starts the server (CLI, tests, benchmarks)."""

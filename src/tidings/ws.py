@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 
-from fastapi import APIRouter, WebSocket
+from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from tidings.api.deps import Services
@@ -23,7 +23,6 @@ from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscrib
 from tidings.server import EXTENSION
 
 logger = logging.getLogger("tidings.ws")
-router = APIRouter()
 
 SUBPROTOCOL = "tidings.v1"
 BATCH_SUBPROTOCOL = "tidings.batch.v1"  # frames carry a JSON array of messages
@@ -73,8 +72,9 @@ class ExtensionSocket(AsgiSocket):
         self.fast.abort()
 
 
-@router.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    """Mounted as a plain Starlette route (``app.router.add_websocket_route``): FastAPI's
+    dependency machinery would hold an exit stack per connection for nothing."""
     services: Services = websocket.app.state.services
     settings = services.settings
     if not origin_allowed(

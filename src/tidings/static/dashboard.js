@@ -16,7 +16,7 @@ const view = {
   files: new Map(),
   renderedFiles: null,
   processes: new Map(),
-  processesApi: null, // unknown until the first request; false when the server lacks it
+  processRows: new Map(), // process id -> its <li>, kept so updates happen in place
   connection: { state: "offline" },
 };
 
@@ -43,7 +43,13 @@ async function json(method, path, body) {
 async function errorText(response) {
   try {
     const body = await response.json();
-    return typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`;
+    if (typeof body.detail === "string") return body.detail;
+    // A 422 lists what was wrong: name the field and the reason.
+    if (Array.isArray(body.detail) && body.detail.length) {
+      const { loc = [], msg } = body.detail[0];
+      return `${loc.filter((part) => part !== "body").join(".")}: ${msg}`;
+    }
+    return `HTTP ${response.status}`;
   } catch (err) {
     return `HTTP ${response.status}`;
   }
@@ -66,6 +72,13 @@ function formatSize(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/** Local wall-clock time of an ISO timestamp, 24-hour: 16:32:05. */
+function clock(iso) {
+  if (!iso) return "";
+  const time = new Date(iso);
+  return Number.isNaN(time.getTime()) ? "" : time.toLocaleTimeString([], { hour12: false });
 }
 
 function notice(text) {
@@ -177,16 +190,12 @@ function onMessage(message) {
     case "process.started":
     case "process.completed":
       if (pid === view.selected && message.process) {
-        view.processes.set(message.process_id, { ...view.processes.get(message.process_id), ...message.process });
+        mergeProcess(message.process);
         renderProcesses();
       }
       break;
     case "process.progress":
-      if (pid === view.selected) {
-        const known = view.processes.get(message.process_id) || { id: message.process_id, kind: "", status: "running" };
-        view.processes.set(message.process_id, { ...known, progress: message.progress, message: message.message });
-        renderProcesses();
-      }
+      if (pid === view.selected) onProgress(message);
       break;
     default:
       break;
@@ -198,21 +207,32 @@ function onMessage(message) {
 function logEvent(message) {
   const project = message.project_id ? view.projects.get(message.project_id) : null;
   let what = "";
+  const process = message.process_id ? message.process || view.processes.get(message.process_id) : null;
   if (message.file) what = message.file.name;
   else if (message.data && !project) what = message.data.name;
-  else if (message.type === "process.progress") what = `${Math.round(message.progress * 100)}%`;
+  else if (message.type === "process.progress") what = `${processTitle(process || {})} ${Math.round(message.progress * 100)}%`;
+  else if (process) what = `${processTitle(process)} ${process.status}`;
   else if (message.type === "error") what = message.message;
   else if (message.type === "subscribed" && "recovered" in message) what = `recovered: ${message.recovered}`;
-  const time = (message.timestamp || "").slice(11, 19);
+  const time = clock(message.timestamp);
+  const summary = [project ? project.name : "", what].filter(Boolean).join(" · ");
+  const log = $("#log");
+  const newest = log.firstElementChild;
+  const sameRun = newest?.dataset.type === "process.progress" && newest.dataset.process === message.process_id;
+  if (message.type === "process.progress" && sameRun) {
+    // A run of progress reports of one process is one line that keeps moving.
+    newest.querySelector(".time").textContent = time;
+    newest.querySelector(".what").textContent = summary;
+    return;
+  }
   const item = el(
     "li",
-    { "data-type": message.type },
+    { "data-type": message.type, ...(message.process_id ? { "data-process": message.process_id } : {}) },
     el("span", { class: "time" }, time),
     el("span", { class: "type" }, message.type),
     el("span", { class: "seq" }, message.seq !== undefined ? `#${message.seq}` : ""),
-    el("span", { class: "what" }, [project ? project.name : "", what].filter(Boolean).join(" · ")),
+    el("span", { class: "what" }, summary),
   );
-  const log = $("#log");
   log.prepend(item);
   while (log.children.length > LOG_LIMIT) log.lastChild.remove();
 }
@@ -271,7 +291,7 @@ async function loadProjectState(pid) {
     for (const f of page.items) files.set(f.id, f);
     offset = page.next_offset;
   }
-  const processes = await loadProcesses(pid);
+  const processes = await loadProcesses(pid).catch(() => new Map());
   if (view.selected !== pid) return project.seq;
   view.files = files;
   view.renderedFiles = null;
@@ -284,29 +304,6 @@ async function loadProjectState(pid) {
   return project.seq;
 }
 
-async function loadProcesses(pid) {
-  const processes = new Map();
-  if (view.processesApi === false) return processes;
-  let response;
-  try {
-    response = await api("GET", `/api/projects/${encodeURIComponent(pid)}/processes`);
-  } catch (err) {
-    return processes;
-  }
-  if (response.status === 404 || response.status === 405) {
-    const body = await response.json().catch(() => ({}));
-    // A missing route answers {"detail":"Not Found"}; a missing project names itself.
-    if (response.status === 405 || body.detail === "Not Found") view.processesApi = false;
-    return processes;
-  }
-  if (!response.ok) return processes;
-  view.processesApi = true;
-  const body = await response.json();
-  const items = Array.isArray(body) ? body : body.items || [];
-  for (const p of items) processes.set(p.id, p);
-  return processes;
-}
-
 function dropProject(pid, why) {
   view.projects.delete(pid);
   renderProjects();
@@ -314,6 +311,7 @@ function dropProject(pid, why) {
   view.selected = null;
   view.files = new Map();
   view.processes = new Map();
+  renderProcesses();
   $("#project").hidden = true;
   $("#empty").hidden = false;
   $("#empty").textContent = why;
@@ -385,48 +383,248 @@ async function deleteFile(pid, fileId) {
 }
 
 // -- processes --------------------------------------------------------------------------------
+//
+// A process is learnt from several sources that can arrive in any order: the list fetched
+// with the project, the answer to our own POST or DELETE, the durable process.started /
+// process.completed events (replayed after a reconnect) and the ephemeral process.progress
+// ones. mergeProcess never moves a process backwards: a lower status rank, or a lower
+// progress at the same rank, is stale news and is ignored.
+
+const STATUS_RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
+const ACTIVE = new Set(["queued", "running"]);
+
+function mergeProcess(update) {
+  const known = view.processes.get(update.id);
+  if (known) {
+    const was = STATUS_RANK[known.status] ?? 0;
+    const now = STATUS_RANK[update.status] ?? was;
+    if (now < was) return known;
+    if (now === was && (update.progress ?? 0) < (known.progress ?? 0)) {
+      update = { ...update, progress: known.progress, message: known.message };
+    }
+  }
+  const merged = { ...known, ...update };
+  view.processes.set(update.id, merged);
+  return merged;
+}
+
+function onProgress(message) {
+  const id = message.process_id;
+  const known = view.processes.get(id);
+  if (!known) {
+    // Started before the list we hold was read and not replayed to us: ask for it.
+    view.processes.set(id, { id, kind: "", status: "running", progress: 0, message: "" });
+    refreshProcess(view.selected, id);
+  } else if (!ACTIVE.has(known.status)) {
+    return; // a late progress report for a process we already know has ended
+  }
+  mergeProcess({ id, status: "running", progress: message.progress, message: message.message });
+  renderProcesses();
+}
+
+async function refreshProcess(pid, id) {
+  try {
+    const process = await json("GET", `/api/projects/${encodeURIComponent(pid)}/processes/${encodeURIComponent(id)}`);
+    if (view.selected !== pid) return;
+    mergeProcess(process);
+    renderProcesses();
+  } catch (err) {
+    // Gone meanwhile (its project deleted): the project's own events say so.
+  }
+}
+
+async function loadProcesses(pid) {
+  const page = await json("GET", `/api/projects/${encodeURIComponent(pid)}/processes?limit=100`);
+  return new Map(page.items.map((p) => [p.id, p]));
+}
+
+function processTitle(p) {
+  if (p.kind === "external") return p.params?.label || p.params?.name || "external";
+  return p.kind || "process";
+}
+
+
+function duration(p) {
+  if (!p.started_at || !p.finished_at) return "";
+  const seconds = (new Date(p.finished_at) - new Date(p.started_at)) / 1000;
+  if (seconds < 0.1) return "< 0.1 s";
+  return seconds < 60 ? `${seconds.toFixed(1)} s` : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** One line about a finished process: what it found or made, or why it stopped. */
+function outcome(p) {
+  const r = p.result || {};
+  if (p.status === "failed") return { text: p.error || "failed", tone: "bad" };
+  if (p.status === "cancelled") return { text: `Cancelled at ${Math.round((p.progress || 0) * 100)}%`, tone: "" };
+  if (p.kind === "export") {
+    const missing = (r.missing || []).length;
+    return {
+      text: `${plural(r.files ?? 0, "file")} · ${formatSize(r.size ?? 0)}${missing ? ` · ${missing} missing` : ""}`,
+      tone: missing ? "warn" : "",
+    };
+  }
+  if (p.kind === "verify") {
+    const bad = (r.mismatched || []).length;
+    const missing = (r.missing || []).length;
+    if (!bad && !missing) return { text: `${plural(r.checked ?? 0, "file")} checked · all intact`, tone: "good" };
+    return { text: `${plural(r.checked ?? 0, "file")} checked · ${bad} changed · ${missing} missing`, tone: "bad" };
+  }
+  if (p.kind === "thumbnails") {
+    const skipped = (r.skipped || []).length;
+    return {
+      text: `${plural((r.thumbnails || []).length, "thumbnail")}${skipped ? ` · ${skipped} skipped` : ""}`,
+      tone: skipped ? "warn" : "",
+    };
+  }
+  return { text: p.message || "Done", tone: "" };
+}
+
+/** The row of a process, updated in place so that its bar's width change animates. */
+function processRow(p) {
+  let row = view.processRows.get(p.id);
+  if (!row) {
+    row = el(
+      "li",
+      { class: "process", "data-id": p.id },
+      el(
+        "div",
+        { class: "process-head" },
+        el("span", { class: "name" }),
+        el("span", { class: "tag" }),
+        el("span", { class: "muted when" }),
+        el("span", { class: "actions" }),
+      ),
+      el(
+        "div",
+        { class: "process-progress" },
+        el(
+          "div",
+          { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "1" },
+          el("div", { class: "fill" }),
+        ),
+        el("span", { class: "num pct" }),
+      ),
+      el("div", { class: "message" }),
+    );
+    view.processRows.set(p.id, row);
+  }
+  const pct = Math.round((p.progress || 0) * 100);
+  const active = ACTIVE.has(p.status);
+  row.dataset.kind = p.kind;
+  row.dataset.status = p.status;
+  row.querySelector(".name").textContent = processTitle(p);
+  const tag = row.querySelector(".tag");
+  tag.className = `tag ${p.status}`;
+  tag.textContent = p.status;
+  const when = p.started_at || p.created_at;
+  row.querySelector(".when").textContent = [clock(when), duration(p)].filter(Boolean).join(" · ");
+  const bar = row.querySelector(".bar");
+  bar.setAttribute("aria-valuenow", String(p.progress || 0));
+  bar.setAttribute("aria-valuetext", `${pct}%`);
+  bar.setAttribute("aria-label", `${processTitle(p)} progress`);
+  row.querySelector(".fill").style.width = `${pct}%`;
+  row.querySelector(".pct").textContent = `${pct}%`;
+
+  const message = row.querySelector(".message");
+  if (active) {
+    message.className = "message muted";
+    message.textContent = p.status === "queued" ? "Waiting for a free slot…" : p.message || "Starting…";
+  } else {
+    const { text, tone } = outcome(p);
+    message.className = `message ${tone || "muted"}`;
+    message.textContent = text;
+  }
+
+  const actions = row.querySelector(".actions");
+  const state = active ? `active:${p.cancelling ? 1 : 0}` : p.status;
+  if (actions.dataset.state !== state) {
+    actions.dataset.state = state;
+    const pid = view.selected;
+    if (active) {
+      actions.replaceChildren(
+        el(
+          "button",
+          { type: "button", class: "link cancel", onclick: () => cancelProcess(pid, p.id) },
+          p.cancelling ? "cancelling…" : "cancel",
+        ),
+      );
+      if (p.cancelling) actions.firstChild.disabled = true;
+    } else if (p.status === "succeeded" && p.kind === "export") {
+      const href = `/api/projects/${encodeURIComponent(pid)}/processes/${encodeURIComponent(p.id)}/result`;
+      actions.replaceChildren(el("a", { class: "download", href, download: p.result?.archive || "export.zip" }, "⬇ Download zip"));
+    } else {
+      actions.replaceChildren();
+    }
+  }
+  return row;
+}
 
 function renderProcesses() {
-  const missing = view.processesApi === false;
-  $("#processes-missing").hidden = !missing;
-  $("#start-process").hidden = missing;
-  const items = [...view.processes.values()].sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""));
-  $("#processes").replaceChildren(
-    ...items.map((p) => {
-      const pct = Math.round((p.progress || 0) * 100);
-      const running = p.status === "running" || p.status === "queued";
-      return el(
-        "li",
-        { "data-id": p.id, "data-status": p.status },
-        el("span", { class: "name" }, p.kind || "process"),
-        el("span", { class: `tag ${p.status}` }, p.status),
-        el("div", { class: "bar" }, el("div", { class: "fill", style: `width:${pct}%` })),
-        el("span", { class: "num" }, `${pct}%`),
-        el("span", { class: "muted message" }, p.error || p.message || ""),
-        running
-          ? el("button", { type: "button", class: "link", onclick: () => cancelProcess(p.id) }, "cancel")
-          : "",
-      );
-    }),
-  );
-  if (!items.length && !missing) $("#processes").append(el("li", { class: "muted" }, "No processes yet."));
+  const list = $("#processes");
+  const items = [...view.processes.values()].sort((a, b) => (b.created_at || "~").localeCompare(a.created_at || "~"));
+  const wanted = new Set(items.map((p) => p.id));
+  for (const [id, row] of view.processRows) {
+    if (!wanted.has(id)) {
+      row.remove();
+      view.processRows.delete(id);
+    }
+  }
+  list.querySelector(":scope > .empty")?.remove();
+  // Insert and reorder without detaching rows already in place (that would restart them).
+  items.forEach((p, index) => {
+    const row = processRow(p);
+    if (list.children[index] !== row) list.insertBefore(row, list.children[index] || null);
+  });
+  if (!items.length) list.append(el("li", { class: "muted empty" }, "No processes yet."));
+}
+
+function syncProcessForm() {
+  const kind = $("#start-process select[name=kind]").value;
+  $("#start-process select[name=compression]").hidden = kind !== "export";
 }
 
 async function startProcess(event) {
   event.preventDefault();
-  const kind = new FormData(event.target).get("kind");
+  const form = new FormData(event.target);
+  const kind = form.get("kind");
+  const params = {};
+  if (form.get("path")) params.path = form.get("path");
+  if (kind === "export") params.compression = form.get("compression");
+  const pid = view.selected;
   try {
-    await json("POST", `/api/projects/${encodeURIComponent(view.selected)}/processes`, { kind, params: {} });
+    const process = await json("POST", `/api/projects/${encodeURIComponent(pid)}/processes`, { kind, params });
+    notice("");
+    if (view.selected !== pid) return;
+    mergeProcess(process); // queued: others see it once it starts (process.started)
+    renderProcesses();
   } catch (err) {
     notice(`Could not start ${kind}: ${err.message}`);
   }
 }
 
-async function cancelProcess(processId) {
+async function cancelProcess(pid, processId) {
+  const known = view.processes.get(processId);
+  if (known) {
+    known.cancelling = true;
+    renderProcesses();
+  }
   try {
-    await json("DELETE", `/api/projects/${encodeURIComponent(view.selected)}/processes/${encodeURIComponent(processId)}`);
+    // Answers once the process has stopped, with it (cancelled).
+    const process = await json(
+      "DELETE",
+      `/api/projects/${encodeURIComponent(pid)}/processes/${encodeURIComponent(processId)}`,
+    );
+    if (view.selected === pid) mergeProcess(process);
   } catch (err) {
-    notice(`Cancel failed: ${err.message}`);
+    notice(`Cancel failed: ${err.message}`); // 409: it had finished meanwhile
+  } finally {
+    const current = view.processes.get(processId);
+    if (current) delete current.cancelling;
+    if (view.selected === pid) renderProcesses();
   }
 }
 
@@ -437,6 +635,8 @@ $("#logout").addEventListener("click", logout);
 $("#new-project").addEventListener("submit", createProject);
 $("#upload").addEventListener("submit", upload);
 $("#start-process").addEventListener("submit", startProcess);
+$("#start-process select[name=kind]").addEventListener("change", syncProcessForm);
+syncProcessForm();
 
 const me = await api("GET", "/api/auth/me");
 if (me.ok) await start(await me.json());
