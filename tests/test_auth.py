@@ -153,10 +153,14 @@ async def test_tokens_create_list_delete(
         listed = (await client.get("/api/auth/tokens")).json()
         assert [t["name"] for t in listed] == ["test", "ci"]
         assert all("token" not in t for t in listed)  # the secret is shown once only
+        assert listed[1]["last_used_at"] is None
 
     async with api(server) as anonymous:
         anonymous.headers["Authorization"] = f"Bearer {token['token']}"
         assert (await anonymous.get("/api/auth/me")).json()["username"] == "alice"
+        async with api(server, alice) as client:
+            listed = (await client.get("/api/auth/tokens")).json()
+            assert listed[1]["last_used_at"] is not None  # recorded on use
 
         # Someone else cannot see or revoke it.
         async with api(server, bob) as other:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tidings.db import Database
 from tidings.models import ApiToken, AuthSession, User
@@ -26,44 +26,60 @@ class Principal:
     via: str  # "cookie" or "bearer"
 
 
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
 async def authenticate(
     db: Database, cookie: str | None, authorization: str | None
 ) -> Principal | None:
     """The caller behind a bearer token (preferred when given) or a session cookie."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return await _bearer(db, token.strip())
+    if cookie:
+        return await _session(db, cookie)
+    return None
+
+
+async def _bearer(db: Database, token: str) -> Principal | None:
     now = datetime.now(UTC)
     async with db.read() as session:
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return None
-            row = (
-                await session.execute(
-                    select(ApiToken.id, User.id, User.username)
-                    .join(User, User.id == ApiToken.user_id)
-                    .where(
-                        ApiToken.secret_hash == hash_secret(token.strip()),
-                        ApiToken.revoked_at.is_(None),
-                    )
+        row = (
+            await session.execute(
+                select(ApiToken.id, User.id, User.username, ApiToken.last_used_at)
+                .join(User, User.id == ApiToken.user_id)
+                .where(ApiToken.secret_hash == hash_secret(token), ApiToken.revoked_at.is_(None))
+            )
+        ).first()
+    if row is None:
+        return None
+    token_id, user_id, username, last_used = row
+    if last_used is None or now - last_used >= LAST_USED_PRECISION:
+        # Recorded at most once a minute per token: not a write per request.
+        async with db.write() as session:
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
+            )
+    return Principal(user_id, username, f"token:{token_id}", "bearer")
+
+
+async def _session(db: Database, cookie: str) -> Principal | None:
+    async with db.read() as session:
+        row = (
+            await session.execute(
+                select(AuthSession.id, AuthSession.expires_at, User.id, User.username)
+                .join(User, User.id == AuthSession.user_id)
+                .where(
+                    AuthSession.secret_hash == hash_secret(cookie),
+                    AuthSession.revoked_at.is_(None),
                 )
-            ).first()
-            if row is None:
-                return None
-            return Principal(row[1], row[2], f"token:{row[0]}", "bearer")
-        if cookie:
-            srow = (
-                await session.execute(
-                    select(AuthSession.id, AuthSession.expires_at, User.id, User.username)
-                    .join(User, User.id == AuthSession.user_id)
-                    .where(
-                        AuthSession.secret_hash == hash_secret(cookie),
-                        AuthSession.revoked_at.is_(None),
-                    )
-                )
-            ).first()
-            if srow is None or srow[1] <= now:
-                return None
-            return Principal(srow[2], srow[3], f"session:{srow[0]}", "cookie")
-    return None
+            )
+        ).first()
+    if row is None or row[1] <= datetime.now(UTC):
+        return None
+    return Principal(row[2], row[3], f"session:{row[0]}", "cookie")
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
