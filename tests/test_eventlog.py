@@ -154,7 +154,7 @@ class RecordingBroker:
 
 
 @pytest.fixture
-async def log_db(database_url: str, backend: str) -> AsyncIterator[tuple[Database, str]]:
+async def log_db(database_url: str, backend: str) -> AsyncIterator[tuple[Database, str, str]]:
     db = Database(create_engine(database_url))
     await migrate(db.engine)
     async with db.write() as session:
@@ -164,13 +164,13 @@ async def log_db(database_url: str, backend: str) -> AsyncIterator[tuple[Databas
         project = Project(name="p", owner_id=user.id, last_seq=0)
         session.add(project)
     try:
-        yield db, project.id
+        yield db, project.id, user.id
     finally:
         await db.dispose()
 
 
-async def test_event_is_published_only_after_commit(log_db: tuple[Database, str]) -> None:
-    db, pid = log_db
+async def test_event_is_published_only_after_commit(log_db: tuple[Database, str, str]) -> None:
+    db, pid, owner = log_db
     broker = RecordingBroker()
     log = EventLog(db, broker, history=100, channel="test")
     async with db.write() as session:
@@ -182,12 +182,13 @@ async def test_event_is_published_only_after_commit(log_db: tuple[Database, str]
     assert envelope.audience == ("u1",)
     (logged,) = await log.read_after(pid, 0, 10)
     assert logged.frame.encode() == envelope.frame
-    assert await log.bounds(pid) == (1, 1)
+    assert await log.bounds(pid, owner) == (1, 1)
+    assert await log.bounds(pid, "a-stranger") is None  # invisible looks like missing
     assert await log.heads([pid, "missing"]) == {pid: 1}
 
 
-async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str]) -> None:
-    db, pid = log_db
+async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str, str]) -> None:
+    db, pid, owner = log_db
     broker = RecordingBroker()
     log = EventLog(db, broker, history=100, channel="test")
     with pytest.raises(RuntimeError, match="change failed"):
@@ -196,13 +197,13 @@ async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str]
             raise RuntimeError("change failed")
     assert broker.published == []
     assert await log.read_after(pid, 0, 10) == []
-    assert await log.bounds(pid) == (1, 0)  # empty log, latest seq still 0
+    assert await log.bounds(pid, owner) == (1, 0)  # empty log, latest seq still 0
     async with db.write() as session:
         assert await log.record(session, pid, FILE_UPLOADED, {"file": {}}) == 1
 
 
-async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str]) -> None:
-    db, pid = log_db
+async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str, str]) -> None:
+    db, pid, owner = log_db
     log = EventLog(db, RecordingBroker(), history=2, channel="test")
 
     def body(seq: int) -> dict[str, Any]:
@@ -214,13 +215,13 @@ async def test_body_may_depend_on_the_seq(log_db: tuple[Database, str]) -> None:
     events = await log.read_after(pid, 0, 10)
     assert [e.seq for e in events] == [2, 3]
     assert orjson.loads(events[-1].frame)["data"] == {"seen": 3}
-    assert await log.bounds(pid) == (2, 3)
+    assert await log.bounds(pid, owner) == (2, 3)
 
 
-async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str]) -> None:
-    db, _ = log_db
+async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str, str]) -> None:
+    db, _, owner = log_db
     log = EventLog(db, RecordingBroker(), history=10, channel="test")
     with pytest.raises(LookupError):
         async with db.write() as session:
             await log.record(session, "no-such-project", FILE_UPLOADED, {})
-    assert await log.bounds("no-such-project") is None
+    assert await log.bounds("no-such-project", owner) is None

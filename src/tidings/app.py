@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tidings import __version__, metrics
-from tidings.access import visible_project
 from tidings.api import auth, dashboard, files, health, processes, projects
 from tidings.api.deps import Services
 from tidings.auth import LoginThrottle
@@ -36,11 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
 
-    async def can_see(user_id: str, project_id: str) -> bool:
-        async with db.read() as session:
-            return await visible_project(session, user_id, project_id) is not None
-
-    hub = Hub(eventlog, can_see, settings.heartbeat_interval)
+    hub = Hub(eventlog, settings.heartbeat_interval)
     services = Services(
         settings=settings,
         db=db,

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings.access import visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
 from tidings.models import Event, Project
@@ -164,16 +165,24 @@ class EventLog:
     async def publish_control(self, type: str, data: dict[str, Any]) -> None:
         await self.publish(Envelope(type=type, data=data))
 
-    async def bounds(self, project_id: str) -> tuple[int, int] | None:
-        """``(oldest retained seq, latest seq)`` of a live project, or None if it is gone."""
+    async def bounds(self, project_id: str, user_id: str) -> tuple[int, int] | None:
+        """``(oldest retained seq, latest seq)`` of a project ``user_id`` can see, else None.
+
+        One query: the access check and the log bounds of a subscription together.
+        """
+        oldest = select(func.min(Event.seq)).where(Event.project_id == project_id).scalar_subquery()
         async with self.db.read() as session:
-            latest = await session.scalar(select(Project.last_seq).where(Project.id == project_id))
-            if latest is None:
-                return None
-            oldest = await session.scalar(
-                select(func.min(Event.seq)).where(Event.project_id == project_id)
-            )
-        return (oldest if oldest is not None else latest + 1, latest)
+            row = (
+                await session.execute(
+                    select(Project.last_seq, oldest).where(
+                        Project.id == project_id, visible_to(user_id)
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        latest, first = row
+        return (first if first is not None else latest + 1, latest)
 
     async def heads(self, project_ids: Sequence[str]) -> dict[str, int]:
         """Latest seq of each existing project among ``project_ids``."""

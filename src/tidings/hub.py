@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings import metrics
@@ -34,8 +33,6 @@ logger = logging.getLogger("tidings.hub")
 REPLAY_PAGE = 500
 HEAD_SYNC_INTERVAL = 5.0
 
-AccessCheck = Callable[[str, str], Awaitable[bool]]
-
 
 class Channel:
     """The connections subscribed to one project, and the newest seq seen for it."""
@@ -51,11 +48,9 @@ class Hub:
     def __init__(
         self,
         eventlog: EventLog,
-        can_see: AccessCheck,
         heartbeat_interval: float,
     ) -> None:
         self.eventlog = eventlog
-        self.can_see = can_see
         self.heartbeat_interval = heartbeat_interval
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
@@ -145,8 +140,7 @@ class Hub:
             metrics.CHANNELS.inc()
         channel.subscribers[conn] = None
         try:
-            visible = await self.can_see(conn.user_id, project_id)
-            bounds = await self.eventlog.bounds(project_id) if visible else None
+            bounds = await self.eventlog.bounds(project_id, conn.user_id)
         except Exception:
             logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
             bounds, failed = None, True
