@@ -91,6 +91,30 @@ class Subscription:
 class Connection:
     """Delivery state of one client. Created by ``ws.py``, fed by the hub."""
 
+    # Slots: thousands of idle connections each save an attribute dict.
+    __slots__ = (
+        "_closer",
+        "_flush_scheduled",
+        "_on_gap",
+        "_on_slow",
+        "_on_written",
+        "_room",
+        "_schedule_flush",
+        "_writer",
+        "batch",
+        "client_id",
+        "close_code",
+        "close_timeout",
+        "credential",
+        "messages",
+        "queue",
+        "socket",
+        "state",
+        "subs",
+        "user_id",
+        "username",
+    )
+
     def __init__(
         self,
         *,

@@ -65,6 +65,17 @@ class ClientMessages:
     ends for another reason (access check failed, access revoked, project deleted).
     """
 
+    __slots__ = (
+        "_last",
+        "_strikes",
+        "_tokens",
+        "burst",
+        "max_message_bytes",
+        "max_subscriptions",
+        "rate",
+        "subscriptions",
+    )
+
     def __init__(
         self,
         *,
