@@ -33,7 +33,11 @@ lint: $(VENV)/.dev-installed
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.dev-installed
+bench/node/node_modules: bench/node/package-lock.json
+	cd bench/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+bench: $(VENV)/.dev-installed bench/node/node_modules
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -1,0 +1,416 @@
+"""The load generator: the client side of one benchmark scenario, in a process of its own.
+
+``run.py`` starts it pinned to the core the server does not use, with the scenario as JSON
+on the command line, and reads JSON lines back:
+
+- ``{"phase": "ready"}``: clients connected and subscribed, nothing in flight;
+- ``{"phase": "start"}`` … ``{"phase": "end"}``: the measured part (``run.py`` samples
+  the server's CPU time and memory at both ends);
+- ``{"phase": "done", ...}``: the figures; the process then exits.
+
+The idle scenario waits for a line on standard input between ready and done.
+
+Latency is measured from the moment the load generator sends an event (or the REST request
+behind it) to the moment a subscriber's read returns it, on one clock. Every event a
+subscriber receives is counted, and durable events are checked for order (``seq`` one
+more than the last): a fast but lossy or reordering server would show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import re
+import resource
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import uvloop
+from wsclient import WSClient, connect
+
+EVENT_TYPES = ("file.uploaded", "project.updated")
+_SENT = re.compile(rb'"t":([0-9.]+)')  # each published event carries its send time as "t"
+_SEQ = re.compile(rb'"seq":([0-9]+)')
+
+
+class Subscriber:
+    """One client's view: its subscription, heartbeats, and the last ``seq`` it got."""
+
+    __slots__ = ("heartbeats", "last_seq", "subscribed")
+
+    def __init__(self) -> None:
+        self.subscribed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.heartbeats = 0
+        self.last_seq = 0
+
+
+class Stats:
+    """Everything a group of subscribers received, and a wait for a total to be reached.
+
+    Published events are only counted as they arrive; their send times and ``seq`` are
+    read afterwards (:meth:`analyse`), so that the load generator spends well under a
+    microsecond on each and keeps up with the fastest server.
+    """
+
+    def __init__(self) -> None:
+        self.latencies = array("d")
+        self.events = 0
+        self.out_of_order = 0
+        self.last_receipt = 0.0
+        self._timed: list[tuple[Subscriber, float, bytes]] = []
+        self._goal = 0
+        self._reached: asyncio.Future[None] | None = None
+
+    async def reached(self, goal: int, timeout: float) -> bool:
+        """Wait until ``goal`` events in all have arrived; False after ``timeout``."""
+        if self.events >= goal:
+            return True
+        self._goal = goal
+        self._reached = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._reached, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def restart(self) -> int:
+        """Forget the latencies so far (a warm-up's); return the event count to start from."""
+        self.analyse()
+        self.latencies = array("d")
+        return self.events
+
+    def on_messages(self, client: WSClient, payloads: list[bytes], now: float) -> None:
+        sub: Subscriber = client.state  # type: ignore[assignment]
+        for payload in payloads:
+            count = payload.count(b'"t":')
+            if count:  # published events (one, or an array): count them now
+                self.events += count
+                self.last_receipt = now
+                if count == 1 and len(payload) > 1024:  # send time and seq come first
+                    payload = payload[:1024]
+                self._timed.append((sub, now, payload))
+                continue
+            decoded = orjson.loads(payload)
+            for message in decoded if type(decoded) is list else (decoded,):
+                kind = message.get("type")
+                if kind in EVENT_TYPES:
+                    self.events += 1
+                    self.last_receipt = now
+                    self._check_order(sub, message.get("seq"))
+                    if kind == "project.updated":  # the REST change's description: its time
+                        self.latencies.append(now - float(message["data"]["description"]))
+                elif kind == "subscribed":
+                    sub.last_seq = message.get("seq") or 0
+                    if not sub.subscribed.done():
+                        sub.subscribed.set_result(message)
+                elif kind == "system.heartbeat":
+                    sub.heartbeats += 1
+                elif kind == "error" and not sub.subscribed.done():
+                    sub.subscribed.set_exception(RuntimeError(f"subscribe failed: {message}"))
+        if self._reached is not None and self.events >= self._goal and not self._reached.done():
+            self._reached.set_result(None)
+
+    def analyse(self) -> None:
+        """Read the send times and seqs of the events counted so far."""
+        for sub, now, payload in self._timed:
+            self.latencies.extend([now - float(t) for t in _SENT.findall(payload)])
+            for seq in _SEQ.findall(payload):
+                self._check_order(sub, int(seq))
+        self._timed = []
+
+    def _check_order(self, sub: Subscriber, seq: int | None) -> None:
+        if seq is not None:
+            if seq != sub.last_seq + 1:
+                self.out_of_order += 1
+            sub.last_seq = seq
+
+    def figures(self) -> dict[str, Any]:
+        self.analyse()
+        lat = sorted(self.latencies)
+        if not lat:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)
+
+        return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(lat[-1] * 1000, 2)}
+
+
+class Target:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.host: str = config["host"]
+        self.port: int = config["port"]
+        self.project_id: str = config["project_id"]
+        token = config.get("token")
+        self.headers = [("Authorization", f"Bearer {token}")] if token else []
+        self.subprotocols: list[str] = config.get("subprotocols", [])
+
+    async def subscribers(
+        self,
+        count: int,
+        stats: Stats,
+        *,
+        rcvbuf: int | None = None,
+        since: int | None = None,
+        concurrency: int = 64,
+    ) -> list[WSClient]:
+        """Connect ``count`` clients and subscribe each; return once all are subscribed."""
+        gate = asyncio.Semaphore(concurrency)
+        request: dict[str, Any] = {"type": "subscribe", "project_id": self.project_id}
+        if since is not None:
+            request["since"] = since
+
+        async def one() -> WSClient:
+            async with gate:
+                sub = Subscriber()
+                client = await connect(
+                    self.host,
+                    self.port,
+                    "/ws",
+                    stats.on_messages,
+                    headers=self.headers,
+                    subprotocols=self.subprotocols,
+                    rcvbuf=rcvbuf,
+                    state=sub,
+                )
+                client.send(orjson.dumps(request))
+                await asyncio.wait_for(sub.subscribed, 60)
+                return client
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    async def publisher(self) -> WSClient:
+        return await connect(self.host, self.port, "/bench/publish", lambda *args: None)
+
+    def event(self, i: int, size: int) -> bytes:
+        """A ``file.uploaded`` event whose frame, as servers send it, is about ``size``
+        bytes (they add ``timestamp`` and, tidings, ``seq``: about 60 bytes)."""
+        body = {
+            "type": "file.uploaded",
+            "project_id": self.project_id,
+            "file": {
+                "id": f"bench-{i}",
+                "name": f"upload-{i}.bin",
+                "path": "/bench",
+                "size": 1024 + i,
+                "asset_type": "other",
+            },
+            "t": time.time(),
+            "pad": "",
+        }
+        body["pad"] = "x" * max(0, size - 60 - len(orjson.dumps(body)))
+        return orjson.dumps(body)
+
+
+def emit(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Window:
+    """The measured part: announces it and reports the load generator's own CPU share."""
+
+    def __enter__(self) -> Window:
+        gc.collect()
+        gc.disable()  # what arrives is kept for analysis: no collector passes over it
+        emit({"phase": "start"})
+        self.started, self.cpu = time.time(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        emit({"phase": "end"})
+        gc.enable()
+        self.wall = time.time() - self.started
+        self.loadgen_cpu = round((cpu_seconds() - self.cpu) / max(self.wall, 1e-9), 3)
+
+
+async def warm_up(target: Target, publisher: WSClient, *groups: tuple[Stats, int]) -> None:
+    """A few events through every path first (Node's JIT, Python's caches, TCP windows);
+    ``groups`` are (stats, number of clients) that must all receive them."""
+    goals = [(stats, stats.events + 20 * clients) for stats, clients in groups]
+    for i in range(20):
+        publisher.send(target.event(-1 - i, 256))
+    for stats, goal in goals:
+        if not await stats.reached(goal, 60):
+            raise RuntimeError("warm-up events did not arrive")
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+
+async def fanout(config: dict[str, Any]) -> dict[str, Any]:
+    """``events`` events of ``size`` bytes published at once to ``clients`` subscribers."""
+    target, stats = Target(config), Stats()
+    clients, events = config["clients"], config["events"]
+    await target.subscribers(clients, stats)
+    publisher = await target.publisher()
+    await warm_up(target, publisher, (stats, clients))
+    base = stats.restart()
+    emit({"phase": "ready"})
+    with Window() as window:
+        for i in range(events):
+            publisher.send(target.event(i, config["size"]))
+        complete = await stats.reached(base + events * clients, config.get("timeout", 60))
+    delivered = stats.events - base
+    duration = stats.last_receipt - window.started
+    figures = stats.figures()
+    return {
+        "delivered": delivered,
+        "expected": events * clients,
+        "complete": complete,
+        "events_per_s": round(delivered / duration) if duration > 0 else None,
+        "duration_s": round(duration, 3),
+        "out_of_order": stats.out_of_order,
+        "loadgen_cpu": window.loadgen_cpu,
+        **figures,
+    }
+
+
+async def end_to_end(config: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` REST updates, one after the other, each awaited by ``clients``."""
+    target, stats = Target(config), Stats()
+    clients = config["clients"]
+    await target.subscribers(clients, stats)
+    headers = dict(target.headers)
+    base_url = f"http://{target.host}:{target.port}"
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
+
+        async def change() -> bool:
+            goal = stats.events + clients
+            sent = f"{time.time():.6f}"
+            response = await http.patch(
+                f"/api/projects/{target.project_id}", json={"description": sent}
+            )
+            response.raise_for_status()
+            return await stats.reached(goal, 30)
+
+        for _ in range(3):  # warm-up, as in the other scenarios
+            await change()
+        base = stats.restart()
+        emit({"phase": "ready"})
+        with Window() as window:
+            complete = all([await change() for _ in range(config["changes"])])
+    figures = stats.figures()
+    return {
+        "delivered": stats.events - base,
+        "expected": config["changes"] * clients,
+        "complete": complete,
+        "out_of_order": stats.out_of_order,
+        "loadgen_cpu": window.loadgen_cpu,
+        **figures,
+    }
+
+
+async def stalled(config: dict[str, Any]) -> dict[str, Any]:
+    """Fast subscribers plus ``stalled`` that never read, events paced at ``rate``/s; the
+    window ends when every fast subscriber has every event, or ``timeout`` s after the
+    last one was sent."""
+    target = Target(config)
+    fast, slow = Stats(), Stats()
+    n_fast, n_stalled, events = config["clients"], config["stalled"], config["events"]
+    await target.subscribers(n_fast, fast)
+    stuck = await target.subscribers(n_stalled, slow, rcvbuf=config["stalled_rcvbuf"])
+    publisher = await target.publisher()
+    await warm_up(target, publisher, (fast, n_fast), (slow, n_stalled))
+    base = fast.restart()
+    for client in stuck:
+        client.stall()
+    emit({"phase": "ready"})
+    with Window() as window:
+        for i in range(events):
+            await asyncio.sleep(max(0.0, window.started + i / config["rate"] - time.time()))
+            publisher.send(target.event(i, config["size"]))
+        complete = await fast.reached(base + events * n_fast, config.get("timeout", 30))
+    delivered = fast.events - base
+    # Let the stalled clients read again, to see how each server dealt with them.
+    for client in stuck:
+        if client.transport is not None and not client.transport.is_closing():
+            client.transport.resume_reading()
+    if stuck:
+        await asyncio.wait([c.closed for c in stuck], timeout=3)
+    codes = [c.closed.result() if c.closed.done() else "open" for c in stuck]
+    figures = fast.figures()
+    return {
+        "delivered": delivered,
+        "expected": events * n_fast,
+        "delivery_ratio": round(delivered / (events * n_fast), 4),
+        "complete": complete,
+        "stalled_closed": {str(code): codes.count(code) for code in set(codes)},
+        "out_of_order": fast.out_of_order,
+        "loadgen_cpu": window.loadgen_cpu,
+        **figures,
+    }
+
+
+async def idle(config: dict[str, Any]) -> dict[str, Any]:
+    """Hold ``clients`` subscribed connections until told to stop on standard input."""
+    target, stats = Target(config), Stats()
+    clients = await target.subscribers(config["clients"], stats)
+    gc.collect()
+    emit({"phase": "ready"})
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    subs: list[Subscriber] = [c.state for c in clients]  # type: ignore[misc]
+    result = {
+        "clients": len(clients),
+        "open": sum(c.is_open for c in clients),
+        "heartbeats_min": min(s.heartbeats for s in subs),
+    }
+    for client in clients:
+        client.close()
+    return result
+
+
+async def resume(config: dict[str, Any]) -> dict[str, Any]:
+    """One client subscribing with ``since`` far behind: time until it has caught up."""
+    target, stats = Target(config), Stats()
+    sub = Subscriber()
+    client = await connect(
+        target.host, target.port, "/ws", stats.on_messages, headers=target.headers, state=sub
+    )
+    request = {"type": "subscribe", "project_id": target.project_id, "since": config["since"]}
+    emit({"phase": "ready"})
+    with Window() as window:
+        client.send(orjson.dumps(request))
+        reply = await asyncio.wait_for(sub.subscribed, 60)
+        behind = reply["seq"] - config["since"]
+        complete = await stats.reached(behind, 60)
+    client.close()
+    return {
+        "events": stats.events,
+        "behind": behind,
+        "recovered": reply.get("recovered"),
+        "complete": complete,
+        "catch_up_s": round(stats.last_receipt - window.started, 3),
+        "out_of_order": stats.out_of_order,
+        "loadgen_cpu": window.loadgen_cpu,
+    }
+
+
+SCENARIOS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "fanout": fanout,
+    "e2e": end_to_end,
+    "stalled": stalled,
+    "idle": idle,
+    "resume": resume,
+}
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    result = uvloop.run(SCENARIOS[config["scenario"]](config))
+    emit({"phase": "done", **result})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""``make bench``: tidings against the naive pattern and Node's ``ws``, side by side.
+
+Servers run pinned to CPU 0; the load generator (and this script) to CPU 1. Each scenario
+runs in rounds, and in every round each server runs once, in turn (A B C A B C …). Ratios
+are taken within a round, then the median over rounds, so a drift in the machine's speed
+cancels. Prints one JSON line per run as it ends, then a markdown table per scenario and
+the targets. Everything is on loopback, bounded in count and in time.
+
+    python bench/run.py [--rounds N] [--only fanout,e2e,idle,stalled,resume] [--ablation]
+                        [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servers import BENCH, PYTHON, VARIANTS, Server, TidingsAccount, start
+
+SERVER_CPU, LOAD_CPU = "0", "1"
+QUEUE_BYTES = 4 * 1024 * 1024  # tidings' default TIDINGS_WS_MAX_QUEUE_BYTES
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    digits: int = 0
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    variants: tuple[str, ...]
+    cases: dict[str, dict[str, Any]]  # case name → load generator config
+    figures: tuple[Figure, ...]
+    rounds: int | None = None  # None: the --rounds option
+    heartbeat: float = 30.0
+    results: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    def values(self, case: str, variant: str, key: str) -> list[float]:
+        return [r[key] for r in self.results.get((case, variant), []) if r.get(key) is not None]
+
+    def median(self, case: str, variant: str, key: str) -> float | None:
+        values = self.values(case, variant, key)
+        return statistics.median(values) if values else None
+
+    def ratio(self, case: str, key: str, a: str, b: str) -> float | None:
+        """Median over rounds of a's figure divided by b's in the same round."""
+        pairs = zip(self.results.get((case, a), []), self.results.get((case, b), []), strict=False)
+        ratios = [x[key] / y[key] for x, y in pairs if x.get(key) and y.get(key)]
+        return statistics.median(ratios) if ratios else None
+
+
+FANOUT = (
+    Figure("events_per_s", "events/s"),
+    Figure("p50_ms", "latency p50 (ms)", 1),
+    Figure("p99_ms", "latency p99 (ms)", 1),
+    Figure("server_cpu", "server CPU (share of its core)", 2),
+    Figure("server_peak_rss_mib", "server peak RSS (MiB)", 1),
+    Figure("loadgen_cpu", "load generator CPU", 2),
+)
+
+
+def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
+    scale = 10 if quick else 1
+    main = ("tidings", "tidings-batch", "naive", "node")
+    if ablation:
+        return [
+            Scenario(
+                "ablation",
+                f"Ablation: fan-out, 1,000 subscribers × {200 // scale} events of 256 B",
+                ("tidings-batch", "tidings", "tidings-asgi", "naive-queued", "naive", "node"),
+                {
+                    "fan-out": {
+                        "scenario": "fanout",
+                        "clients": 1000,
+                        "events": 200 // scale,
+                        "size": 256,
+                    }
+                },
+                FANOUT,
+            )
+        ]
+    return [
+        Scenario(
+            "fanout",
+            f"Fan-out: 1,000 subscribers of one project, {200 // scale} events of ~256 B "
+            "published at once",
+            main,
+            {
+                "fan-out": {
+                    "scenario": "fanout",
+                    "clients": 1000,
+                    "events": 200 // scale,
+                    "size": 256,
+                }
+            },
+            FANOUT,
+        ),
+        Scenario(
+            "e2e",
+            "End-to-end: REST change (PATCH /api/projects/{id}) → event at 1,000 subscribers",
+            ("tidings", "naive", "node"),
+            {"rest": {"scenario": "e2e", "clients": 1000, "changes": 30 // scale}},
+            (
+                Figure("p50_ms", "latency p50 (ms)", 1),
+                Figure("p99_ms", "latency p99 (ms)", 1),
+                Figure("server_cpu", "server CPU (share of its core)", 2),
+                Figure("loadgen_cpu", "load generator CPU", 2),
+            ),
+        ),
+        Scenario(
+            "idle",
+            "Idle memory: connected, subscribed clients with a heartbeat every second",
+            ("tidings", "naive", "node"),
+            {
+                f"{n:,}": {"scenario": "idle", "clients": n}
+                for n in ((500, 1990) if quick else (5000, 19900))
+            },
+            (
+                Figure("kib_per_connection", "KiB per connection", 1),
+                Figure("server_rss_mib", "server RSS (MiB)", 1),
+                Figure("open", "connections open at the end"),
+                Figure("heartbeats_min", "heartbeats received (fewest)"),
+            ),
+            rounds=1,
+            heartbeat=1.0,
+        ),
+        Scenario(
+            "stalled",
+            "Stalled clients: 50 fast subscribers, plus 5 that never read in the stalled "
+            f"case; {200 // scale} events of 64 KiB at 40/s",
+            ("tidings", "naive", "node"),
+            {
+                case: {
+                    "scenario": "stalled",
+                    "clients": 50,
+                    "stalled": stalled,
+                    "events": 200 // scale,
+                    "size": 65536,
+                    "rate": 40,
+                    "stalled_rcvbuf": 32768,
+                    "timeout": 5,
+                }
+                for case, stalled in (("control", 0), ("stalled", 5))
+            },
+            (
+                Figure("delivery_ratio", "fast clients' delivery ratio", 3),
+                Figure("p50_ms", "fast clients' latency p50 (ms)", 1),
+                Figure("p99_ms", "fast clients' latency p99 (ms)", 1),
+                Figure("rss_growth_mib", "server RSS growth (MiB)", 1),
+                Figure("server_cpu", "server CPU (share of its core)", 2),
+            ),
+        ),
+        Scenario(
+            "resume",
+            "Resume: one client subscribing 10,000 events behind (real event log, SQLite)",
+            ("tidings",),
+            {"10,000 behind": {"scenario": "resume", "since": 1}},
+            (
+                Figure("catch_up_s", "time to catch up (s)", 3),
+                Figure("events", "events received"),
+                Figure("server_cpu", "server CPU (share of its core)", 2),
+            ),
+        ),
+    ]
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def loadgen(
+    server: Server, config: dict[str, Any], on_ready: Callable[[subprocess.Popen[str]], None]
+) -> dict[str, Any]:
+    """Run the load generator against ``server``; sample the server around its window."""
+    argv = ["taskset", "-c", LOAD_CPU, PYTHON, str(BENCH / "loadgen.py")]
+    argv.append(json.dumps({**server.target(), **config}))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    result: dict[str, Any] = {}
+    cpu0 = t0 = 0.0
+    for line in proc.stdout:
+        message = json.loads(line)
+        phase = message.pop("phase")
+        if phase == "ready":
+            server.reset_peak()
+            result["server_rss_mib"] = round(server.rss_kib() / 1024, 1)
+            on_ready(proc)
+        elif phase == "start":
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        elif phase == "end":
+            wall = time.monotonic() - t0
+            result["server_cpu"] = round((server.cpu_seconds() - cpu0) / wall, 3)
+            peak = server.peak_rss_kib() / 1024
+            result["server_peak_rss_mib"] = round(peak, 1)
+            result["rss_growth_mib"] = round(peak - result["server_rss_mib"], 1)
+        elif phase == "done":
+            result.update(message)
+    if proc.wait() != 0:
+        raise RuntimeError(f"load generator failed against {server.variant.name}")
+    return result
+
+
+def run_case(
+    scenario: Scenario, case: str, variant_name: str, account: TidingsAccount
+) -> dict[str, Any]:
+    variant = VARIANTS[variant_name]
+    config = scenario.cases[case]
+    server = start(variant, account, SERVER_CPU, heartbeat=scenario.heartbeat)
+    try:
+        if config["scenario"] == "idle":
+            return idle(server, config, scenario.heartbeat)
+        if config["scenario"] == "resume":
+            seed(server, 10_000)
+        return loadgen(server, config, lambda proc: None)
+    finally:
+        server.stop()
+
+
+def idle(server: Server, config: dict[str, Any], heartbeat: float) -> dict[str, Any]:
+    """Memory held per idle connection: RSS with the clients minus RSS before them."""
+    time.sleep(1)
+    before = server.rss_kib()
+    measured: dict[str, Any] = {}
+
+    def on_ready(proc: subprocess.Popen[str]) -> None:
+        time.sleep(3 * heartbeat)  # a few heartbeats reach every client first
+        rss = server.rss_kib()
+        measured["server_rss_mib"] = round(rss / 1024, 1)
+        measured["kib_per_connection"] = round((rss - before) / config["clients"], 2)
+        assert proc.stdin is not None
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+
+    return {**loadgen(server, config, on_ready), **measured}
+
+
+def seed(server: Server, count: int) -> None:
+    """Put ``count`` events of ~256 B in the project's log through ``EventLog.record``."""
+    import httpx
+
+    response = httpx.post(
+        f"http://127.0.0.1:{server.port}/bench/seed",
+        json={"project_id": server.project_id, "count": count, "size": 120},
+        timeout=300,
+    )
+    response.raise_for_status()
+
+
+def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
+    account = TidingsAccount()
+    lines = []
+    try:
+        for scenario in selected:
+            for round_ in range(scenario.rounds or rounds):
+                for variant in scenario.variants:
+                    for case in scenario.cases:
+                        result = run_case(scenario, case, variant, account)
+                        scenario.results.setdefault((case, variant), []).append(result)
+                        line = {"scenario": scenario.name, "case": case, "server": variant}
+                        line |= {"round": round_ + 1, **result}
+                        lines.append(line)
+                        print(json.dumps(line), flush=True)
+    finally:
+        account.cleanup()
+    report = "\n".join([machine(), *(table(s) for s in selected), targets(selected)])
+    print("\n" + report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n\n" + "\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return (
+        f"Machine: {os.cpu_count()} × {cpu}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, Node {node}. "
+        f"Servers on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}.\n"
+    )
+
+
+def fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def table(scenario: Scenario) -> str:
+    subject, others = scenario.variants[0], scenario.variants[1:]
+    head = ["", "figure", *(VARIANTS[v].label for v in scenario.variants)]
+    head += [f"{VARIANTS[subject].label} ÷ {VARIANTS[o].label}" for o in others]
+    rows = [head, ["---"] * len(head)]
+    for case in scenario.cases:
+        for figure in scenario.figures:
+            row = [case, figure.label]
+            row += [
+                fmt(scenario.median(case, v, figure.key), figure.digits) for v in scenario.variants
+            ]
+            for other in others:
+                ratio = scenario.ratio(case, figure.key, subject, other)
+                row.append("–" if ratio is None else f"{ratio:.2f}×")
+            rows.append(row)
+    runs = len(scenario.results.get((next(iter(scenario.cases)), subject), []))
+    body = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return f"### {scenario.title}\n\nMedians of {runs} round(s).\n\n{body}\n"
+
+
+def targets(selected: list[Scenario]) -> str:
+    by_name = {s.name: s for s in selected}
+    checks: list[tuple[str, str, bool | None]] = []
+
+    def check(
+        name: str, measured: float | None, ok: Callable[[float], bool], unit: str = ""
+    ) -> None:
+        shown = "–" if measured is None else f"{measured:,.2f}{unit}"
+        checks.append((name, shown, None if measured is None else ok(measured)))
+
+    if (s := by_name.get("fanout")) is not None:
+        for variant in ("tidings", "tidings-batch"):
+            label = VARIANTS[variant].label
+            check(
+                f"fan-out events/s, {label} ÷ Node ws ≥ 1.0",
+                s.ratio("fan-out", "events_per_s", variant, "node"),
+                lambda r: r >= 1.0,
+                "×",
+            )
+            check(
+                f"fan-out events/s, {label} ÷ naive ≥ 5",
+                s.ratio("fan-out", "events_per_s", variant, "naive"),
+                lambda r: r >= 5.0,
+                "×",
+            )
+            check(
+                f"fan-out p99, {label} ÷ Node ws ≤ 1.0",
+                s.ratio("fan-out", "p99_ms", variant, "node"),
+                lambda r: r <= 1.0,
+                "×",
+            )
+    if (s := by_name.get("idle")) is not None:
+        for case, config in s.cases.items():
+            check(
+                f"idle KiB per connection at {case} ≤ 16",
+                s.median(case, "tidings", "kib_per_connection"),
+                lambda v: v <= 16,
+                " KiB",
+            )
+            check(
+                f"idle connections held at {case}",
+                s.median(case, "tidings", "open"),
+                lambda v, n=config["clients"]: v == n,
+            )
+    if (s := by_name.get("stalled")) is not None:
+        check(
+            "stalled: fast clients' delivery ratio = 1.0",
+            s.median("stalled", "tidings", "delivery_ratio"),
+            lambda v: v == 1.0,
+        )
+        pairs = zip(
+            s.results.get(("stalled", "tidings"), []),
+            s.results.get(("control", "tidings"), []),
+            strict=False,
+        )
+        ratios = [
+            a["p99_ms"] / b["p99_ms"] for a, b in pairs if a.get("p99_ms") and b.get("p99_ms")
+        ]
+        check(
+            "stalled: fast clients' p99 ÷ control ≤ 1.2",
+            statistics.median(ratios) if ratios else None,
+            lambda r: r <= 1.2,
+            "×",
+        )
+        bound = 5 * QUEUE_BYTES / 2**20
+        check(
+            f"stalled: server RSS growth ≤ 5 stalled queues ({bound:.0f} MiB)",
+            s.median("stalled", "tidings", "rss_growth_mib"),
+            lambda v: v <= bound,
+            " MiB",
+        )
+    if (s := by_name.get("resume")) is not None:
+        check(
+            "resume of 10,000 events ≤ 1 s",
+            s.median("10,000 behind", "tidings", "catch_up_s"),
+            lambda v: v <= 1.0,
+            " s",
+        )
+    if (s := by_name.get("e2e")) is not None:
+        check(
+            "end-to-end p99 at 1,000 subscribers ≤ 50 ms",
+            s.median("rest", "tidings", "p99_ms"),
+            lambda v: v <= 50,
+            " ms",
+        )
+    rows = ["| target | tidings | met |", "| --- | --- | --- |"]
+    for name, shown, ok in checks:
+        rows.append(f"| {name} | {shown} | {'–' if ok is None else 'yes' if ok else 'NO'} |")
+    return "### Targets\n\n" + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", help="comma list of scenarios")
+    parser.add_argument("--ablation", action="store_true", help="fan-out, optimisation by step")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke run")
+    parser.add_argument("--out", type=Path, help="also write the report and JSON lines here")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    selected = scenarios(args.quick, args.ablation)
+    if args.only:
+        wanted = set(args.only.split(","))
+        selected = [s for s in selected if s.name in wanted]
+    started = time.monotonic()
+    run(selected, args.rounds, args.out)
+    print(f"\nmake bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
