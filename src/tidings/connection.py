@@ -179,7 +179,7 @@ class Connection:
     def push(self, frame: Frame) -> None:
         if self.state is not ConnState.OPEN:
             return
-        if not self.queue.put(frame, frame.size, frame.coalesce):
+        if not self.queue.put(frame):
             self._on_slow(self)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return

@@ -2,85 +2,115 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable
-from typing import Any, Generic, TypeVar
-
-T = TypeVar("T")
+from typing import Generic, Protocol, TypeVar
 
 
-class OutboundQueue(Generic[T]):
+class Queueable(Protocol):
+    """What the queue needs to know of an item: its size, and what it coalesces with."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def coalesce(self) -> Hashable | None: ...
+
+
+Q = TypeVar("Q", bound=Queueable)
+
+
+class _Slot:
+    """A coalescing item's place in the queue; emptied when a newer one replaces it."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Queueable) -> None:
+        self.item: Queueable | None = item
+
+
+class OutboundQueue(Generic[Q]):
     """Items waiting for one socket, bounded in count and bytes.
 
     :meth:`put` never blocks: it returns False when the item does not fit, and the caller
-    closes the connection as a slow consumer. Items put with a ``key`` coalesce: a newer
-    item with the same key replaces the queued one (the older one is dropped, the newer
-    one goes to the back), so progress updates cannot fill the queue.
+    closes the connection as a slow consumer. Items with the same ``coalesce`` key replace
+    each other (the older one is dropped, the newer one goes to the back), so progress
+    updates cannot fill the queue.
 
-    ``count`` and ``nbytes`` are plain attributes: the fan-out reads them for every
-    delivery, and a property or ``__len__`` call there costs more than the rest.
+    The fan-out calls :meth:`put` once per event and connection, so a put allocates
+    nothing but a list slot (no per-item tuple for the garbage collector to track), and an
+    empty queue holds one empty list. ``count`` and ``nbytes`` are plain attributes: a
+    property or ``__len__`` call there would cost more than the rest.
     """
 
-    __slots__ = ("_by_key", "_entries", "count", "max_bytes", "max_messages", "nbytes")
+    __slots__ = ("_by_key", "_items", "count", "max_bytes", "max_messages", "nbytes")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        # Entries are (item, size) tuples, or [item, size, key] lists for keyed items so
-        # that a replaced one can be blanked in place (item set to None) in O(1).
-        self._entries: deque[Any] = deque()
-        self._by_key: dict[Hashable, list[Any]] = {}
+        self._items: list[Q | _Slot] = []
+        self._by_key: dict[Hashable, _Slot] | None = None  # None while nothing coalesces
         self.count = 0
         self.nbytes = 0
 
     def __len__(self) -> int:
         return self.count
 
-    def fits(self, size: int, messages: int = 1) -> bool:
-        return self.count + messages <= self.max_messages and self.nbytes + size <= self.max_bytes
-
-    def put(self, item: T, size: int, key: Hashable | None = None) -> bool:
-        if key is not None:
+    def put(self, item: Q) -> bool:
+        size, key = item.size, item.coalesce
+        if key is not None and self._by_key is not None:
             old = self._by_key.pop(key, None)
             if old is not None:
-                old[0] = None
                 self.count -= 1
-                self.nbytes -= old[1]
+                self.nbytes -= old.item.size  # type: ignore[union-attr]
+                old.item = None
         if self.count >= self.max_messages or self.nbytes + size > self.max_bytes:
             return False
         if key is None:
-            self._entries.append((item, size))
+            self._items.append(item)
         else:
-            entry = [item, size, key]
-            self._entries.append(entry)
-            self._by_key[key] = entry
+            slot = _Slot(item)
+            self._items.append(slot)
+            if self._by_key is None:
+                self._by_key = {}
+            self._by_key[key] = slot
         self.count += 1
         self.nbytes += size
         return True
 
-    def drain(self, max_items: int | None = None) -> list[T]:
+    def drain(self, max_items: int | None = None) -> list[Q]:
         """Take up to ``max_items`` items (all by default), oldest first."""
-        out: list[T] = []
-        entries = self._entries
+        items = self._items
+        if self._by_key is None and (max_items is None or max_items >= len(items)):
+            self._items = []  # the usual case: hand over the whole list
+            self.count = self.nbytes = 0
+            return items  # type: ignore[return-value]
         limit = self.count if max_items is None else min(max_items, self.count)
+        out: list[Q] = []
+        taken = 0
         while len(out) < limit:
-            entry = entries.popleft()
-            item = entry[0]
-            if item is None:  # coalesced away
-                continue
+            entry = items[taken]
+            taken += 1
+            if type(entry) is _Slot:
+                if entry.item is None:  # coalesced away
+                    continue
+                item: Q = entry.item  # type: ignore[assignment]
+                assert self._by_key is not None
+                if self._by_key.get(item.coalesce) is entry:
+                    del self._by_key[item.coalesce]
+            else:
+                item = entry  # type: ignore[assignment]
             out.append(item)
-            self.nbytes -= entry[1]
-            if len(entry) == 3:
-                key = entry[2]
-                if self._by_key.get(key) is entry:
-                    del self._by_key[key]
+            self.nbytes -= item.size
+        del items[:taken]
         self.count -= len(out)
         if not self.count:
-            entries.clear()
+            items.clear()  # only emptied slots can be left
+        if not self._by_key:
+            self._by_key = None
         return out
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._by_key.clear()
+        self._items = []
+        self._by_key = None
         self.count = 0
         self.nbytes = 0
