@@ -423,6 +423,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="comma list of scenarios")
+    parser.add_argument("--servers", help="comma list of servers (see servers.py)")
     parser.add_argument("--ablation", action="store_true", help="fan-out, optimisation by step")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke run")
     parser.add_argument("--out", type=Path, help="also write the report and JSON lines here")
@@ -432,6 +433,10 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         selected = [s for s in selected if s.name in wanted]
+    if args.servers:
+        keep = args.servers.split(",")
+        for scenario in selected:
+            scenario.variants = tuple(v for v in scenario.variants if v in keep)
     started = time.monotonic()
     run(selected, args.rounds, args.out)
     print(f"\nmake bench took {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -105,8 +105,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 class ServerThread:
     """uvicorn serving ``create_app(settings)`` in a thread; stop and start it at will."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **uvicorn_changes: Any) -> None:
         self.settings = settings
+        self.uvicorn_changes = uvicorn_changes  # e.g. ws=... for another WebSocket protocol
         self.port = 0  # chosen by the kernel at the first start, kept across restarts
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -131,7 +132,7 @@ class ServerThread:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            **uvicorn_options(self.settings),
+            **(uvicorn_options(self.settings) | self.uvicorn_changes),
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -152,6 +153,12 @@ class ServerThread:
             assert not self._thread.is_alive(), "server did not stop"
         self._server = None
         self._thread = None
+
+    @property
+    def asgi_tasks(self) -> set[Any]:
+        """uvicorn's running ASGI tasks: one per request or attached WebSocket."""
+        assert self._server is not None
+        return self._server.server_state.tasks
 
     @property
     def services(self) -> Any:

@@ -1,7 +1,10 @@
-"""``GET /ws``: authenticate, accept, then pump client messages into the hub.
+"""``GET /ws``: authenticate, accept, then hand the connection over.
 
 All protocol decisions are in ``protocol.py`` (client messages) and ``hub.py`` /
-``connection.py`` (delivery); this endpoint only moves bytes between them and the socket.
+``connection.py`` (delivery). Under uvicorn with tidings' protocol (``server.py``) the
+endpoint detaches the connection and returns: a :class:`Session` then takes the client's
+messages straight from the protocol, and an idle connection holds no task at all. Under
+any other ASGI server the endpoint stays and pumps ``receive()`` into the same session.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -17,15 +21,18 @@ from starlette.websockets import WebSocketDisconnect
 from tidings.api.deps import Services
 from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
-from tidings.connection import Connection
+from tidings.connection import Connection, ConnState
 from tidings.frames import Frame, batch_text
-from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscribe
-from tidings.server import EXTENSION
+from tidings.hub import Hub
+from tidings.protocol import Action, ClientMessages, Close, Reply, Subscribe, Unsubscribe
+from tidings.server import EXTENSION, FastSocket
 
 logger = logging.getLogger("tidings.ws")
 
 SUBPROTOCOL = "tidings.v1"
 BATCH_SUBPROTOCOL = "tidings.batch.v1"  # frames carry a JSON array of messages
+
+_finishing: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
 
 
 class AsgiSocket:
@@ -54,22 +61,93 @@ class AsgiSocket:
         pass  # not possible through ASGI; the server's own timeouts apply
 
 
-class ExtensionSocket(AsgiSocket):
-    def __init__(self, websocket: WebSocket) -> None:
-        super().__init__(websocket)
-        self.fast = websocket.scope["extensions"][EXTENSION]
+class Session:
+    """One connection's client messages, handled in order, and its end.
 
-    async def send(self, frames: list[Frame], batch: bool) -> None:
-        await self.fast.send(frames, batch)
+    :meth:`receive` acts at once on what needs no I/O (replies, unsubscribe, close). A
+    subscribe needs the database: it runs in a task, later messages wait in an inbox
+    behind it, and ``resume`` is called when the inbox is empty again (the detached path
+    stops reading the socket meanwhile, which bounds the inbox).
+    """
 
-    def writable(self) -> bool:
-        return bool(self.fast.writable())
+    __slots__ = ("_inbox", "_resume", "_started", "_task", "conn", "hub")
 
-    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
-        self.fast.write_nowait(frames, batch)
+    def __init__(self, conn: Connection, hub: Hub, resume: Callable[[], None]) -> None:
+        self.conn = conn
+        self.hub = hub
+        self._resume = resume
+        self._inbox: list[str | bytes] | None = None  # a list while a subscribe runs
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
 
-    def abort(self) -> None:
-        self.fast.abort()
+    def receive(self, data: str | bytes) -> bool:
+        """Handle one client message; True if it is (or waits behind) a subscribe."""
+        if self._inbox is not None:
+            self._inbox.append(data)
+            return True
+        action = self.conn.messages.receive(data, asyncio.get_running_loop().time())
+        if not isinstance(action, Subscribe):
+            self._act(action)
+            return False
+        self._inbox = []
+        self._task = asyncio.create_task(self._subscribe(action))
+        return True
+
+    async def idle(self) -> None:
+        """Wait until every message received so far has been handled."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def disconnected(self, code: int) -> None:
+        task = asyncio.get_running_loop().create_task(self.finish(code))
+        _finishing.add(task)
+        task.add_done_callback(_finishing.discard)
+
+    async def finish(self, code: int | None) -> None:
+        """Release the connection: leave the hub, let a running subscribe see it, log."""
+        conn = self.conn
+        self.hub.unregister(conn)
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await conn.finish()
+        logger.info(
+            "ws disconnect client_id=%s user=%s code=%s server_code=%s duration=%.1fs",
+            conn.client_id,
+            conn.username,
+            code,
+            conn.close_code,
+            time.monotonic() - self._started,
+        )
+
+    async def _subscribe(self, action: Subscribe) -> None:
+        conn, hub = self.conn, self.hub
+        try:
+            while True:
+                await hub.subscribe(conn, action.project_id, action.since, action.request_id)
+                next_action = None
+                while self._inbox and conn.state is ConnState.OPEN:
+                    data = self._inbox.pop(0)
+                    queued = conn.messages.receive(data, asyncio.get_running_loop().time())
+                    if isinstance(queued, Subscribe):
+                        next_action = queued
+                        break
+                    self._act(queued)
+                if next_action is None:
+                    return
+                action = next_action
+        finally:
+            self._inbox = None
+            self._task = None
+            self._resume()
+
+    def _act(self, action: Action) -> None:
+        conn = self.conn
+        if isinstance(action, Reply):
+            conn.send_message(action.message)
+        elif isinstance(action, Unsubscribe):
+            self.hub.unsubscribe(conn, action.project_id, action.request_id)
+        elif isinstance(action, Close):
+            conn.close(action.code, action.reason, flush=True)
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -91,31 +169,28 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if principal is None:
         await websocket.close(CloseCode.UNAUTHORIZED, "not authenticated")
         return
-    loop = asyncio.get_running_loop()
-    extensions = websocket.scope.get("extensions") or {}
-    socket = ExtensionSocket(websocket) if EXTENSION in extensions else AsgiSocket(websocket)
+    fast: FastSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
+    hub = services.hub
     conn = Connection(
         client_id=secrets.token_hex(8),
         user_id=principal.user_id,
         username=principal.username,
         credential=principal.credential,
-        socket=socket,
+        socket=fast if fast is not None else AsgiSocket(websocket),
         messages=ClientMessages(
             max_message_bytes=settings.ws_max_message_bytes,
             max_subscriptions=settings.ws_max_subscriptions,
             rate=settings.ws_rate_limit,
             burst=settings.ws_rate_burst,
-            now=loop.time(),
+            now=asyncio.get_running_loop().time(),
         ),
         max_queue_messages=settings.ws_max_queue_messages,
         max_queue_bytes=settings.ws_max_queue_bytes,
         close_timeout=settings.ws_close_timeout,
         batch=chosen == BATCH_SUBPROTOCOL,
-        **services.hub.connection_args(),
+        **hub.connection_args(),
     )
-    hub = services.hub
     hub.register(conn)
-    started = time.monotonic()
     client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "-"
     logger.info("ws connect client_id=%s user=%s peer=%s", conn.client_id, conn.username, client)
     conn.send_message(
@@ -127,6 +202,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             "protocol": PROTOCOL_VERSION,
         }
     )
+    if fast is not None:
+        fast.detach(Session(conn, hub, fast.resume))
+        return
+    await _pump(websocket, Session(conn, hub, lambda: None))
+
+
+async def _pump(websocket: WebSocket, session: Session) -> None:
+    """The ASGI fallback: this coroutine lives as long as the connection."""
     code: int | None = None
     try:
         while True:
@@ -135,30 +218,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 code = message.get("code")
                 break
             data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            action = conn.messages.receive(data, loop.time())
-            if isinstance(action, Reply):
-                conn.send_message(action.message)
-            elif isinstance(action, Subscribe):
-                await hub.subscribe(conn, action.project_id, action.since, action.request_id)
-            elif isinstance(action, Unsubscribe):
-                hub.unsubscribe(conn, action.project_id, action.request_id)
-            elif isinstance(action, Close):
-                conn.close(action.code, action.reason, flush=True)
+            if session.receive(data if data is not None else message.get("bytes") or b""):
+                await session.idle()
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        hub.unregister(conn)
-        await conn.finish()
-        logger.info(
-            "ws disconnect client_id=%s user=%s code=%s server_code=%s duration=%.1fs",
-            conn.client_id,
-            conn.username,
-            code,
-            conn.close_code,
-            time.monotonic() - started,
-        )
+        await session.finish(code)
 
 
 def _number(value: float) -> float | int:

@@ -1,0 +1,109 @@
+"""server.py: the tidings WebSocket protocol (detached sessions) and the plain ASGI path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from tests.conftest import (
+    ServerThread,
+    api,
+    closed_with,
+    connected,
+    create_project,
+    create_user,
+    eventually,
+    recv,
+    recv_until,
+    send,
+    subscribe,
+    upload,
+    ws_connect,
+)
+from tidings import Settings
+from tidings.server import TidingsWebSocketProtocol
+
+
+@pytest.fixture(params=["tidings", "plain"])
+def any_server(request: pytest.FixtureRequest, settings: Settings) -> Iterator[ServerThread]:
+    """The same app under tidings' WebSocket protocol and under uvicorn's own."""
+    ws = TidingsWebSocketProtocol if request.param == "tidings" else WebSocketsSansIOProtocol
+    srv = ServerThread(settings, ws=ws)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+async def test_idle_connections_hold_no_task(server: ServerThread) -> None:
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as client:
+        project = await create_project(client)
+        sockets = [await connected(server, alice) for _ in range(5)]
+        for ws in sockets:
+            assert (await subscribe(ws, project["id"]))["type"] == "subscribed"
+        # Each endpoint returned once its connection was handed over.
+        await eventually(lambda: not server.asgi_tasks)
+        assert len(server.services.hub.connections) == 5
+        assert (await upload(client, project["id"], "a.txt")).status_code == 201
+    for ws in sockets:
+        event = await recv_until(ws, lambda m: m["type"] == "file.uploaded")
+        assert event["file"]["name"] == "a.txt"
+        await send(ws, {"type": "ping", "id": "p"})
+        assert (await recv_until(ws, lambda m: m["type"] == "pong"))["id"] == "p"
+        await ws.close()
+    await eventually(lambda: not server.services.hub.connections)
+
+
+async def test_messages_sent_at_once_are_answered_in_order(any_server: ServerThread) -> None:
+    alice = await create_user(any_server.settings, "alice")
+    async with api(any_server, alice) as client:
+        project = await create_project(client)
+    ws = await ws_connect(any_server, alice)
+    # Sent before reading anything: some arrive before the endpoint hands the connection
+    # over, the rest while the subscribe is still reading the database.
+    for message in (
+        {"type": "subscribe", "project_id": project["id"], "id": 1},
+        {"type": "ping", "id": 2},
+        {"type": "unsubscribe", "project_id": project["id"], "id": 3},
+        {"type": "subscribe", "project_id": project["id"], "id": 4},
+        {"type": "ping", "id": 5},
+    ):
+        await send(ws, message)
+    assert (await recv(ws))["type"] == "connection.established"
+    replies = [await recv(ws) for _ in range(5)]
+    assert [(m["type"], m["id"]) for m in replies] == [
+        ("subscribed", 1),
+        ("pong", 2),
+        ("unsubscribed", 3),
+        ("subscribed", 4),
+        ("pong", 5),
+    ]
+
+
+async def test_events_errors_and_close_on_either_protocol(any_server: ServerThread) -> None:
+    alice = await create_user(any_server.settings, "alice")
+    async with api(any_server, alice) as client:
+        project = await create_project(client)
+        ws = await connected(any_server, alice)
+        assert (await subscribe(ws, project["id"]))["seq"] == 1
+        assert (await upload(client, project["id"], "b.txt")).status_code == 201
+        event = await recv_until(ws, lambda m: m["type"] == "file.uploaded")
+        assert (event["seq"], event["file"]["name"]) == (2, "b.txt")
+    await ws.send(b"\xff\xfe not json")  # a binary frame: answered, not fatal
+    assert (await recv(ws))["code"] == "bad_request"
+    await ws.send("x" * (any_server.settings.ws_max_message_bytes + 1))
+    assert await closed_with(ws) == 1009
+    await eventually(lambda: not any_server.services.hub.connections)
+
+
+async def test_text_frames_must_be_utf8(server: ServerThread) -> None:
+    alice = await create_user(server.settings, "alice")
+    ws = await connected(server, alice)
+    # websockets refuses to send invalid UTF-8 as text: frame it by hand (masked, zero key).
+    ws.transport.write(bytes((0x81, 0x80 | 1, 0, 0, 0, 0)) + b"\xff")
+    assert await closed_with(ws) == 1007
+    await eventually(lambda: not server.services.hub.connections)
