@@ -156,15 +156,11 @@ class Target:
         count: int,
         stats: Stats,
         *,
-        rcvbuf: int | None = None,
-        since: int | None = None,
         concurrency: int = 64,
     ) -> list[WSClient]:
         """Connect ``count`` clients and subscribe each; return once all are subscribed."""
         gate = asyncio.Semaphore(concurrency)
-        request: dict[str, Any] = {"type": "subscribe", "project_id": self.project_id}
-        if since is not None:
-            request["since"] = since
+        request = {"type": "subscribe", "project_id": self.project_id}
 
         async def one() -> WSClient:
             async with gate:
@@ -176,7 +172,6 @@ class Target:
                     stats.on_messages,
                     headers=self.headers,
                     subprotocols=self.subprotocols,
-                    rcvbuf=rcvbuf,
                     state=sub,
                 )
                 client.send(orjson.dumps(request))
@@ -320,7 +315,7 @@ async def stalled(config: dict[str, Any]) -> dict[str, Any]:
     fast, slow = Stats(), Stats()
     n_fast, n_stalled, events = config["clients"], config["stalled"], config["events"]
     await target.subscribers(n_fast, fast)
-    stuck = await target.subscribers(n_stalled, slow, rcvbuf=config["stalled_rcvbuf"])
+    stuck = await target.subscribers(n_stalled, slow)
     publisher = await target.publisher()
     await warm_up(target, publisher, (fast, n_fast), (slow, n_stalled))
     base = fast.restart()
@@ -356,7 +351,9 @@ async def stalled(config: dict[str, Any]) -> dict[str, Any]:
 async def idle(config: dict[str, Any]) -> dict[str, Any]:
     """Hold ``clients`` subscribed connections until told to stop on standard input."""
     target, stats = Target(config), Stats()
+    began = time.monotonic()
     clients = await target.subscribers(config["clients"], stats)
+    connecting = time.monotonic() - began
     gc.collect()
     emit({"phase": "ready"})
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -365,6 +362,7 @@ async def idle(config: dict[str, Any]) -> dict[str, Any]:
         "clients": len(clients),
         "open": sum(c.is_open for c in clients),
         "heartbeats_min": min(s.heartbeats for s in subs),
+        "connect_s": round(connecting, 2),
     }
     for client in clients:
         client.close()

@@ -122,36 +122,18 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
             ),
         ),
         Scenario(
-            "idle",
-            "Idle memory: connected, subscribed clients with a heartbeat every second",
-            ("tidings", "naive", "node"),
-            {
-                f"{n:,}": {"scenario": "idle", "clients": n}
-                for n in ((500, 1990) if quick else (5000, 19900))
-            },
-            (
-                Figure("kib_per_connection", "KiB per connection", 1),
-                Figure("server_rss_mib", "server RSS (MiB)", 1),
-                Figure("open", "connections open at the end"),
-                Figure("heartbeats_min", "heartbeats received (fewest)"),
-            ),
-            rounds=1,
-            heartbeat=1.0,
-        ),
-        Scenario(
             "stalled",
             "Stalled clients: 50 fast subscribers, plus 5 that never read in the stalled "
-            f"case; {200 // scale} events of 64 KiB at 40/s",
+            f"case; {320 // scale} events of 64 KiB at 128/s",
             ("tidings", "naive", "node"),
             {
                 case: {
                     "scenario": "stalled",
                     "clients": 50,
                     "stalled": stalled,
-                    "events": 200 // scale,
+                    "events": 320 // scale,
                     "size": 65536,
-                    "rate": 40,
-                    "stalled_rcvbuf": 32768,
+                    "rate": 128,
                     "timeout": 5,
                 }
                 for case, stalled in (("control", 0), ("stalled", 5))
@@ -175,42 +157,94 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                 Figure("server_cpu", "server CPU (share of its core)", 2),
             ),
         ),
+        Scenario(
+            "idle",
+            "Idle memory: connected, subscribed clients with a heartbeat every second",
+            ("tidings", "naive", "node"),
+            {
+                f"{5000 // scale:,}": {"scenario": "idle", "clients": 5000 // scale},
+                # tidings' own large case is the next scenario: 20,000 on one node.
+                f"{19900 // scale:,}": {
+                    "scenario": "idle",
+                    "clients": 19900 // scale,
+                    "servers": ["naive", "node"],
+                },
+            },
+            (
+                Figure("kib_per_connection", "KiB per connection", 1),
+                Figure("server_rss_mib", "server RSS (MiB)", 1),
+                Figure("open", "connections open at the end"),
+                Figure("heartbeats_min", "heartbeats received (fewest)"),
+                Figure("connects_per_s", "connections + subscriptions per second"),
+            ),
+            rounds=1,
+            heartbeat=1.0,
+        ),
+        Scenario(
+            "idle-node",
+            "Idle memory on one node: `tidings serve --workers 2` with the Redis broker",
+            ("tidings-2w",),
+            {
+                f"{n:,}": {"scenario": "idle", "clients": n}
+                for n in ((2000,) if quick else (20000,))
+            },
+            (
+                Figure("kib_per_connection", "KiB per connection", 1),
+                Figure("server_rss_mib", "server RSS, both workers (MiB)", 1),
+                Figure("open", "connections open at the end"),
+                Figure("heartbeats_min", "heartbeats received (fewest)"),
+                Figure("connects_per_s", "connections + subscriptions per second"),
+            ),
+            rounds=1,
+            heartbeat=1.0,
+        ),
     ]
 
 
 # -- running ------------------------------------------------------------------------------
 
 
-def loadgen(
-    server: Server, config: dict[str, Any], on_ready: Callable[[subprocess.Popen[str]], None]
-) -> dict[str, Any]:
-    """Run the load generator against ``server``; sample the server around its window."""
+MAX_CLIENTS_PER_LOADGEN = 10_000  # one process may open 20,000 files here (ulimit -Hn)
+
+
+def spawn(server: Server, config: dict[str, Any]) -> subprocess.Popen[str]:
+    """A load generator against ``server``, pinned to its core."""
     argv = ["taskset", "-c", LOAD_CPU, PYTHON, str(BENCH / "loadgen.py")]
     argv.append(json.dumps({**server.target(), **config}))
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def until(proc: subprocess.Popen[str], phase: str) -> dict[str, Any]:
+    """Read the load generator's lines up to ``phase``; return that line."""
     assert proc.stdout is not None
-    result: dict[str, Any] = {}
-    cpu0 = t0 = 0.0
     for line in proc.stdout:
-        message = json.loads(line)
-        phase = message.pop("phase")
-        if phase == "ready":
-            server.reset_peak()
-            result["server_rss_mib"] = round(server.rss_kib() / 1024, 1)
-            on_ready(proc)
-        elif phase == "start":
-            cpu0, t0 = server.cpu_seconds(), time.monotonic()
-        elif phase == "end":
-            wall = time.monotonic() - t0
-            result["server_cpu"] = round((server.cpu_seconds() - cpu0) / wall, 3)
-            peak = server.peak_rss_kib() / 1024
-            result["server_peak_rss_mib"] = round(peak, 1)
-            result["rss_growth_mib"] = round(peak - result["server_rss_mib"], 1)
-        elif phase == "done":
-            result.update(message)
+        message: dict[str, Any] = json.loads(line)
+        if message.pop("phase") == phase:
+            return message
+    raise RuntimeError(f"load generator exited ({proc.wait()}) before {phase!r}")
+
+
+def loadgen(server: Server, config: dict[str, Any]) -> dict[str, Any]:
+    """Run one load generator; sample the server's CPU and memory around its window."""
+    proc = spawn(server, config)
+    until(proc, "ready")
+    server.reset_peak()
+    rss = server.rss_kib() / 1024
+    until(proc, "start")
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    until(proc, "end")
+    cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    peak = server.peak_rss_kib() / 1024
+    result = until(proc, "done")
     if proc.wait() != 0:
         raise RuntimeError(f"load generator failed against {server.variant.name}")
-    return result
+    return {
+        "server_rss_mib": round(rss, 1),
+        "server_cpu": round(cpu, 3),
+        "server_peak_rss_mib": round(peak, 1),
+        "rss_growth_mib": round(peak - rss, 1),
+        **result,
+    }
 
 
 def run_case(
@@ -224,27 +258,41 @@ def run_case(
             return idle(server, config, scenario.heartbeat)
         if config["scenario"] == "resume":
             seed(server, 10_000)
-        return loadgen(server, config, lambda proc: None)
+        return loadgen(server, config)
     finally:
         server.stop()
 
 
 def idle(server: Server, config: dict[str, Any], heartbeat: float) -> dict[str, Any]:
-    """Memory held per idle connection: RSS with the clients minus RSS before them."""
+    """Memory held per idle connection: RSS with the clients minus RSS before them.
+
+    Clients are spread over as many load generators as the open-file limit needs."""
     time.sleep(1)
     before = server.rss_kib()
-    measured: dict[str, Any] = {}
-
-    def on_ready(proc: subprocess.Popen[str]) -> None:
-        time.sleep(3 * heartbeat)  # a few heartbeats reach every client first
-        rss = server.rss_kib()
-        measured["server_rss_mib"] = round(rss / 1024, 1)
-        measured["kib_per_connection"] = round((rss - before) / config["clients"], 2)
+    total = config["clients"]
+    shares = [
+        min(MAX_CLIENTS_PER_LOADGEN, total - i) for i in range(0, total, MAX_CLIENTS_PER_LOADGEN)
+    ]
+    procs = [spawn(server, {**config, "clients": share}) for share in shares]
+    for proc in procs:
+        until(proc, "ready")
+    time.sleep(2.5 * heartbeat)  # heartbeats reach every client first
+    rss = server.rss_kib()
+    for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("stop\n")
         proc.stdin.flush()
-
-    return {**loadgen(server, config, on_ready), **measured}
+    results = [until(proc, "done") for proc in procs]
+    if any(proc.wait() != 0 for proc in procs):
+        raise RuntimeError(f"load generator failed against {server.variant.name}")
+    return {
+        "clients": sum(r["clients"] for r in results),
+        "open": sum(r["open"] for r in results),
+        "heartbeats_min": min(r["heartbeats_min"] for r in results),
+        "connects_per_s": round(total / max(r["connect_s"] for r in results)),
+        "server_rss_mib": round(rss / 1024, 1),
+        "kib_per_connection": round((rss - before) / total, 2),
+    }
 
 
 def seed(server: Server, count: int) -> None:
@@ -264,15 +312,20 @@ def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
     lines = []
     try:
         for scenario in selected:
+            began = time.monotonic()
             for round_ in range(scenario.rounds or rounds):
                 for variant in scenario.variants:
-                    for case in scenario.cases:
+                    for case, config in scenario.cases.items():
+                        if variant not in config.get("servers", scenario.variants):
+                            continue
                         result = run_case(scenario, case, variant, account)
                         scenario.results.setdefault((case, variant), []).append(result)
                         line = {"scenario": scenario.name, "case": case, "server": variant}
                         line |= {"round": round_ + 1, **result}
                         lines.append(line)
                         print(json.dumps(line), flush=True)
+            took = time.monotonic() - began
+            print(f"{scenario.name}: {took:.0f} s", file=sys.stderr, flush=True)
     finally:
         account.cleanup()
     report = "\n".join([machine(), *(table(s) for s in selected), targets(selected)])
@@ -361,6 +414,8 @@ def targets(selected: list[Scenario]) -> str:
             )
     if (s := by_name.get("idle")) is not None:
         for case, config in s.cases.items():
+            if "tidings" not in config.get("servers", s.variants):
+                continue
             check(
                 f"idle KiB per connection at {case} ≤ 16",
                 s.median(case, "tidings", "kib_per_connection"),
@@ -371,6 +426,19 @@ def targets(selected: list[Scenario]) -> str:
                 f"idle connections held at {case}",
                 s.median(case, "tidings", "open"),
                 lambda v, n=config["clients"]: v == n,
+            )
+    if (s := by_name.get("idle-node")) is not None:
+        for case, config in s.cases.items():
+            check(
+                f"one node holds {case} connections",
+                s.median(case, "tidings-2w", "open"),
+                lambda v, n=config["clients"]: v == n,
+            )
+            check(
+                f"idle KiB per connection on one node at {case} ≤ 16",
+                s.median(case, "tidings-2w", "kib_per_connection"),
+                lambda v: v <= 16,
+                " KiB",
             )
     if (s := by_name.get("stalled")) is not None:
         check(

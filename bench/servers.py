@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
 TIDINGS_CLI = str(Path(PYTHON).with_name("tidings"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+REDIS_URL = os.environ.get("TIDINGS_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Variant:
 
     name: str
     label: str
-    server: str  # "tidings", "naive" or "node"
+    server: str  # "tidings" (with the bench hooks), "tidings-serve", "naive" or "node"
     args: tuple[str, ...] = ()
     subprotocols: tuple[str, ...] = ()
 
@@ -48,6 +49,7 @@ VARIANTS = {
             subprotocols=("tidings.batch.v1",),
         ),
         Variant("tidings-asgi", "tidings, plain ASGI sends", "tidings", args=("--plain-asgi",)),
+        Variant("tidings-2w", "tidings serve --workers 2, Redis", "tidings-serve"),
         Variant("naive", "naive (story)", "naive"),
         Variant("naive-queued", "naive + per-client queues", "naive", args=("--queued",)),
         Variant("node", "Node ws", "node"),
@@ -111,25 +113,39 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    def processes(self) -> list[int]:
+        """The server's process and its descendants (uvicorn's workers)."""
+        pids = [self.pid]
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids.extend(int(child) for child in (task / "children").read_text().split())
+        return pids
+
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+        total = 0.0
+        for pid in self.processes():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+        return total
 
     def _status_kib(self, key: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise KeyError(key)
+        total = 0
+        for pid in self.processes():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        return total
 
     def rss_kib(self) -> int:
         return self._status_kib("VmRSS")
 
     def peak_rss_kib(self) -> int:
+        """Peak RSS since :meth:`reset_peak` (summed over processes: an upper bound)."""
         return self._status_kib("VmHWM")
 
     def reset_peak(self) -> None:
-        """From now on, ``peak_rss_kib`` is the peak since this call."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in self.processes():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def target(self) -> dict[str, object]:
         """What the load generator needs to reach this server."""
@@ -145,7 +161,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(15)
+                self.process.wait(5)  # a server stuck on a stalled client may not stop
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -158,25 +174,39 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
     project, created over REST by the bench user."""
     port = free_port()
     data_dir: Path | None = None
+    env = dict(os.environ)
     if variant.server == "tidings":
         data_dir = account.data_dir()
         argv = [PYTHON, str(BENCH / "tidings_app.py"), str(port), "--data-dir", str(data_dir)]
         argv += ["--heartbeat", str(heartbeat)]
+    elif variant.server == "tidings-serve":  # the real command, as a node is deployed
+        data_dir = account.data_dir()
+        argv = [TIDINGS_CLI, "serve", "--port", str(port), "--workers", "2"]
+        argv += ["--data-dir", str(data_dir), "--broker-url", REDIS_URL, "--log-level", "warning"]
+        env |= {
+            "TIDINGS_HEARTBEAT_INTERVAL": str(heartbeat),
+            "TIDINGS_BROKER_CHANNEL": f"tidings-bench-{port}",
+        }
     elif variant.server == "naive":
         argv = [PYTHON, str(BENCH / "naive_app.py"), str(port), "--heartbeat", str(heartbeat)]
     else:
         argv = ["node", str(BENCH / "node" / "server.js"), str(port), str(heartbeat)]
-    process = subprocess.Popen(
-        ["taskset", "-c", cpu, *argv, *variant.args],
-        stdout=subprocess.DEVNULL,
-        cwd=BENCH,
-    )
+    log = account.root / f"{variant.name}-{port}.log"  # the server's own output, if needed
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["taskset", "-c", cpu, *argv, *variant.args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=BENCH,
+            env=env,
+        )
     server = Server(variant, process, port, data_dir=data_dir)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"{variant.name} exited with {process.returncode}")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{variant.name} exited with {process.returncode}:\n{tail}")
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 break
@@ -186,7 +216,9 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
             server.stop()
             raise RuntimeError(f"{variant.name} did not start")
         time.sleep(0.05)
-    if variant.server == "tidings":
+    if variant.server == "tidings-serve":
+        time.sleep(2)  # /healthz answered from one worker: let the other finish starting
+    if variant.server.startswith("tidings"):
         server.token = account.token
         response = httpx.post(
             f"{base}/api/projects",

@@ -198,18 +198,14 @@ async def connect(
     *,
     headers: Sequence[tuple[str, str]] = (),
     subprotocols: Sequence[str] = (),
-    rcvbuf: int | None = None,
     state: object = None,
     timeout: float = 60.0,
 ) -> WSClient:
-    """Open a connection and finish the handshake. ``rcvbuf`` shrinks the kernel's
-    receive buffer (set before connecting, so the TCP window starts small)."""
+    """Open a connection and finish the handshake."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
         _, client = await loop.create_connection(

@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     ws_rate_limit: float = Field(default=20.0, gt=0, description="client messages per second")
     ws_rate_burst: int = Field(default=60, gt=0)
     ws_close_timeout: float = Field(default=10.0, gt=0)
-    ws_auth_check_interval: float = Field(default=2.0, gt=0)
     event_history: int = Field(default=10_000, gt=0)
 
     # Processes
