@@ -75,38 +75,24 @@ FANOUT = (
 
 def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
     scale = 10 if quick else 1
-    main = ("tidings", "tidings-batch", "naive", "node")
+    burst = f"1,000 subscribers of one project, {200 // scale} events of ~256 B published at once"
+    fanout = {"scenario": "fanout", "clients": 1000, "events": 200 // scale, "size": 256}
     if ablation:
         return [
             Scenario(
                 "ablation",
-                f"Ablation: fan-out, 1,000 subscribers × {200 // scale} events of 256 B",
+                f"Ablation, fan-out: {burst}",
                 ("tidings-batch", "tidings", "tidings-asgi", "naive-queued", "naive", "node"),
-                {
-                    "fan-out": {
-                        "scenario": "fanout",
-                        "clients": 1000,
-                        "events": 200 // scale,
-                        "size": 256,
-                    }
-                },
+                {"fan-out": fanout},
                 FANOUT,
             )
         ]
     return [
         Scenario(
             "fanout",
-            f"Fan-out: 1,000 subscribers of one project, {200 // scale} events of ~256 B "
-            "published at once",
-            main,
-            {
-                "fan-out": {
-                    "scenario": "fanout",
-                    "clients": 1000,
-                    "events": 200 // scale,
-                    "size": 256,
-                }
-            },
+            f"Fan-out: {burst}",
+            ("tidings", "tidings-batch", "naive", "node"),
+            {"fan-out": fanout},
             FANOUT,
         ),
         Scenario(
