@@ -29,6 +29,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/mypy $(wildcard bench/*.py)
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

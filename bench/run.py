@@ -295,7 +295,7 @@ def seed(server: Server, count: int) -> None:
 
 def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
     account = TidingsAccount()
-    lines = []
+    lines: list[dict[str, Any]] = []  # one per run, as printed
     try:
         for scenario in selected:
             began = time.monotonic()
@@ -306,7 +306,8 @@ def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
                             continue
                         result = run_case(scenario, case, variant, account)
                         scenario.results.setdefault((case, variant), []).append(result)
-                        line = {"scenario": scenario.name, "case": case, "server": variant}
+                        line: dict[str, Any] = {"scenario": scenario.name, "case": case}
+                        line["server"] = variant
                         line |= {"round": round_ + 1, **result}
                         lines.append(line)
                         print(json.dumps(line), flush=True)
@@ -367,6 +368,10 @@ def table(scenario: Scenario) -> str:
     return f"### {scenario.title}\n\nMedians of {runs} round(s).\n\n{body}\n"
 
 
+def equals(expected: float) -> Callable[[float], bool]:
+    return lambda value: value == expected
+
+
 def targets(selected: list[Scenario]) -> str:
     by_name = {s.name: s for s in selected}
     checks: list[tuple[str, str, bool | None]] = []
@@ -411,14 +416,14 @@ def targets(selected: list[Scenario]) -> str:
             check(
                 f"idle connections held at {case}",
                 s.median(case, "tidings", "open"),
-                lambda v, n=config["clients"]: v == n,
+                equals(config["clients"]),
             )
     if (s := by_name.get("idle-node")) is not None:
         for case, config in s.cases.items():
             check(
                 f"one node holds {case} connections",
                 s.median(case, "tidings-2w", "open"),
-                lambda v, n=config["clients"]: v == n,
+                equals(config["clients"]),
             )
             check(
                 f"idle KiB per connection on one node at {case} ≤ 16",

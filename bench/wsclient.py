@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 OnMessages = Callable[["WSClient", list[bytes], float], None]
 
@@ -83,8 +84,8 @@ class WSClient(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_open = False
