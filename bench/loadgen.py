@@ -54,8 +54,8 @@ class Stats:
     """Everything a group of subscribers received, and a wait for a total to be reached.
 
     Published events are only counted as they arrive; their send times and ``seq`` are
-    read afterwards (:meth:`analyse`), so that the load generator spends well under a
-    microsecond on each and keeps up with the fastest server.
+    read afterwards (:meth:`analyse`), so that the load generator spends about a
+    microsecond on each, frame parsing included, and keeps up with the fastest server.
     """
 
     def __init__(self) -> None:
