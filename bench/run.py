@@ -73,6 +73,15 @@ FANOUT = (
 )
 
 
+IDLE = (
+    Figure("kib_per_connection", "KiB per connection", 1),
+    Figure("server_rss_mib", "server RSS, all its processes (MiB)", 1),
+    Figure("open", "connections open at the end"),
+    Figure("heartbeats_min", "heartbeats received (fewest)"),
+    Figure("connects_per_s", "connections + subscriptions per second"),
+)
+
+
 def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
     scale = 10 if quick else 1
     burst = f"1,000 subscribers of one project, {200 // scale} events of ~256 B published at once"
@@ -156,13 +165,7 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                     "servers": ["naive", "node"],
                 },
             },
-            (
-                Figure("kib_per_connection", "KiB per connection", 1),
-                Figure("server_rss_mib", "server RSS (MiB)", 1),
-                Figure("open", "connections open at the end"),
-                Figure("heartbeats_min", "heartbeats received (fewest)"),
-                Figure("connects_per_s", "connections + subscriptions per second"),
-            ),
+            IDLE,
             rounds=1,
             heartbeat=1.0,
         ),
@@ -174,13 +177,7 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                 f"{n:,}": {"scenario": "idle", "clients": n}
                 for n in ((2000,) if quick else (20000,))
             },
-            (
-                Figure("kib_per_connection", "KiB per connection", 1),
-                Figure("server_rss_mib", "server RSS, both workers (MiB)", 1),
-                Figure("open", "connections open at the end"),
-                Figure("heartbeats_min", "heartbeats received (fewest)"),
-                Figure("connects_per_s", "connections + subscriptions per second"),
-            ),
+            IDLE,
             rounds=1,
             heartbeat=1.0,
         ),

@@ -107,9 +107,6 @@ class _Disconnects:
             self.receiver = None
             receiver.disconnected(message.get("code", 1005))
 
-    def empty(self) -> bool:
-        return True
-
 
 class TidingsWebSocketProtocol(WebSocketsSansIOProtocol):
     receiver: Receiver | None = None  # set once the endpoint detaches

@@ -24,7 +24,7 @@ from tidings.codes import PROTOCOL_VERSION, CloseCode
 from tidings.connection import Connection, ConnState
 from tidings.frames import Frame, batch_text
 from tidings.hub import Hub
-from tidings.protocol import Action, ClientMessages, Close, Reply, Subscribe, Unsubscribe
+from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscribe
 from tidings.server import EXTENSION, FastSocket
 
 logger = logging.getLogger("tidings.ws")
@@ -85,13 +85,26 @@ class Session:
         if self._inbox is not None:
             self._inbox.append(data)
             return True
-        action = self.conn.messages.receive(data, asyncio.get_running_loop().time())
-        if not isinstance(action, Subscribe):
-            self._act(action)
+        subscribe = self._handle(data)
+        if subscribe is None:
             return False
         self._inbox = []
-        self._task = asyncio.create_task(self._subscribe(action))
+        self._task = asyncio.create_task(self._subscribe(subscribe))
         return True
+
+    def _handle(self, data: str | bytes) -> Subscribe | None:
+        """Act on one message at once, unless it is a subscribe: return that instead."""
+        action = self.conn.messages.receive(data, asyncio.get_running_loop().time())
+        if isinstance(action, Subscribe):
+            return action
+        conn = self.conn
+        if isinstance(action, Reply):
+            conn.send_message(action.message)
+        elif isinstance(action, Unsubscribe):
+            self.hub.unsubscribe(conn, action.project_id, action.request_id)
+        elif isinstance(action, Close):
+            conn.close(action.code, action.reason, flush=True)
+        return None
 
     async def idle(self) -> None:
         """Wait until every message received so far has been handled."""
@@ -120,34 +133,21 @@ class Session:
         )
 
     async def _subscribe(self, action: Subscribe) -> None:
-        conn, hub = self.conn, self.hub
+        """Answer subscribes, and the messages queued behind them, until none is left."""
+        conn = self.conn
         try:
-            while True:
-                await hub.subscribe(conn, action.project_id, action.since, action.request_id)
-                next_action = None
-                while self._inbox and conn.state is ConnState.OPEN:
-                    data = self._inbox.pop(0)
-                    queued = conn.messages.receive(data, asyncio.get_running_loop().time())
-                    if isinstance(queued, Subscribe):
-                        next_action = queued
-                        break
-                    self._act(queued)
-                if next_action is None:
-                    return
-                action = next_action
+            pending: Subscribe | None = action
+            while pending is not None:
+                await self.hub.subscribe(
+                    conn, pending.project_id, pending.since, pending.request_id
+                )
+                pending = None
+                while pending is None and self._inbox and conn.state is ConnState.OPEN:
+                    pending = self._handle(self._inbox.pop(0))
         finally:
             self._inbox = None
             self._task = None
             self._resume()
-
-    def _act(self, action: Action) -> None:
-        conn = self.conn
-        if isinstance(action, Reply):
-            conn.send_message(action.message)
-        elif isinstance(action, Unsubscribe):
-            self.hub.unsubscribe(conn, action.project_id, action.request_id)
-        elif isinstance(action, Close):
-            conn.close(action.code, action.reason, flush=True)
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
