@@ -9,10 +9,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -26,6 +26,8 @@ from tidings.db import Database, create_engine, migrate
 from tidings.models import ApiToken, User
 from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
 from tidings.server import uvicorn_options
+
+T = TypeVar("T")
 
 # One time unit for timing-sensitive waits; raise TIDINGS_TEST_TIME_FACTOR on slow machines.
 MS = 0.001 * float(os.environ.get("TIDINGS_TEST_TIME_FACTOR", "1"))
@@ -111,6 +113,7 @@ class ServerThread:
         self.port = 0  # chosen by the kernel at the first start, kept across restarts
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
@@ -136,15 +139,24 @@ class ServerThread:
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(config, sock), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + TIMEOUT
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.01)
+
+    def _run(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        assert self._server is not None
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            self._loop = runner.get_loop()
+            runner.run(self._server.serve(sockets=[sock]))
+
+    async def run_in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the server's own event loop (the server runs in a thread)."""
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:

@@ -7,7 +7,6 @@ import socket
 import time
 
 import websockets
-from prometheus_client import REGISTRY
 
 from tests.conftest import (
     TIMEOUT,
@@ -26,8 +25,9 @@ from tests.conftest import (
 EVENT_BYTES = 256 * 1024
 
 
-def slow_consumer_closes() -> float:
-    return REGISTRY.get_sample_value("tidings_ws_slow_consumer_closes_total") or 0.0
+def slow_consumer_closes(server: ServerThread) -> float:
+    registry = server.services.metrics.registry
+    return registry.get_sample_value("tidings_ws_slow_consumer_closes_total") or 0.0
 
 
 async def stalled_client(server: ServerThread, user, project_id: str):  # type: ignore[no-untyped-def]
@@ -52,7 +52,7 @@ async def test_stalled_client_is_cut_off_and_others_keep_flowing(make_server) ->
         fast = [await connected(srv, user, max_size=None) for _ in range(3)]
         for ws in fast:
             await subscribe(ws, pid)
-        before = slow_consumer_closes()
+        before = slow_consumer_closes(srv)
         hub = srv.services.hub
         peak_queue = 0
         for i in range(40):
@@ -68,7 +68,7 @@ async def test_stalled_client_is_cut_off_and_others_keep_flowing(make_server) ->
             # Each event reaches every reading client promptly, stalled peer or not.
             assert time.monotonic() - started < 5.0
             peak_queue = max(peak_queue, stalled_conn.queue.nbytes)
-        assert slow_consumer_closes() == before + 1
+        assert slow_consumer_closes(srv) == before + 1
         assert stalled_conn.close_code == 4008
         assert peak_queue <= srv.settings.ws_max_queue_bytes
         # The stalled connection is gone from the hub (its TCP connection dropped after the
@@ -91,13 +91,13 @@ async def test_stalled_client_that_wakes_up_sees_4008(make_server) -> None:
         project = await create_project(client)
         pid = project["id"]
         stalled, _ = await stalled_client(srv, user, pid)
-        before = slow_consumer_closes()
+        before = slow_consumer_closes(srv)
         for i in range(40):
             body = {"description": f"{i:04d}" + "x" * EVENT_BYTES}
             await client.patch(f"/api/projects/{pid}", json=body)
-            if slow_consumer_closes() > before:
+            if slow_consumer_closes(srv) > before:
                 break
-        assert slow_consumer_closes() == before + 1
+        assert slow_consumer_closes(srv) == before + 1
     # Reading again lets the closing handshake through: the client learns why it was cut off
     # and can resume from its last seq.
     stalled.transport.resume_reading()
@@ -129,8 +129,7 @@ async def test_progress_coalesces_for_a_slow_reader(server: ServerThread, alice,
             body = {"process_id": "p1", "progress": i / published, "message": "x" * 1000}
             await eventlog.publish_ephemeral(pid, "process.progress", body, coalesce="progress:p1")
 
-    server_loop = server.services.hub._tasks[0].get_loop()
-    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(burst(), server_loop))
+    await server.run_in_loop(burst())
     ws.transport.resume_reading()
     seen: list[float] = []
     while not seen or seen[-1] < 1.0:

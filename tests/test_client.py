@@ -89,12 +89,39 @@ def test_state_resume_and_recovery() -> None:
     assert s.last["p"] == 3
 
 
+def test_state_moves_cursors_only_from_the_subscription_stream() -> None:
+    s = ClientState()
+    # Not subscribed: project-list events pass through and move no cursor.
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 12})
+    assert s.last == {}
+    s.want("p", 10)
+    # Sent to the project list before the server took the subscribe: the replay that
+    # follows `subscribed` delivers it, in order, so it is dropped here.
+    assert not s.receive({"type": "project.updated", "project_id": "p", "seq": 12})
+    assert s.last == {"p": 10}
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 12, "recovered": True})
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 11})
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 12})
+    assert s.last == {"p": 12}
+    # A reconnect starts a new stream: nothing counts until its `subscribed`.
+    assert s.resubscribe() == [{"type": "subscribe", "project_id": "p", "since": 12}]
+    assert not s.receive({"type": "project.updated", "project_id": "p", "seq": 14})
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 14, "recovered": True})
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 13})
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 14})
+    # Unsubscribed: back to the project-list audience.
+    s.drop("p")
+    assert s.receive({"type": "project.updated", "project_id": "p", "seq": 15})
+    assert s.last == {"p": 14}
+
+
 def test_state_forgets_ended_subscriptions() -> None:
     s = ClientState()
     for p in ("a", "b", "c", "d"):
         s.want(p, None)
     assert s.receive({"type": "unsubscribed", "project_id": "a", "reason": "access_revoked"})
     assert s.receive({"type": "error", "code": "not_found", "project_id": "b"})
+    assert s.receive({"type": "subscribed", "project_id": "c", "seq": 4})
     assert s.receive({"type": "project.deleted", "project_id": "c", "seq": 5})
     assert s.subscriptions == {"d"}
     assert s.drop("d") == {"type": "unsubscribe", "project_id": "d"}

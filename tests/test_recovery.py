@@ -7,9 +7,11 @@ from typing import Any
 from tests.conftest import (
     ServerThread,
     TestUser,
+    api,
     closed_with,
     connected,
     create_project,
+    create_user,
     recv,
     recv_until,
     subscribe,
@@ -17,7 +19,6 @@ from tests.conftest import (
 from tidings.broker.memory import MemoryBroker
 from tidings.db import Database, create_engine
 from tidings.events import PROJECT_UPDATED, EventLog
-from tidings.hub import HEAD_SYNC_INTERVAL
 
 
 async def commit_unpublished(server: ServerThread, project_id: str, count: int) -> None:
@@ -50,15 +51,16 @@ async def test_gap_in_live_events_is_filled_from_the_log(
     assert got[2]["data"]["description"] == "live"
 
 
-async def test_lost_last_event_is_found_by_head_sync(
-    server: ServerThread, alice: TestUser, alice_api
-) -> None:
-    project = await create_project(alice_api)
+async def test_lost_last_event_is_found_by_head_sync(make_server) -> None:
+    server = make_server(head_sync_interval=0.2)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as alice_api:
+        project = await create_project(alice_api)
     pid = project["id"]
     ws = await connected(server, alice)
     await subscribe(ws, pid)
     await commit_unpublished(server, pid, 1)
-    event = await recv_until(ws, lambda m: "seq" in m, timeout=HEAD_SYNC_INTERVAL * 4)
+    event = await recv_until(ws, lambda m: "seq" in m)
     assert event["seq"] == 2 and event["data"] == {"n": 0}
 
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from tidings import __version__, metrics
+from tidings import __version__
 from tidings.api import auth, dashboard, files, health, processes, projects
 from tidings.api.deps import Services
 from tidings.auth import LoginThrottle
@@ -17,6 +17,7 @@ from tidings.broker import create_broker
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
 from tidings.hub import Hub
+from tidings.metrics import Metrics
 from tidings.models import User
 from tidings.processes import ProcessRunner
 from tidings.security import hash_password, new_password
@@ -35,9 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
 
-    hub = Hub(eventlog, settings.heartbeat_interval)
+    metrics = Metrics()
+    hub = Hub(
+        eventlog,
+        metrics,
+        heartbeat_interval=settings.heartbeat_interval,
+        head_sync_interval=settings.head_sync_interval,
+    )
     services = Services(
         settings=settings,
+        metrics=metrics,
         db=db,
         eventlog=eventlog,
         storage=storage,
@@ -56,11 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await broker.connect()
         await hub.start()
         await services.processes.start()
-        metrics.QUEUE_DEPTH.set_function(
-            lambda: sum(len(c.queue) for c in hub.connections.values())
-        )
-        metrics.QUEUE_BYTES.set_function(
-            lambda: sum(c.queue.nbytes for c in hub.connections.values())
+        metrics.watch_queues(
+            lambda: sum(c.queue.count for c in hub.connections.values()),
+            lambda: sum(c.queue.nbytes for c in hub.connections.values()),
         )
         try:
             yield

@@ -105,25 +105,34 @@ class Backoff:
 class ClientState:
     """Per-project seq bookkeeping and subscriptions of one logical client (no I/O).
 
-    ``last[p]`` is the newest seq of project ``p`` handed to the caller. A durable event
-    with ``seq <= last[p]`` is a duplicate (a replay overlapping what was already seen)
-    and is dropped. After a reconnect, :meth:`resubscribe` lists the ``subscribe``
-    messages that resume every subscription from its ``last`` seq.
+    ``last[p]`` is the newest seq of project ``p`` handed to the caller from ``p``'s
+    subscription stream: what follows its ``subscribed`` reply on the current connection.
+    Only that stream moves the cursor. A durable event of a project the caller subscribes
+    to that arrives outside the stream (a ``project.*`` sent to the user's project list
+    before the server took the subscribe) is dropped: the stream delivers it, or the
+    ``subscribed`` seq covers it. One with ``seq <= last[p]`` is a duplicate (a replay
+    overlapping what was already seen) and is dropped too. Events of projects the caller
+    does not subscribe to (the project-list audience) pass through untouched. After a
+    reconnect, :meth:`resubscribe` lists the ``subscribe`` messages that resume every
+    subscription from its ``last`` seq.
     """
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
         self.subscriptions: set[str] = set()
+        self.streaming: set[str] = set()  # answered with `subscribed` on this connection
 
     def want(self, project_id: str, since: int | None) -> dict[str, Any]:
         """Record a subscription the caller asked for; return the message to send."""
         self.subscriptions.add(project_id)
+        self.streaming.discard(project_id)  # a new stream starts with the new reply
         if since is not None:
             self.last[project_id] = since
         return self.subscribe_message(project_id)
 
     def drop(self, project_id: str) -> dict[str, Any]:
         self.subscriptions.discard(project_id)
+        self.streaming.discard(project_id)
         return {"type": "unsubscribe", "project_id": project_id}
 
     def subscribe_message(self, project_id: str) -> dict[str, Any]:
@@ -133,6 +142,8 @@ class ClientState:
         return message
 
     def resubscribe(self) -> list[dict[str, Any]]:
+        """A new connection: every wanted subscription starts a new stream."""
+        self.streaming.clear()
         return [self.subscribe_message(p) for p in sorted(self.subscriptions)]
 
     def receive(self, message: dict[str, Any]) -> bool:
@@ -145,6 +156,8 @@ class ClientState:
             return True
         seq = message.get("seq")
         if kind == "subscribed":
+            if project_id in self.subscriptions:
+                self.streaming.add(project_id)
             if isinstance(seq, int):
                 if message.get("recovered") is False:
                     # The gap cannot be replayed; the caller refetches, we start from here.
@@ -152,18 +165,19 @@ class ClientState:
                 elif "recovered" not in message:
                     self.last[project_id] = max(self.last.get(project_id, 0), seq)
             return True
-        if kind == "unsubscribed" and message.get("reason") is not None:
+        if (kind == "unsubscribed" and message.get("reason") is not None) or (
+            kind == "error" and message.get("code") == "not_found"
+        ):
             self.subscriptions.discard(project_id)
+            self.streaming.discard(project_id)
             return True
-        if kind == "error" and message.get("code") == "not_found":
-            self.subscriptions.discard(project_id)
-            return True
-        if isinstance(seq, int):
-            if seq <= self.last.get(project_id, -1):
+        if isinstance(seq, int) and project_id in self.subscriptions:
+            if project_id not in self.streaming or seq <= self.last.get(project_id, -1):
                 return False
             self.last[project_id] = seq
             if kind == "project.deleted":
                 self.subscriptions.discard(project_id)
+                self.streaming.discard(project_id)
         return True
 
 

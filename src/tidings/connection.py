@@ -1,9 +1,11 @@
-"""One WebSocket connection: its outbound queue, writer task and per-project cursors.
+"""One ``/ws`` connection: its client messages in order, its writes, its close.
 
-The hub calls :meth:`Connection.deliver` and :meth:`Connection.push` synchronously while it
-fans out; they never await and never block. A dedicated writer task drains the queue to
-the socket, several frames per write when several wait. A connection whose queue overflows
-is closed as a slow consumer (4008) without holding anyone else up.
+:class:`Connection` is the I/O side of a connection's :class:`~tidings.delivery.Delivery`
+state. It takes each client message as it arrives (``ClientMessages`` decides what it
+asks for), carries the actions out in order, and writes the outbound queue to its
+:class:`~tidings.sockets.Socket`: on the loop iteration that queued the frames, many per
+write, or from a writer task while the peer is behind. Whatever needs the hub (subscribe,
+replay, fan-out bookkeeping) goes through the small :class:`Owner` interface.
 """
 
 from __future__ import annotations
@@ -15,39 +17,41 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tidings.codes import CloseCode
+from tidings.codes import CloseCode, ErrorCode
+from tidings.delivery import Delivery, Verdict
 from tidings.events import encode, timestamp
 from tidings.frames import Frame
-from tidings.outqueue import OutboundQueue
-from tidings.protocol import ClientMessages
+from tidings.messages import Action, ClientMessages, Close, Reply, Subscribe, Unsubscribe, error
+from tidings.sockets import Socket, SocketClosed
 
 logger = logging.getLogger("tidings.ws")
 
 BATCH_MAX_FRAMES = 256
 
 
-class Socket(Protocol):
-    """What a connection needs from the transport (see ``server.py`` and ``ws.py``).
+class Owner(Protocol):
+    """What a connection needs from the hub that owns it."""
 
-    ``batch`` asks for ``tidings.batch.v1`` framing: all the frames as one JSON array.
-    """
-
-    async def send(self, frames: list[Frame], batch: bool) -> None:
-        """Send the frames in order; wait while the peer is behind."""
+    def schedule_flush(self, conn: Connection) -> None:
+        """Call ``conn.flush()`` once, at the end of this loop iteration."""
         ...
 
-    def writable(self) -> bool:
-        """True if :meth:`write_nowait` may be called now (the peer is keeping up)."""
+    def slow(self, conn: Connection) -> None:
+        """``conn``'s queue overflowed (it is being closed with 4008)."""
         ...
 
-    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
-        """Hand the frames to the transport without waiting; only when :meth:`writable`."""
+    def written(self, frames: list[Frame]) -> None:
+        """``frames`` were handed to the transport."""
         ...
 
-    async def close(self, code: int, reason: str) -> None: ...
+    async def subscribe(self, conn: Connection, action: Subscribe) -> None:
+        """Answer a subscribe (``subscribed`` or ``error``), then replay and go live."""
+        ...
 
-    def abort(self) -> None:
-        """Drop the TCP connection now, without a closing handshake."""
+    def unsubscribe(self, conn: Connection, action: Unsubscribe) -> None: ...
+
+    def disconnected(self, conn: Connection, code: int | None) -> asyncio.Task[None]:
+        """Release ``conn`` now that its socket is gone; the task ends when it is released."""
         ...
 
 
@@ -56,50 +60,29 @@ class ConnState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
 
-
-class SubState(enum.Enum):
-    PENDING = "pending"  # access check and log bounds being read; live events ignored
-    RECOVERING = "recovering"  # replaying from the event log; live durable events ignored
-    LIVE = "live"  # live events delivered in seq order
-
-    def to(self, new: SubState) -> SubState:
-        if new not in _SUB_TRANSITIONS[self]:
-            raise RuntimeError(f"illegal subscription transition {self.value} -> {new.value}")
+    def to(self, new: ConnState) -> ConnState:
+        if new not in _CONN_TRANSITIONS[self]:
+            raise RuntimeError(f"illegal connection transition {self.value} -> {new.value}")
         return new
 
 
-_SUB_TRANSITIONS = {
-    SubState.PENDING: {SubState.RECOVERING, SubState.LIVE},
-    SubState.RECOVERING: {SubState.LIVE},
-    SubState.LIVE: {SubState.RECOVERING},
+_CONN_TRANSITIONS = {
+    ConnState.OPEN: {ConnState.CLOSING, ConnState.CLOSED},
+    ConnState.CLOSING: {ConnState.CLOSED},
+    ConnState.CLOSED: {ConnState.CLOSED},
 }
 
 
-class Subscription:
-    __slots__ = ("cursor", "project_id", "state", "task")
+class Connection(Delivery):
+    """One authenticated client. Created by ``ws.py``; a :class:`~tidings.sockets.Receiver`."""
 
-    def __init__(self, project_id: str) -> None:
-        self.project_id = project_id
-        self.state = SubState.PENDING
-        self.cursor = 0  # newest seq this connection has been given
-        self.task: asyncio.Task[None] | None = None
-
-    def move(self, new: SubState) -> None:
-        self.state = self.state.to(new)
-
-
-class Connection:
-    """Delivery state of one client. Created by ``ws.py``, fed by the hub."""
-
-    # Slots: thousands of idle connections each save an attribute dict.
+    # Slots: thousands of idle connections each save an attribute dict. Everything a busy
+    # connection needs beyond them (writer task, inbox, replays) is created on demand.
     __slots__ = (
         "_closer",
-        "_flush_scheduled",
-        "_on_gap",
-        "_on_slow",
-        "_on_written",
+        "_inbox",
         "_room",
-        "_schedule_flush",
+        "_task",
         "_writer",
         "batch",
         "client_id",
@@ -107,10 +90,12 @@ class Connection:
         "close_timeout",
         "credential",
         "messages",
-        "queue",
+        "owner",
+        "replays",
+        "resume_reading",
         "socket",
+        "started",
         "state",
-        "subs",
         "user_id",
         "username",
     )
@@ -123,78 +108,130 @@ class Connection:
         username: str,
         credential: str,
         socket: Socket,
+        owner: Owner,
         messages: ClientMessages,
+        max_subscriptions: int,
         max_queue_messages: int,
         max_queue_bytes: int,
         close_timeout: float,
         batch: bool = False,
-        on_gap: Callable[[Connection, Subscription], None],
-        schedule_flush: Callable[[Connection], None],
-        on_slow: Callable[[Connection], None] = lambda conn: None,
-        on_written: Callable[[list[Frame]], None] = lambda frames: None,
     ) -> None:
+        super().__init__(max_subscriptions, max_queue_messages, max_queue_bytes)
         self.client_id = client_id
         self.user_id = user_id
         self.username = username
         self.credential = credential
         self.socket = socket
+        self.owner = owner
         self.messages = messages
-        self.queue: OutboundQueue[Frame] = OutboundQueue(max_queue_messages, max_queue_bytes)
         self.close_timeout = close_timeout
         self.batch = batch
         self.state = ConnState.OPEN
-        self.subs: dict[str, Subscription] = {}
         self.close_code: int | None = None
-        self._on_gap = on_gap
-        self._schedule_flush = schedule_flush
-        self._flush_scheduled = False
-        self._on_slow = on_slow
-        self._on_written = on_written
-        # Created only when needed: an idle connection holds no task and no event.
+        self.started = time.monotonic()
+        # Called when the inbox empties after reading was paused (see `receive`).
+        self.resume_reading: Callable[[], None] = _nothing
+        self.replays: dict[str, asyncio.Task[None]] | None = None
+        self._inbox: list[Action] | None = None  # a list while a subscribe is answered
+        self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None  # running while the peer is behind
         self._room: asyncio.Event | None = None  # a replay waiting for queue space
         self._closer: asyncio.Task[None] | None = None
 
-    # -- called by the hub while fanning out: synchronous, never blocks -----------------
+    # -- client messages (the Receiver interface) ---------------------------------------------
 
-    def deliver(self, frame: Frame) -> None:
-        """Offer an event of a project this connection is subscribed to.
+    def receive(self, data: str | bytes) -> bool:
+        """Take one client message; True while messages wait behind a subscribe (the
+        transport then stops reading until :attr:`resume_reading` is called).
 
-        Durable events go out in strict ``seq`` order: one at the cursor + 1 is sent, an old
-        one dropped, and one past a gap switches the subscription to recovery from the log.
+        Each message is parsed and rate-limited as it arrives, and a subscribe is
+        *requested* at once (so the audience path stops at once), but actions are carried
+        out in arrival order: replies wait behind the subscribes before them.
         """
-        sub = self.subs.get(frame.project_id)  # type: ignore[arg-type]
-        if sub is None or sub.state is not SubState.LIVE:
-            return  # a replay from the log covers it; ephemeral events wait for live
-        seq = frame.seq
-        if seq is None:
-            self.push(frame)
-        elif seq == sub.cursor + 1:
-            sub.cursor = seq
-            self.push(frame)
-        elif seq > sub.cursor + 1:
-            sub.move(SubState.RECOVERING)
-            self._on_gap(self, sub)
+        if self.state is not ConnState.OPEN:
+            return False
+        action = self.messages.receive(data, asyncio.get_running_loop().time())
+        if isinstance(action, Subscribe) and not self.request(action.project_id):
+            action = error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.max_subscriptions} subscriptions per connection",
+                action.request_id,
+                project_id=action.project_id,
+            )
+        if self._inbox is not None:
+            self._inbox.append(action)
+            return True
+        if not isinstance(action, Subscribe):
+            self._act(action)
+            return False
+        self._inbox = []
+        self._task = asyncio.create_task(self._answer(action))
+        return True
+
+    def disconnected(self, code: int) -> None:
+        self.owner.disconnected(self, code)
+
+    async def idle(self) -> None:
+        """Wait until every message received so far has been handled."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, Reply):
+            self.send_message(action.message)
+        elif isinstance(action, Unsubscribe):
+            self.owner.unsubscribe(self, action)
+        elif isinstance(action, Close):
+            self.close(action.code, action.reason, flush=True)
+
+    async def _answer(self, action: Subscribe) -> None:
+        """Answer subscribes, and the actions queued behind them, until none is left."""
+        try:
+            pending: Subscribe | None = action
+            while pending is not None:
+                await self.owner.subscribe(self, pending)
+                pending = None
+                while pending is None and self._inbox and self.state is ConnState.OPEN:
+                    queued = self._inbox.pop(0)
+                    if isinstance(queued, Subscribe):
+                        pending = queued
+                    else:
+                        self._act(queued)
+        finally:
+            self._inbox = None
+            self._task = None
+            self.resume_reading()
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue a reply or notice for this connection only; ``timestamp`` is added here."""
+        message["timestamp"] = timestamp()
+        text = encode(message).decode()
+        self.push(Frame(text, message["type"], published_at=time.time()))
 
     def push(self, frame: Frame) -> None:
-        if self.state is not ConnState.OPEN:
-            return
-        if not self.queue.put(frame):
-            self._on_slow(self)
+        """Queue a frame for this connection alone, and see it written."""
+        verdict = self.enqueue(frame)
+        if verdict:
+            self.handle(verdict)
+
+    def handle(self, verdict: Verdict) -> None:
+        """Carry out what queueing a frame asked for (REPLAY is the hub's to start)."""
+        if verdict is Verdict.FLUSH:
+            self.owner.schedule_flush(self)
+        elif verdict is Verdict.SLOW:
+            self.owner.slow(self)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-            return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._schedule_flush(self)
 
     def flush(self) -> None:
         """Write what is queued, now, if the transport takes it without waiting.
 
-        The hub calls this once per loop iteration for every connection that got frames,
-        so all the events fanned out in that iteration leave in one write. When the peer is
-        behind (or a send is already in progress) a writer task takes over and waits.
+        The hub calls this once per loop iteration for every connection whose queue went
+        from empty to not empty in it, so all the events fanned out in that iteration
+        leave in one write. When the peer is behind (or a send is in progress) a writer
+        task takes over and waits; it runs until the queue is empty.
         """
-        self._flush_scheduled = False
         queue = self.queue
         if self.state is not ConnState.OPEN or self._writer is not None:
             return  # a running writer takes whatever is queued
@@ -203,29 +240,27 @@ class Connection:
             if not socket.writable():
                 self._writer = asyncio.create_task(self._write_loop())
                 return
-            frames = queue.drain(BATCH_MAX_FRAMES)
+            frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES)  # type: ignore[assignment]
             try:
                 socket.write_nowait(frames, self.batch)
-            except Exception as exc:  # the peer went away; the endpoint will notice
-                logger.debug("write to %s failed: %r", self.client_id, exc)
+            except SocketClosed:
+                return  # the peer went away; the transport reports the disconnect
+            except Exception:
+                self._write_failed()
                 return
-            self._on_written(frames)
+            self.owner.written(frames)
         if self._room is not None:
             self._room.set()
 
-    def send_message(self, message: dict[str, Any]) -> None:
-        """Queue a reply or notice for this connection only; ``timestamp`` is added here."""
-        message["timestamp"] = timestamp()
-        text = encode(message).decode()
-        self.push(Frame(text, message["type"], published_at=time.time()))
+    def _write_failed(self) -> None:
+        """A write failed for another reason than a closed peer: never leave a socket
+        open that silently drops events. The client resumes by seq elsewhere."""
+        logger.exception("write to %s failed; dropping the connection", self.client_id)
+        self.open = False
+        self.queue.clear()
+        self.socket.abort()
 
-    def end_subscription(self, project_id: str, reason: str | None = None) -> None:
-        sub = self.subs.pop(project_id, None)
-        self.messages.forget(project_id)
-        if sub is not None and sub.task is not None and sub.task is not asyncio.current_task():
-            sub.task.cancel()
-        if sub is not None and reason is not None:
-            self.send_message({"type": "unsubscribed", "project_id": project_id, "reason": reason})
+    # -- end -------------------------------------------------------------------------------
 
     def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         """Start closing; the socket is aborted if the handshake does not finish in time.
@@ -235,18 +270,36 @@ class Connection:
         """
         if self.state is not ConnState.OPEN:
             return
-        self.state = ConnState.CLOSING
+        self.state = self.state.to(ConnState.CLOSING)
+        self.open = False
         self.close_code = code
         if not flush:
             self.queue.clear()
             if self._writer is not None:
                 self._writer.cancel()
-        for sub in self.subs.values():
-            if sub.task is not None:
-                sub.task.cancel()
+        self._stop_replays()
         self._closer = asyncio.create_task(self._close(code, reason, flush))
 
-    # -- flow control for replays ------------------------------------------------------
+    def track_replay(self, project_id: str, task: asyncio.Task[None]) -> None:
+        if self.replays is None:
+            self.replays = {}
+        self.replays[project_id] = task
+        task.add_done_callback(lambda t: self._replay_done(project_id, t))
+
+    def stop_replay(self, project_id: str) -> None:
+        task = self.replays.get(project_id) if self.replays else None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _replay_done(self, project_id: str, task: asyncio.Task[None]) -> None:
+        if self.replays is not None and self.replays.get(project_id) is task:
+            del self.replays[project_id]
+            if not self.replays:
+                self.replays = None
+
+    def _stop_replays(self) -> None:
+        for task in list((self.replays or {}).values()):
+            task.cancel()
 
     async def wait_for_room(self, size: int) -> bool:
         """Wait until ``size`` bytes fit with a quarter of the queue left for live events."""
@@ -263,35 +316,36 @@ class Connection:
         return False
 
     async def finish(self) -> None:
-        """Wait for the writer and closer to end; call once the socket has disconnected."""
-        self.state = ConnState.CLOSED if self.state is ConnState.OPEN else self.state
+        """Wait for the work of this connection to end; call once the socket is gone."""
+        self.open = False
+        if self.state is ConnState.OPEN:
+            self.state = self.state.to(ConnState.CLOSING)
         if self._writer is not None:
             self._writer.cancel()
-        for sub in self.subs.values():
-            if sub.task is not None:
-                sub.task.cancel()
+        self._stop_replays()
         if self._room is not None:
             self._room.set()
-        tasks = [t for t in (self._writer, self._closer) if t is not None]
+        tasks = [t for t in (self._task, self._writer, self._closer) if t is not None]
+        tasks += (self.replays or {}).values()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.state = ConnState.CLOSED
+        self.state = self.state.to(ConnState.CLOSED)
 
-    # -- I/O -----------------------------------------------------------------------------
+    # -- I/O -------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
         """Send what is queued, waiting on the peer, until the queue is empty; then end."""
         queue = self.queue
         try:
             while queue.count:
-                frames = queue.drain(BATCH_MAX_FRAMES)
+                frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES)  # type: ignore[assignment]
                 if self._room is not None:
                     self._room.set()
                 await self.socket.send(frames, self.batch)
-                self._on_written(frames)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the peer went away mid-write
-            logger.debug("writer of %s stopped: %r", self.client_id, exc)
+                self.owner.written(frames)
+        except SocketClosed:
+            pass  # the peer went away mid-write; the transport reports the disconnect
+        except Exception:
+            self._write_failed()
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
@@ -300,20 +354,27 @@ class Connection:
         # Whatever happens below, the TCP connection is gone after the timeout: a peer that
         # never reads can stall both the close frame and a graceful transport close.
         loop = asyncio.get_running_loop()
-        loop.call_later(self.close_timeout, self.socket.abort)
+        abort = loop.call_later(self.close_timeout, self.socket.abort)
         deadline = loop.time() + self.close_timeout
-        if flush and self.queue.count:
-            writer = self._writer or asyncio.create_task(self._write_loop())
-            self._writer = writer
-            done, _ = await asyncio.wait([writer], timeout=self.close_timeout)
-            if not done:
-                writer.cancel()
         try:
+            if flush and self.queue.count:
+                writer = self._writer or asyncio.create_task(self._write_loop())
+                self._writer = writer
+                done, _ = await asyncio.wait([writer], timeout=self.close_timeout)
+                if not done:
+                    writer.cancel()
             await asyncio.wait_for(
                 self.socket.close(code, reason), max(0.0, deadline - loop.time())
             )
+        except SocketClosed:
+            abort.cancel()  # already gone
         except TimeoutError:
             logger.info("closing handshake of %s timed out; dropping it", self.client_id)
             self.socket.abort()
         except Exception:
+            logger.exception("closing %s failed; dropping it", self.client_id)
             self.socket.abort()
+
+
+def _nothing() -> None:
+    pass

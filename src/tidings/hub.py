@@ -1,8 +1,10 @@
-"""The hub: owns connections and subscriptions, fans events out, replays from the log.
+"""The hub: a node's connections and channels; fan-out, subscriptions, replays.
 
-Events arrive from the broker already encoded. For each one the hub decodes the frame
-text once and offers the same string to every target connection's queue, synchronously:
-no await, no per-client encoding, no socket I/O in the fan-out loop.
+Events arrive from the broker already encoded. For each one the hub decodes the frame text
+once and offers the same string to every target connection, synchronously: no await, no
+per-client encoding, no socket I/O in the fan-out loop. Which connection gets what, and
+when, is decided by ``delivery.py``; the hub carries the verdicts out (schedules writes,
+starts replays from the event log, closes slow consumers).
 """
 
 from __future__ import annotations
@@ -12,26 +14,20 @@ import logging
 import time
 from typing import Any
 
-from tidings import metrics
 from tidings.codes import CloseCode, ErrorCode
-from tidings.connection import Connection, ConnState, Subscription, SubState
-from tidings.events import (
-    MEMBER_REMOVED,
-    PROJECT_DELETED,
-    SESSION_REVOKED,
-    Envelope,
-    EventLog,
-    encode,
-    timestamp,
-)
+from tidings.connection import Connection
+from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict
+from tidings.events import MEMBER_REMOVED, SESSION_REVOKED, Envelope, EventLog, encode, timestamp
 from tidings.frames import Frame
-from tidings.protocol import error
-from tidings.resume import decide
+from tidings.messages import Subscribe, Unsubscribe, error
+from tidings.metrics import Metrics
 
 logger = logging.getLogger("tidings.hub")
 
 REPLAY_PAGE = 500
-HEAD_SYNC_INTERVAL = 5.0
+# One write in this many feeds the delivery latency histogram: an update per write would
+# cost more than the write itself in a large fan-out.
+LATENCY_SAMPLE = 16
 
 
 class Channel:
@@ -45,21 +41,30 @@ class Channel:
 
 
 class Hub:
+    """Implements :class:`tidings.connection.Owner` for every connection of the node."""
+
     def __init__(
         self,
         eventlog: EventLog,
+        metrics: Metrics,
+        *,
         heartbeat_interval: float,
+        head_sync_interval: float,
     ) -> None:
         self.eventlog = eventlog
+        self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
+        self.head_sync_interval = head_sync_interval
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_credential: dict[str, set[Connection]] = {}
         self.channels: dict[str, Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()  # referenced until they end
         self._ready = asyncio.Event()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        self._writes = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -72,12 +77,20 @@ class Hub:
         await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
-        """Close every socket with 1012 so clients reconnect elsewhere and resume."""
+        """Close every socket with 1012 so clients reconnect elsewhere and resume; return
+        once no replay reads the database any more."""
+        replays: list[asyncio.Task[None]] = []
         for conn in list(self.connections.values()):
-            conn.close(CloseCode.SERVICE_RESTART, "service restart")
+            replays += (conn.replays or {}).values()
+            conn.close(CloseCode.SERVICE_RESTART, "service restart")  # cancels its replays
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *replays, return_exceptions=True)
+
+    @property
+    def running(self) -> bool:
+        """True while the hub's background tasks (listener, heartbeat, head sync) run."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -85,27 +98,38 @@ class Hub:
         self.connections[conn.client_id] = conn
         self.by_user.setdefault(conn.user_id, set()).add(conn)
         self.by_credential.setdefault(conn.credential, set()).add(conn)
-        metrics.CONNECTIONS.inc()
+        self.metrics.connections.inc()
 
-    def unregister(self, conn: Connection) -> None:
+    def disconnected(self, conn: Connection, code: int | None) -> asyncio.Task[None]:
+        self._unregister(conn)
+        task = asyncio.get_running_loop().create_task(self._finish(conn, code))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
+    def _unregister(self, conn: Connection) -> None:
         if self.connections.pop(conn.client_id, None) is None:
             return
         _discard(self.by_user, conn.user_id, conn)
         _discard(self.by_credential, conn.credential, conn)
         for project_id in list(conn.subs):
-            self._leave(conn, project_id)
-        metrics.CONNECTIONS.dec()
+            self._end(conn, project_id)
+        self.metrics.connections.dec()
 
-    def connection_args(self) -> dict[str, Any]:
-        """Callbacks a new :class:`Connection` needs from the hub."""
-        return {
-            "on_gap": self._start_replay,
-            "schedule_flush": self._schedule_flush,
-            "on_slow": _count_slow,
-            "on_written": _observe,
-        }
+    async def _finish(self, conn: Connection, code: int | None) -> None:
+        await conn.finish()
+        logger.info(
+            "ws disconnect client_id=%s user=%s code=%s server_code=%s duration=%.1fs",
+            conn.client_id,
+            conn.username,
+            code,
+            conn.close_code,
+            time.monotonic() - conn.started,
+        )
 
-    def _schedule_flush(self, conn: Connection) -> None:
+    # -- writes (Owner) -------------------------------------------------------------------
+
+    def schedule_flush(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -118,27 +142,42 @@ class Hub:
         for conn in dirty:
             conn.flush()
 
-    # -- subscriptions --------------------------------------------------------------------
+    def slow(self, conn: Connection) -> None:
+        self.metrics.slow_consumers.inc()
+        logger.warning("closing slow consumer %s (user %s)", conn.client_id, conn.username)
 
-    async def subscribe(
-        self, conn: Connection, project_id: str, since: int | None, request_id: Any = None
-    ) -> None:
-        """Answer ``subscribed`` (or ``not_found``), then replay and go live.
+    def written(self, frames: list[Frame]) -> None:
+        self._writes += 1
+        if self._writes % LATENCY_SAMPLE == 0 and frames[0].published_at:
+            latency = max(0.0, time.time() - frames[0].published_at)
+            self.metrics.delivery_latency.observe(latency)
+
+    def _carry_out(self, conn: Connection, verdict: Verdict, project_id: str | None) -> None:
+        if verdict is Verdict.REPLAY:
+            assert project_id is not None
+            self._replay(conn, conn.subs[project_id])
+        else:
+            conn.handle(verdict)
+
+    # -- subscriptions (Owner) ------------------------------------------------------------
+
+    async def subscribe(self, conn: Connection, action: Subscribe) -> None:
+        """Answer ``subscribed`` (or an error), then replay and go live.
 
         The subscription joins its channel before the log is read, so the channel's head
         keeps track of events committed meanwhile; anything past the cursor is then
         replayed from the log, and live delivery starts only once the replay has caught up.
         """
-        if project_id in conn.subs:  # subscribing again restarts from the new `since`
-            self._leave(conn, project_id)
-            conn.messages.subscriptions.add(project_id)
-        sub = Subscription(project_id)
-        conn.subs[project_id] = sub
-        channel = self.channels.get(project_id)
-        if channel is None:
-            channel = self.channels[project_id] = Channel()
-            metrics.CHANNELS.inc()
-        channel.subscribers[conn] = None
+        project_id = action.project_id
+        conn.stop_replay(project_id)  # subscribing again restarts from the new `since`
+        sub = conn.begin(project_id)
+        await self._start(conn, sub, action.since, action.request_id)
+
+    async def _start(
+        self, conn: Connection, sub: Subscription, since: int | None, request_id: Any
+    ) -> None:
+        project_id = sub.project_id
+        channel = self._join(conn, project_id)
         try:
             bounds = await self.eventlog.bounds(project_id, conn.user_id)
         except Exception:
@@ -146,11 +185,10 @@ class Hub:
             bounds, failed = None, True
         else:
             failed = False
-        if conn.subs.get(project_id) is not sub or conn.state is not ConnState.OPEN:
-            return  # unsubscribed or superseded while we were reading
-        if bounds is None:
-            self._leave(conn, project_id)
-            conn.messages.forget(project_id)
+        if bounds is None or not conn.current(sub):
+            # No access, or it was revoked (or the project deleted) while reading.
+            if conn.current(sub):
+                self._end(conn, project_id, sub)
             reply = (
                 error(ErrorCode.INTERNAL, "subscription failed; retry", request_id)
                 if failed
@@ -159,79 +197,104 @@ class Hub:
             conn.send_message({**reply.message, "project_id": project_id})
             return
         oldest, latest = bounds
-        resume = decide(since, oldest, latest)
-        sub.cursor = resume.cursor
-        message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
-        if resume.recovered is not None:
-            message["recovered"] = resume.recovered
-        if request_id is not None:
-            message["id"] = request_id
-        conn.send_message(message)
-        metrics.SUBSCRIPTIONS.inc()
+        start = conn.start(sub, since, oldest, latest, channel.head)
         channel.head = max(channel.head, latest)
-        if channel.head > sub.cursor:
-            sub.move(SubState.RECOVERING)
-            self._start_replay(conn, sub)
-        else:
-            sub.move(SubState.LIVE)
-
-    def unsubscribe(self, conn: Connection, project_id: str, request_id: Any = None) -> None:
-        if project_id in conn.subs:
-            self._leave(conn, project_id)
-        message: dict[str, Any] = {"type": "unsubscribed", "project_id": project_id}
+        message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
+        if start.recovered is not None:
+            message["recovered"] = start.recovered
         if request_id is not None:
             message["id"] = request_id
         conn.send_message(message)
+        self.metrics.subscriptions.inc()
+        if start.replay:
+            self._replay(conn, sub)
 
-    def _leave(self, conn: Connection, project_id: str, reason: str | None = None) -> None:
-        sub = conn.subs.get(project_id)
-        conn.end_subscription(project_id, reason)
-        if sub is not None and sub.state is not SubState.PENDING:
-            metrics.SUBSCRIPTIONS.dec()
+    def unsubscribe(self, conn: Connection, action: Unsubscribe) -> None:
+        self._end(conn, action.project_id)
+        message: dict[str, Any] = {"type": "unsubscribed", "project_id": action.project_id}
+        if action.request_id is not None:
+            message["id"] = action.request_id
+        conn.send_message(message)
+
+    def _join(self, conn: Connection, project_id: str) -> Channel:
+        channel = self.channels.get(project_id)
+        if channel is None:
+            channel = self.channels[project_id] = Channel()
+            self.metrics.channels.inc()
+        channel.subscribers[conn] = None
+        return channel
+
+    def _end(
+        self,
+        conn: Connection,
+        project_id: str,
+        sub: Subscription | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """End a subscription: stop its replay, leave the channel, announce it if asked."""
+        ended = conn.end(project_id, sub)
+        if ended is None:
+            return
+        conn.stop_replay(project_id)
+        if ended.announced:
+            self.metrics.subscriptions.dec()
+            if reason is not None:
+                conn.send_message(
+                    {"type": "unsubscribed", "project_id": project_id, "reason": reason}
+                )
+        self._leave(conn, project_id)  # what remains, if anything, is only requested
+
+    def _leave(self, conn: Connection, project_id: str) -> None:
         channel = self.channels.get(project_id)
         if channel is not None:
             channel.subscribers.pop(conn, None)
             if not channel.subscribers:
                 del self.channels[project_id]
-                metrics.CHANNELS.dec()
+                self.metrics.channels.dec()
 
-    def _start_replay(self, conn: Connection, sub: Subscription) -> None:
-        sub.task = asyncio.create_task(self._replay(conn, sub))
+    # -- replays --------------------------------------------------------------------------
 
-    async def _replay(self, conn: Connection, sub: Subscription) -> None:
-        """Send logged events after the cursor, paced by the connection's queue, then go live."""
+    def _replay(self, conn: Connection, sub: Subscription) -> None:
+        if conn.open:
+            task = asyncio.create_task(self._run_replay(conn, sub))
+            conn.track_replay(sub.project_id, task)
+
+    async def _run_replay(self, conn: Connection, sub: Subscription) -> None:
+        """Queue logged events after the cursor, paced by the connection's queue, until the
+        subscription is live (``delivery.py`` decides each step)."""
         project_id = sub.project_id
         try:
-            while conn.subs.get(project_id) is sub:
+            while True:
                 events = await self.eventlog.read_after(project_id, sub.cursor, REPLAY_PAGE)
                 for event in events:
-                    if conn.subs.get(project_id) is not sub:
-                        return
                     if not await conn.wait_for_room(len(event.frame)):
                         return
-                    if event.seq <= sub.cursor:
+                    step = conn.replayed(sub, event.seq)
+                    if step is Step.SKIP:
                         continue
-                    sub.cursor = event.seq
-                    conn.push(Frame(event.frame, event.type, project_id, event.seq))
-                    if event.type == PROJECT_DELETED:
-                        self._leave(conn, project_id)
+                    if step is Step.STOP:
                         return
-                if conn.subs.get(project_id) is not sub:
-                    return
+                    if step is Step.LOST:  # trimmed by retention while we replayed
+                        await self._restart(conn, sub)
+                        return
+                    conn.push(Frame(event.frame, event.type, project_id, event.seq))
+                    if event.type in ENDING_TYPES:
+                        self._end(conn, project_id, sub)
+                        return
                 channel = self.channels.get(project_id)
                 head = channel.head if channel is not None else 0
-                if len(events) < REPLAY_PAGE and (sub.cursor >= head or not events):
-                    # Nothing is logged past the cursor: every later event arrives live.
-                    sub.move(SubState.LIVE)
+                if conn.page_done(sub, len(events), REPLAY_PAGE, head):
                     return
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("replay of %s for %s failed", project_id, conn.client_id)
             conn.close(CloseCode.SERVICE_RESTART, "replay failed; resume")
-        finally:
-            if sub.task is asyncio.current_task():
-                sub.task = None
+
+    async def _restart(self, conn: Connection, sub: Subscription) -> None:
+        """Start again from the cursor: the reply says ``recovered: false``."""
+        fresh = conn.begin(sub.project_id, waiting=False)
+        await self._start(conn, fresh, sub.cursor, None)
 
     # -- fan-out --------------------------------------------------------------------------
 
@@ -281,27 +344,32 @@ class Hub:
         if channel is not None:
             if env.seq is not None and env.seq > channel.head:
                 channel.head = env.seq
-            # deliver() never changes the channel: no copy of 1,000s of subscribers per event.
+            # offer() never changes the channel: no copy of 1,000s of subscribers per event.
             for conn in channel.subscribers:
-                conn.deliver(frame)
+                verdict = conn.offer(frame)
+                if verdict:
+                    self._carry_out(conn, verdict, project_id)
             count = len(channel.subscribers)
-            if env.type == PROJECT_DELETED and project_id is not None:
-                self._end_channel(project_id, channel)
+            if env.type in ENDING_TYPES and project_id is not None and env.seq is not None:
+                self._end_channel(project_id, channel, env.seq)
         for user_id in env.audience:
             for conn in self.by_user.get(user_id, ()):
-                if project_id not in conn.subs:
-                    conn.push(frame)
-                    count += 1
-        metrics.EVENTS_PUBLISHED.labels(env.type).inc()
+                verdict = conn.offer_audience(frame)
+                if verdict:
+                    conn.handle(verdict)
+                count += 1
+        metrics = self.metrics
+        metrics.events_published.labels(env.type).inc()
         if count:
-            metrics.EVENTS_DELIVERED.labels(env.type).inc(count)
+            metrics.events_delivered.labels(env.type).inc(count)
 
-    def _end_channel(self, project_id: str, channel: Channel) -> None:
-        """After ``project.deleted``: live subscriptions end; replays end when they reach it."""
+    def _end_channel(self, project_id: str, channel: Channel, seq: int) -> None:
+        """After ``project.deleted``: subscriptions that were given it end; replays end
+        when they reach it."""
         for conn in list(channel.subscribers):
             sub = conn.subs.get(project_id)
-            if sub is not None and sub.state is SubState.LIVE:
-                self._leave(conn, project_id)
+            if sub is not None and conn.given(sub, seq):
+                self._end(conn, project_id, sub)
 
     def revoke(self, credential: str) -> None:
         for conn in list(self.by_credential.get(credential, ())):
@@ -309,8 +377,7 @@ class Hub:
 
     def revoke_access(self, project_id: str, user_id: str) -> None:
         for conn in list(self.by_user.get(user_id, ())):
-            if project_id in conn.subs:
-                self._leave(conn, project_id, reason="access_revoked")
+            self._end(conn, project_id, reason="access_revoked")
 
     async def _heartbeat(self) -> None:
         while True:
@@ -324,7 +391,7 @@ class Hub:
         """Catch events whose broker message never came (a node died between commit and
         publish, or a broker reconnect): compare each channel's head with the log."""
         while True:
-            await asyncio.sleep(HEAD_SYNC_INTERVAL)
+            await asyncio.sleep(self.head_sync_interval)
             if not self.channels:
                 continue
             try:
@@ -339,9 +406,8 @@ class Hub:
                 channel.head = head
                 for conn in list(channel.subscribers):
                     sub = conn.subs.get(project_id)
-                    if sub is not None and sub.state is SubState.LIVE and sub.cursor < head:
-                        sub.move(SubState.RECOVERING)
-                        self._start_replay(conn, sub)
+                    if sub is not None and conn.behind(sub, head):
+                        self._replay(conn, sub)
 
 
 def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
@@ -350,21 +416,3 @@ def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> N
         conns.discard(conn)
         if not conns:
             del index[key]
-
-
-def _count_slow(conn: Connection) -> None:
-    metrics.SLOW_CONSUMERS.inc()
-    logger.warning("closing slow consumer %s (user %s)", conn.client_id, conn.username)
-
-
-_LATENCY_SAMPLE = 16
-_written = 0
-
-
-def _observe(frames: list[Frame]) -> None:
-    """Delivery latency of one write in 16: a histogram update per write would cost more
-    than the write itself in a large fan-out."""
-    global _written
-    _written += 1
-    if _written % _LATENCY_SAMPLE == 0 and frames[0].published_at:
-        metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - frames[0].published_at))

@@ -1,27 +1,65 @@
-"""Prometheus metrics, served at ``GET /metrics``. Process-wide, like prometheus-client."""
+"""Prometheus metrics of one tidings node, served at ``GET /metrics``.
+
+Each app has its own :class:`Metrics` and registry (built by ``create_app``), so two apps
+in one process — tests, an embedding service — never share or clash.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable
 
-CONNECTIONS = Gauge("tidings_ws_connections", "Open WebSocket connections")
-SUBSCRIPTIONS = Gauge("tidings_ws_subscriptions", "Active project subscriptions")
-CHANNELS = Gauge("tidings_ws_channels", "Projects with at least one subscriber on this node")
-QUEUE_DEPTH = Gauge("tidings_ws_queue_depth", "Frames waiting in all outbound queues")
-QUEUE_BYTES = Gauge("tidings_ws_queue_bytes", "Bytes waiting in all outbound queues")
-EVENTS_PUBLISHED = Counter(
-    "tidings_events_published_total", "Events received from the broker by this node", ["type"]
-)
-EVENTS_DELIVERED = Counter(
-    "tidings_events_delivered_total",
-    "Event frames handed to connection queues (one per receiving connection)",
-    ["type"],
-)
-SLOW_CONSUMERS = Counter(
-    "tidings_ws_slow_consumer_closes_total", "Connections closed with 4008 (slow consumer)"
-)
-DELIVERY_LATENCY = Histogram(
-    "tidings_ws_delivery_latency_seconds",
-    "From the event reaching this node to its frame being written to a socket",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.connections = Gauge(
+            "tidings_ws_connections", "Open WebSocket connections", registry=registry
+        )
+        self.subscriptions = Gauge(
+            "tidings_ws_subscriptions", "Active project subscriptions", registry=registry
+        )
+        self.channels = Gauge(
+            "tidings_ws_channels",
+            "Projects with at least one subscriber on this node",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "tidings_ws_queue_depth", "Frames waiting in all outbound queues", registry=registry
+        )
+        self.queue_bytes = Gauge(
+            "tidings_ws_queue_bytes", "Bytes waiting in all outbound queues", registry=registry
+        )
+        self.events_published = Counter(
+            "tidings_events_published_total",
+            "Events received from the broker by this node",
+            ["type"],
+            registry=registry,
+        )
+        self.events_delivered = Counter(
+            "tidings_events_delivered_total",
+            "Event frames offered to connections (one per subscribed or audience connection)",
+            ["type"],
+            registry=registry,
+        )
+        self.slow_consumers = Counter(
+            "tidings_ws_slow_consumer_closes_total",
+            "Connections closed with 4008 (slow consumer)",
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "tidings_ws_delivery_latency_seconds",
+            "From the event reaching this node to its frame being written to a socket",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+
+    def watch_queues(self, depth: Callable[[], float], nbytes: Callable[[], float]) -> None:
+        """Sample the outbound queues' totals when scraped."""
+        self.queue_depth.set_function(depth)
+        self.queue_bytes.set_function(nbytes)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)

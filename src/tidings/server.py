@@ -18,7 +18,7 @@ Under any other server the endpoint falls back to plain ASGI messages (see ``ws.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
@@ -27,21 +27,7 @@ from websockets.protocol import State
 
 from tidings.frames import Frame, batch_text, frame_text
 from tidings.settings import Settings
-
-EXTENSION = "tidings.socket"
-
-
-class Receiver(Protocol):
-    """Takes a detached connection's client messages, in order, and its end."""
-
-    def receive(self, data: str | bytes) -> bool:
-        """Handle one message; return True to stop reading until :meth:`FastSocket.resume`
-        (an answer needs I/O first, and later messages must wait for it)."""
-        ...
-
-    def disconnected(self, code: int) -> None:
-        """The connection is gone (closed by either side, or dropped); called once."""
-        ...
+from tidings.sockets import EXTENSION, Receiver, SocketClosed
 
 
 class FastSocket:
@@ -66,7 +52,7 @@ class FastSocket:
     def write_nowait(self, frames: list[Frame], batch: bool) -> None:
         proto = self._proto
         if proto.disconnected or proto.close_sent or proto.conn.state is not State.OPEN:
-            raise ConnectionError("websocket is closed")
+            raise SocketClosed("websocket is closed")
         if batch:
             proto.transport.write(frame_text(batch_text(frames).encode()))
         elif len(frames) == 1:
@@ -76,7 +62,10 @@ class FastSocket:
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame (uvicorn then waits for the peer's, or drops it)."""
-        await self._proto.send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            await self._proto.send({"type": "websocket.close", "code": code, "reason": reason})
+        except ClientDisconnected as exc:
+            raise SocketClosed(str(exc)) from exc
 
     def abort(self) -> None:
         transport = self._proto.transport
@@ -87,7 +76,7 @@ class FastSocket:
         """From now on, give client messages to ``receiver``; the ASGI app may return."""
         self._proto.detach(receiver)
 
-    def resume(self) -> None:
+    def resume_reading(self) -> None:
         """Read client messages again after :meth:`Receiver.receive` returned True."""
         self._proto.resume_receiving()
 

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     ws_rate_burst: int = Field(default=60, gt=0)
     ws_close_timeout: float = Field(default=10.0, gt=0)
     event_history: int = Field(default=10_000, gt=0)
+    head_sync_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between checks of subscribed projects' newest seq against the "
+        "log, which find events whose broker message was lost",
+    )
 
     # Processes
     progress_interval: float = Field(default=0.25, ge=0)

@@ -1,10 +1,10 @@
-"""``GET /ws``: authenticate, accept, then hand the connection over.
+"""``GET /ws``: check the Origin, authenticate, accept, then hand the connection over.
 
-All protocol decisions are in ``protocol.py`` (client messages) and ``hub.py`` /
-``connection.py`` (delivery). Under uvicorn with tidings' protocol (``server.py``) the
-endpoint detaches the connection and returns: a :class:`Session` then takes the client's
-messages straight from the protocol, and an idle connection holds no task at all. Under
-any other ASGI server the endpoint stays and pumps ``receive()`` into the same session.
+Under uvicorn with tidings' own transport (``transport.py``) the endpoint *detaches* the
+connection and returns: the transport then gives each client message straight to the
+:class:`~tidings.connection.Connection`, and an idle connection holds no task at all.
+Under any other ASGI server the endpoint stays and pumps ``receive()`` into the same
+connection (:class:`~tidings.sockets.AsgiSocket` writes).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
-from collections.abc import Callable
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -21,133 +19,14 @@ from starlette.websockets import WebSocketDisconnect
 from tidings.api.deps import Services
 from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
-from tidings.connection import Connection, ConnState
-from tidings.frames import Frame, batch_text
-from tidings.hub import Hub
-from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscribe
-from tidings.server import EXTENSION, FastSocket
+from tidings.connection import Connection
+from tidings.messages import ClientMessages
+from tidings.sockets import EXTENSION, AsgiSocket, DetachableSocket
 
 logger = logging.getLogger("tidings.ws")
 
 SUBPROTOCOL = "tidings.v1"
 BATCH_SUBPROTOCOL = "tidings.batch.v1"  # frames carry a JSON array of messages
-
-_finishing: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
-
-
-class AsgiSocket:
-    """Plain ASGI sends, for servers without the ``tidings.socket`` extension."""
-
-    def __init__(self, websocket: WebSocket) -> None:
-        self.websocket = websocket
-
-    async def send(self, frames: list[Frame], batch: bool) -> None:
-        if batch:
-            await self.websocket.send_text(batch_text(frames))
-            return
-        for frame in frames:
-            await self.websocket.send_text(frame.text)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.websocket.close(code, reason)
-
-    def writable(self) -> bool:
-        return False  # ASGI sends are awaited: the writer task does them
-
-    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
-        raise RuntimeError("ASGI sockets cannot write without awaiting")
-
-    def abort(self) -> None:
-        pass  # not possible through ASGI; the server's own timeouts apply
-
-
-class Session:
-    """One connection's client messages, handled in order, and its end.
-
-    :meth:`receive` acts at once on what needs no I/O (replies, unsubscribe, close). A
-    subscribe needs the database: it runs in a task, later messages wait in an inbox
-    behind it, and ``resume`` is called when the inbox is empty again (the detached path
-    stops reading the socket meanwhile, which bounds the inbox).
-    """
-
-    __slots__ = ("_inbox", "_resume", "_started", "_task", "conn", "hub")
-
-    def __init__(self, conn: Connection, hub: Hub, resume: Callable[[], None]) -> None:
-        self.conn = conn
-        self.hub = hub
-        self._resume = resume
-        self._inbox: list[str | bytes] | None = None  # a list while a subscribe runs
-        self._task: asyncio.Task[None] | None = None
-        self._started = time.monotonic()
-
-    def receive(self, data: str | bytes) -> bool:
-        """Handle one client message; True if it is (or waits behind) a subscribe."""
-        if self._inbox is not None:
-            self._inbox.append(data)
-            return True
-        subscribe = self._handle(data)
-        if subscribe is None:
-            return False
-        self._inbox = []
-        self._task = asyncio.create_task(self._subscribe(subscribe))
-        return True
-
-    def _handle(self, data: str | bytes) -> Subscribe | None:
-        """Act on one message at once, unless it is a subscribe: return that instead."""
-        action = self.conn.messages.receive(data, asyncio.get_running_loop().time())
-        if isinstance(action, Subscribe):
-            return action
-        conn = self.conn
-        if isinstance(action, Reply):
-            conn.send_message(action.message)
-        elif isinstance(action, Unsubscribe):
-            self.hub.unsubscribe(conn, action.project_id, action.request_id)
-        elif isinstance(action, Close):
-            conn.close(action.code, action.reason, flush=True)
-        return None
-
-    async def idle(self) -> None:
-        """Wait until every message received so far has been handled."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
-    def disconnected(self, code: int) -> None:
-        task = asyncio.get_running_loop().create_task(self.finish(code))
-        _finishing.add(task)
-        task.add_done_callback(_finishing.discard)
-
-    async def finish(self, code: int | None) -> None:
-        """Release the connection: leave the hub, let a running subscribe see it, log."""
-        conn = self.conn
-        self.hub.unregister(conn)
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        await conn.finish()
-        logger.info(
-            "ws disconnect client_id=%s user=%s code=%s server_code=%s duration=%.1fs",
-            conn.client_id,
-            conn.username,
-            code,
-            conn.close_code,
-            time.monotonic() - self._started,
-        )
-
-    async def _subscribe(self, action: Subscribe) -> None:
-        """Answer subscribes, and the messages queued behind them, until none is left."""
-        conn = self.conn
-        try:
-            pending: Subscribe | None = action
-            while pending is not None:
-                await self.hub.subscribe(
-                    conn, pending.project_id, pending.since, pending.request_id
-                )
-                pending = None
-                while pending is None and self._inbox and conn.state is ConnState.OPEN:
-                    pending = self._handle(self._inbox.pop(0))
-        finally:
-            self._inbox = None
-            self._task = None
-            self._resume()
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -169,26 +48,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if principal is None:
         await websocket.close(CloseCode.UNAUTHORIZED, "not authenticated")
         return
-    fast: FastSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
+    native: DetachableSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
     hub = services.hub
     conn = Connection(
         client_id=secrets.token_hex(8),
         user_id=principal.user_id,
         username=principal.username,
         credential=principal.credential,
-        socket=fast if fast is not None else AsgiSocket(websocket),
+        socket=native if native is not None else AsgiSocket(websocket),
+        owner=hub,
         messages=ClientMessages(
             max_message_bytes=settings.ws_max_message_bytes,
-            max_subscriptions=settings.ws_max_subscriptions,
             rate=settings.ws_rate_limit,
             burst=settings.ws_rate_burst,
             now=asyncio.get_running_loop().time(),
         ),
+        max_subscriptions=settings.ws_max_subscriptions,
         max_queue_messages=settings.ws_max_queue_messages,
         max_queue_bytes=settings.ws_max_queue_bytes,
         close_timeout=settings.ws_close_timeout,
         batch=chosen == BATCH_SUBPROTOCOL,
-        **hub.connection_args(),
     )
     hub.register(conn)
     client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "-"
@@ -202,13 +81,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             "protocol": PROTOCOL_VERSION,
         }
     )
-    if fast is not None:
-        fast.detach(Session(conn, hub, fast.resume))
+    if native is not None:
+        conn.resume_reading = native.resume_reading
+        native.detach(conn)
         return
-    await _pump(websocket, Session(conn, hub, lambda: None))
+    await _pump(websocket, conn)
 
 
-async def _pump(websocket: WebSocket, session: Session) -> None:
+async def _pump(websocket: WebSocket, conn: Connection) -> None:
     """The ASGI fallback: this coroutine lives as long as the connection."""
     code: int | None = None
     try:
@@ -218,12 +98,12 @@ async def _pump(websocket: WebSocket, session: Session) -> None:
                 code = message.get("code")
                 break
             data = message.get("text")
-            if session.receive(data if data is not None else message.get("bytes") or b""):
-                await session.idle()
+            if conn.receive(data if data is not None else message.get("bytes") or b""):
+                await conn.idle()
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        await session.finish(code)
+        await conn.owner.disconnected(conn, code)
 
 
 def _number(value: float) -> float | int:

@@ -11,6 +11,7 @@ from tidings.auth import COOKIE_NAME, UNSAFE_METHODS, LoginThrottle, Principal, 
 from tidings.auth import origin_allowed as _origin_allowed
 from tidings.db import Database
 from tidings.events import EventLog
+from tidings.metrics import Metrics
 from tidings.settings import Settings
 from tidings.storage import Storage
 
@@ -24,6 +25,7 @@ class Services:
     """Everything a request handler may use; built by ``create_app``, one per app."""
 
     settings: Settings
+    metrics: Metrics
     db: Database
     eventlog: EventLog
     storage: Storage

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from tidings.api.deps import App
@@ -31,8 +31,8 @@ async def readyz(app: App) -> Any:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(app: App) -> Response:
+    return Response(app.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/protocol")

@@ -41,19 +41,25 @@ export class Backoff {
   }
 }
 
-/** Per-project seq bookkeeping and wanted subscriptions; no I/O (mirrors ClientState). */
+/** Per-project seq bookkeeping and wanted subscriptions; no I/O (mirrors ClientState).
+ * Only a project's subscription stream (what follows its `subscribed` reply on the current
+ * connection) moves its cursor; its durable events arriving outside the stream are dropped,
+ * and events of projects not subscribed to (the project-list audience) pass untouched. */
 export class SeqState {
   constructor() {
     this.last = new Map();
     this.subscriptions = new Set();
+    this.streaming = new Set();
   }
   want(projectId, since) {
     this.subscriptions.add(projectId);
+    this.streaming.delete(projectId);
     if (since !== undefined && since !== null) this.last.set(projectId, since);
     return this.subscribeMessage(projectId);
   }
   drop(projectId) {
     this.subscriptions.delete(projectId);
+    this.streaming.delete(projectId);
     return { type: "unsubscribe", project_id: projectId };
   }
   subscribeMessage(projectId) {
@@ -62,6 +68,7 @@ export class SeqState {
     return message;
   }
   resubscribe() {
+    this.streaming.clear();
     return [...this.subscriptions].sort().map((p) => this.subscribeMessage(p));
   }
   /** Account for one server message; true if the application should see it. */
@@ -70,6 +77,7 @@ export class SeqState {
     if (SILENT.has(type)) return false;
     if (typeof pid !== "string") return true;
     if (type === "subscribed") {
+      if (this.subscriptions.has(pid)) this.streaming.add(pid);
       if (Number.isInteger(seq)) {
         if (message.recovered === false) this.last.set(pid, seq);
         else if (!("recovered" in message)) this.last.set(pid, Math.max(this.last.get(pid) ?? 0, seq));
@@ -78,12 +86,16 @@ export class SeqState {
     }
     if ((type === "unsubscribed" && message.reason) || (type === "error" && message.code === "not_found")) {
       this.subscriptions.delete(pid);
+      this.streaming.delete(pid);
       return true;
     }
-    if (Number.isInteger(seq)) {
-      if (seq <= (this.last.get(pid) ?? -1)) return false;
+    if (Number.isInteger(seq) && this.subscriptions.has(pid)) {
+      if (!this.streaming.has(pid) || seq <= (this.last.get(pid) ?? -1)) return false;
       this.last.set(pid, seq);
-      if (type === "project.deleted") this.subscriptions.delete(pid);
+      if (type === "project.deleted") {
+        this.subscriptions.delete(pid);
+        this.streaming.delete(pid);
+      }
     }
     return true;
   }

@@ -1,13 +1,14 @@
-"""The client side of the WebSocket protocol as a pure state machine.
+"""What a client's messages ask for: parsing, validation and rate limiting, pure.
 
 :class:`ClientMessages` takes one raw client message and the current monotonic time and
-returns what to do: reply, close, subscribe or unsubscribe. It does no I/O, keeps no
-clock and never touches the database: access checks and delivery happen in
-``connection.py``, which feeds it.
+returns an action: reply, close, subscribe or unsubscribe. It does no I/O, keeps no clock
+and never touches the database; ``connection.py`` feeds it each message as it arrives and
+carries the actions out in order (subscription limits and delivery are ``delivery.py``'s).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ import orjson
 from tidings.codes import CloseCode, ErrorCode
 
 MAX_ID_LENGTH = 128
-MAX_PROJECT_ID_LENGTH = 64
+# Project ids are tidings' own (hex); anything else cannot name a project. Checking the
+# shape here keeps NUL bytes and stray Unicode away from the database.
+PROJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Messages a client may send while rate limited before the connection is closed.
 RATE_LIMIT_STRIKES = 10
 
@@ -58,41 +61,17 @@ def error(code: ErrorCode, message: str, request_id: Any = None, **extra: Any) -
 
 
 class ClientMessages:
-    """Validates, rate-limits and interprets the messages of one connection.
+    """Validates, rate-limits and interprets the messages of one connection."""
 
-    Keeps the set of projects the connection is subscribed to (or subscribing to), so that
-    the subscription limit is exact; the I/O layer calls :meth:`forget` when a subscription
-    ends for another reason (access check failed, access revoked, project deleted).
-    """
+    __slots__ = ("_last", "_strikes", "_tokens", "burst", "max_message_bytes", "rate")
 
-    __slots__ = (
-        "_last",
-        "_strikes",
-        "_tokens",
-        "burst",
-        "max_message_bytes",
-        "max_subscriptions",
-        "rate",
-        "subscriptions",
-    )
-
-    def __init__(
-        self,
-        *,
-        max_message_bytes: int,
-        max_subscriptions: int,
-        rate: float,
-        burst: int,
-        now: float,
-    ) -> None:
+    def __init__(self, *, max_message_bytes: int, rate: float, burst: int, now: float) -> None:
         self.max_message_bytes = max_message_bytes
-        self.max_subscriptions = max_subscriptions
         self.rate = rate
         self.burst = burst
         self._tokens = float(burst)
         self._last = now
         self._strikes = 0
-        self.subscriptions: set[str] = set()
 
     def receive(self, data: str | bytes, now: float) -> Action:
         size = len(data.encode()) if isinstance(data, str) else len(data)
@@ -121,36 +100,21 @@ class ClientMessages:
             return error(ErrorCode.BAD_REQUEST, "missing field: type", request_id)
         return error(ErrorCode.BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
 
-    def forget(self, project_id: str) -> None:
-        self.subscriptions.discard(project_id)
-
     def _subscribe(self, message: dict[str, Any], request_id: Any) -> Action:
         project_id = message.get("project_id")
         if not _valid_project_id(project_id):
-            return error(ErrorCode.BAD_REQUEST, "project_id must be a non-empty string", request_id)
+            return error(ErrorCode.BAD_REQUEST, PROJECT_ID_RULE, request_id)
         assert isinstance(project_id, str)
         since = message.get("since")
-        if since is not None and (type(since) is not int or since < 0):
+        if since is not None and (type(since) is not int or not 0 <= since < 2**63):
             return error(ErrorCode.BAD_REQUEST, "since must be an integer >= 0", request_id)
-        if (
-            project_id not in self.subscriptions
-            and len(self.subscriptions) >= self.max_subscriptions
-        ):
-            return error(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {self.max_subscriptions} subscriptions per connection",
-                request_id,
-                project_id=project_id,
-            )
-        self.subscriptions.add(project_id)
         return Subscribe(project_id, since, request_id)
 
     def _unsubscribe(self, message: dict[str, Any], request_id: Any) -> Action:
         project_id = message.get("project_id")
         if not _valid_project_id(project_id):
-            return error(ErrorCode.BAD_REQUEST, "project_id must be a non-empty string", request_id)
+            return error(ErrorCode.BAD_REQUEST, PROJECT_ID_RULE, request_id)
         assert isinstance(project_id, str)
-        self.subscriptions.discard(project_id)
         return Unsubscribe(project_id, request_id)
 
     def _take_token(self, now: float) -> Action | None:
@@ -184,5 +148,8 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
 
 
+PROJECT_ID_RULE = "project_id must be a project id (1 to 64 letters, digits, - or _)"
+
+
 def _valid_project_id(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_PROJECT_ID_LENGTH
+    return isinstance(value, str) and PROJECT_ID.fullmatch(value) is not None

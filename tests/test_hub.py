@@ -1,0 +1,188 @@
+"""hub.py with a real event log and broker, driven step by step on the test's own loop.
+
+The socket here only records what the hub writes: these tests pin down interleavings that
+real clients can hit only by chance (the sockets themselves are tested over TCP elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import TIMEOUT, eventually
+from tidings.broker.memory import MemoryBroker
+from tidings.connection import Connection
+from tidings.db import Database, create_engine, migrate
+from tidings.events import PROJECT_CREATED, PROJECT_UPDATED, Envelope, EventLog
+from tidings.frames import Frame
+from tidings.hub import Hub
+from tidings.messages import ClientMessages
+from tidings.metrics import Metrics
+from tidings.models import Project, User
+
+
+class RecordingSocket:
+    """Takes every write at once and keeps the messages, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.closed: int | None = None
+
+    async def send(self, frames: list[Frame], batch: bool) -> None:
+        self.write_nowait(frames, batch)
+
+    def writable(self) -> bool:
+        return True
+
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
+        self.messages += [orjson.loads(f.text) for f in frames]
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = code
+
+    def abort(self) -> None:
+        pass
+
+
+class World:
+    def __init__(self, db: Database, hub: Hub, user_id: str) -> None:
+        self.db = db
+        self.hub = hub
+        self.user_id = user_id
+        # Logs without publishing: the test hands envelopes to the hub itself, when it wants.
+        self.log = EventLog(db, MemoryBroker(), 10_000, "nowhere")
+
+    async def project(self) -> str:
+        async with self.db.write() as session:
+            project = Project(name="p", owner_id=self.user_id, last_seq=0)
+            session.add(project)
+            await session.flush()
+            await self.log.record(session, project.id, PROJECT_CREATED, {"data": {}})
+        return project.id
+
+    async def change(self, project_id: str, count: int, history: int = 10_000) -> list[Envelope]:
+        """Commit ``count`` project updates, keeping ``history`` events in the log; return
+        the envelopes, unpublished."""
+        envelopes = []
+        self.log.history = history
+        for i in range(count):
+            async with self.db.write() as session:
+                seq = await self.log.record(session, project_id, PROJECT_UPDATED, {"n": i})
+            [event] = await self.log.read_after(project_id, seq - 1, 1)
+            envelopes.append(
+                Envelope(
+                    type=PROJECT_UPDATED,
+                    frame=event.frame.encode(),
+                    project_id=project_id,
+                    seq=seq,
+                    audience=(self.user_id,),
+                )
+            )
+        return envelopes
+
+    def connection(self, socket: RecordingSocket) -> Connection:
+        conn = Connection(
+            client_id="c1",
+            user_id=self.user_id,
+            username="alice",
+            credential="token:t",
+            socket=socket,
+            owner=self.hub,
+            messages=ClientMessages(max_message_bytes=65536, rate=1000, burst=1000, now=0),
+            max_subscriptions=10,
+            max_queue_messages=1000,
+            max_queue_bytes=1 << 20,
+            close_timeout=1,
+        )
+        self.hub.register(conn)
+        return conn
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
+    await migrate(db.engine)
+    async with db.write() as session:
+        user = User(username="alice", password_hash="-")
+        session.add(user)
+    broker = MemoryBroker()
+    hub = Hub(
+        EventLog(db, broker, 10_000, "hub"),
+        Metrics(),
+        heartbeat_interval=3600,
+        head_sync_interval=3600,
+    )
+    await hub.start()
+    try:
+        yield World(db, hub, user.id)
+    finally:
+        await hub.stop()
+        await db.dispose()
+
+
+def _brief(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": m["type"], "seq": m.get("seq")} for m in messages]
+
+
+def subscribe(project_id: str, since: int | None = None) -> str:
+    message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
+    if since is not None:
+        message["since"] = since
+    return orjson.dumps(message).decode()
+
+
+async def test_project_events_wait_for_a_queued_subscribe(world: World) -> None:
+    """The client resubscribes to several projects after a reconnect; the last one's
+    subscribe still waits behind the others while that project changes. Its events must
+    not reach the connection through the project-list (audience) path before its
+    `subscribed`, then arrive again through the replay: that broke per-connection order,
+    and the client, whose cursor had moved on, dropped the replay as duplicates."""
+    first, second, watched = [await world.project() for _ in range(3)]
+    changes = await world.change(watched, 5)  # seq 2..6, committed, not yet delivered
+    socket = RecordingSocket()
+    conn = world.connection(socket)
+    for raw in (subscribe(first), subscribe(second), subscribe(watched, since=1)):
+        conn.receive(raw)  # the first subscribe runs; the others wait in order
+    for envelope in changes:  # the broker delivers the changes meanwhile
+        world.hub.fan_out(envelope)
+    await conn.idle()
+    await eventually(lambda: {"type": PROJECT_UPDATED, "seq": 6} in _brief(socket.messages))
+
+    about = [m for m in socket.messages if m.get("project_id") == watched]
+    assert about[0]["type"] == "subscribed" and about[0]["recovered"] is True
+    assert [m["seq"] for m in about[1:]] == [2, 3, 4, 5, 6]
+
+
+async def test_audience_events_reach_a_connection_without_a_subscription(world: World) -> None:
+    watched = await world.project()
+    [change] = await world.change(watched, 1)
+    socket = RecordingSocket()
+    world.connection(socket)
+    world.hub.fan_out(change)
+    await eventually(lambda: bool(socket.messages), TIMEOUT)
+    assert [(m["type"], m["seq"]) for m in socket.messages] == [(PROJECT_UPDATED, 2)]
+
+
+async def test_replay_that_falls_behind_retention_restarts_unrecovered(world: World) -> None:
+    watched = await world.project()
+    socket = RecordingSocket()
+    conn = world.connection(socket)
+    conn.receive(subscribe(watched))
+    await conn.idle()
+    assert socket.messages[-1]["type"] == "subscribed" and socket.messages[-1]["seq"] == 1
+    # Four changes, of which only the last reaches this node, and the log keeps only two:
+    # the replay that the gap starts finds the log beginning past its cursor.
+    changes = await world.change(watched, 4, history=2)  # seq 2..5; the log keeps 4..5
+    world.hub.fan_out(changes[-1])
+    await eventually(lambda: len(socket.messages) > 1)
+    restart = socket.messages[-1]
+    assert (restart["recovered"], restart["seq"]) == (False, 5)
+    assert [m["type"] for m in socket.messages] == ["subscribed", "subscribed"]
+    # And it is live again from there.
+    [later] = await world.change(watched, 1)
+    world.hub.fan_out(later)
+    await eventually(lambda: socket.messages[-1].get("seq") == 6)
