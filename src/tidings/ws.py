@@ -1,10 +1,11 @@
 """``GET /ws``: authenticate, accept, then hand the connection over.
 
 All protocol decisions are in ``protocol.py`` (client messages) and ``hub.py`` /
-``connection.py`` (delivery). Under uvicorn with tidings' protocol (``server.py``) the
-endpoint detaches the connection and returns: a :class:`Session` then takes the client's
-messages straight from the protocol, and an idle connection holds no task at all. Under
-any other ASGI server the endpoint stays and pumps ``receive()`` into the same session.
+``connection.py`` (delivery). Under uvicorn with tidings' transport (``transport.py``)
+the endpoint detaches the connection and returns: a :class:`Session` then takes the
+client's messages straight from the transport, and an idle connection holds no task at
+all. Under any other ASGI server the endpoint stays and pumps ``receive()`` into the
+same session.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from tidings.api.deps import Services
 from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
 from tidings.connection import Connection, ConnState
-from tidings.frames import Frame, batch_text
 from tidings.hub import Hub
 from tidings.protocol import ClientMessages, Close, Reply, Subscribe, Unsubscribe
-from tidings.server import EXTENSION, FastSocket
+from tidings.sockets import EXTENSION, AsgiSocket, DetachableSocket
 
 logger = logging.getLogger("tidings.ws")
 
@@ -33,32 +33,6 @@ SUBPROTOCOL = "tidings.v1"
 BATCH_SUBPROTOCOL = "tidings.batch.v1"  # frames carry a JSON array of messages
 
 _finishing: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
-
-
-class AsgiSocket:
-    """Plain ASGI sends, for servers without the ``tidings.socket`` extension."""
-
-    def __init__(self, websocket: WebSocket) -> None:
-        self.websocket = websocket
-
-    async def send(self, frames: list[Frame], batch: bool) -> None:
-        if batch:
-            await self.websocket.send_text(batch_text(frames))
-            return
-        for frame in frames:
-            await self.websocket.send_text(frame.text)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.websocket.close(code, reason)
-
-    def writable(self) -> bool:
-        return False  # ASGI sends are awaited: the writer task does them
-
-    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
-        raise RuntimeError("ASGI sockets cannot write without awaiting")
-
-    def abort(self) -> None:
-        pass  # not possible through ASGI; the server's own timeouts apply
 
 
 class Session:
@@ -169,7 +143,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if principal is None:
         await websocket.close(CloseCode.UNAUTHORIZED, "not authenticated")
         return
-    fast: FastSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
+    fast: DetachableSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
     hub = services.hub
     conn = Connection(
         client_id=secrets.token_hex(8),
@@ -203,7 +177,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         }
     )
     if fast is not None:
-        fast.detach(Session(conn, hub, fast.resume))
+        fast.detach(Session(conn, hub, fast.resume_reading))
         return
     await _pump(websocket, Session(conn, hub, lambda: None))
 
