@@ -99,7 +99,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
     options: ClassVar[TransportOptions] = TransportOptions()
 
     __slots__ = (
-        "_app_running",
         "_app_state",
         "_busy",
         "_closer",
@@ -132,8 +131,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
     ) -> None:
-        if not config.loaded:
-            config.load()
         self._config = config
         self._server_state = server_state
         self._app_state: dict[str, Any] | None = app_state  # copied into the scope, then let go
@@ -142,7 +139,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         self._phase = Phase.REQUEST
         self._response: Response | None = None  # the 101 prepared for the app's accept
         self._denial: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
-        self._app_running = False
         self._connect_sent = False
         # Client messages not yet taken by the app's receive() or by the receiver.
         self._inbox: deque[str | bytes] | None = None
@@ -250,6 +246,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         """Drop the TCP connection now, without a closing handshake."""
         if self._phase is not Phase.CLOSED:
             self._phase = max(self._phase, Phase.CLOSING)
+            self._stop_keepalive()
             assert self._transport is not None
             self._transport.abort()
 
@@ -296,7 +293,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
             elif self._receiver is None and self._end is None:
                 self._close(1000, "")  # the app is done with an undetached connection
         finally:
-            self._app_running = False
             if self._receiver is None:
                 self._inbox = None  # nobody will read these now
                 self._update_reading()
@@ -362,7 +358,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         elif kind == "websocket.close":
             if phase is Phase.OPEN:
                 self._close(int(message.get("code") or 1000), message.get("reason") or "")
-        elif kind in ("websocket.accept", "websocket.http.response.start"):
+        elif kind in ("websocket.accept", "websocket.http.response.start") and phase > Phase.OPEN:
             self._not_open()  # the handshake was refused or the peer left
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
@@ -411,7 +407,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         self._phase = Phase.HANDSHAKE
         scope = self._scope(request)
         self._app_state = None
-        self._app_running = True
         task = asyncio.get_running_loop().create_task(self._run_app(scope))
         tasks = self._server_state.tasks
         tasks.add(task)
@@ -446,14 +441,14 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
             phrase = http.HTTPStatus(status).phrase
         except ValueError:
             phrase = ""
-        headers = Headers()
-        self._add_headers(headers, extra)
+        headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra])
         headers.setdefault("Content-Length", str(len(body)))
         headers.setdefault("Connection", "close")
         self._respond(Response(status, phrase, headers, body))
 
     def _respond(self, response: Response) -> None:
-        """Send an HTTP response that is not a 101; the TCP connection then closes."""
+        """Send an HTTP response that is not a 101 (with the server's default headers);
+        the TCP connection then closes."""
         self._response = None
         self._add_headers(response.headers, [])
         self._conn.send_response(response)  # queues the end of the stream too
@@ -467,7 +462,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
             for name, value in [*self._server_state.default_headers, *extra]
         ]
         for name, value in pairs:
-            if name.lower() == "date":
+            if name.lower() == "date" and "Date" in headers:
                 del headers["Date"]  # replaced, not repeated
             headers[name] = value
 
@@ -479,15 +474,16 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         for event in conn.events_received():
             if isinstance(event, Frame):
                 self._on_frame(event)
-            elif isinstance(event, Request):
+            else:
+                assert isinstance(event, Request)  # a server receives no responses
                 self._on_request(event)
-        self._flush()
         if Phase.HANDSHAKE <= self._phase <= Phase.OPEN and conn.state > State.OPEN:
             # The protocol failed the connection itself: a protocol error, a message over
             # the size limit, or the end of the stream without a closing handshake.
             self._phase = Phase.CLOSING
             sent = conn.close_sent
             self._ended(sent if sent is not None else Close(ABNORMAL, ""))
+        self._flush()
 
     def _on_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -532,8 +528,6 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         if receiver is not None and not self._busy:
             self._hand(receiver, message)
             return
-        if receiver is None and not self._app_running:
-            return  # the app returned without detaching: the connection is closing
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(message)
@@ -554,13 +548,13 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
             self._update_reading()
 
     def _deliver_pending(self) -> None:
-        inbox = self._inbox
+        """Hand the receiver what waited while it was busy, until it is busy again."""
+        inbox, receiver = self._inbox, self._receiver
+        if receiver is None or inbox is None:
+            return  # not detached: the app's receive() takes the inbox
         while inbox and not self._busy and self._phase is Phase.OPEN:
-            receiver = self._receiver
-            if receiver is None:
-                return
             self._hand(receiver, inbox.popleft())
-        if inbox is not None and not inbox and self._receiver is not None:
+        if not inbox:
             self._inbox = None
 
     def _update_reading(self) -> None:
@@ -653,7 +647,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
 
     def _close_timed_out(self) -> None:
         self._closer = None
-        logger.info("closing handshake timed out; dropping the connection")
+        logger.debug("closing handshake timed out; dropping the connection")
         self.abort()
 
     def _not_open(self) -> NoReturn:
@@ -708,11 +702,13 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         self._fail(1011, "keepalive ping timeout")
 
 
-def _address(info: object) -> tuple[str, int] | None:
-    """An ASGI ``client``/``server`` pair from ``get_extra_info`` (None for other kinds
-    of socket)."""
+def _address(info: object) -> tuple[str, int | None] | None:
+    """An ASGI ``client``/``server`` pair from ``get_extra_info``: ``(host, port)``, or
+    ``(path, None)`` for a Unix socket; None when there is no address."""
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
+    if isinstance(info, str) and info:
+        return info, None
     return None
 
 
