@@ -31,7 +31,8 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/mypy $(wildcard bench/*.py)
 
-test: lint
+# Node's ws client (bench/node's pinned packages) is one of the test suite's clients.
+test: lint $(if $(shell command -v npm),bench/node/node_modules)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench/node/node_modules: bench/node/package-lock.json

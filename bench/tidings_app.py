@@ -24,7 +24,6 @@ import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tidings import Settings, create_app
 from tidings.events import FILE_UPLOADED, Envelope, EventLog, encode, timestamp
@@ -96,7 +95,7 @@ def main() -> None:
     app.router.add_route("/bench/seed", seed, methods=["POST"])
     options = uvicorn_options(settings)
     if args.plain_asgi:
-        options["ws"] = WebSocketsSansIOProtocol
+        options["ws"] = "websockets-sansio"
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", **options)
 
 

@@ -166,6 +166,12 @@ class ServerThread:
         self._server = None
         self._thread = None
 
+    async def stop_async(self) -> None:
+        """:meth:`stop` from a test's event loop: the test's own clients keep running
+        meanwhile, so they answer the server's closing handshake (a shutdown waits for it,
+        up to the close timeout)."""
+        await asyncio.to_thread(self.stop)
+
     @property
     def asgi_tasks(self) -> set[Any]:
         """uvicorn's running ASGI tasks: one per request or attached WebSocket."""
@@ -180,17 +186,17 @@ class ServerThread:
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[ServerThread]:
+async def server(settings: Settings) -> AsyncIterator[ServerThread]:
     srv = ServerThread(settings)
     srv.start()
     try:
         yield srv
     finally:
-        srv.stop()
+        await srv.stop_async()
 
 
 @pytest.fixture
-def make_server(settings: Settings) -> Iterator[Callable[..., ServerThread]]:
+async def make_server(settings: Settings) -> AsyncIterator[Callable[..., ServerThread]]:
     """Build servers with changed settings: ``make_server(heartbeat_interval=1)``."""
     started: list[ServerThread] = []
 
@@ -204,7 +210,7 @@ def make_server(settings: Settings) -> Iterator[Callable[..., ServerThread]]:
         yield make
     finally:
         for srv in started:
-            srv.stop()
+            await srv.stop_async()
 
 
 # -- users and clients -------------------------------------------------------------------

@@ -124,7 +124,7 @@ async def test_two_members_see_changes_live_across_a_restart(
     await bob_page.wait_for_selector(f"#projects li[data-id='{other['id']}']", timeout=WAIT_MS)
 
     # The server restarts; meanwhile another node (same database) takes an upload.
-    server.stop()
+    await server.stop_async()
     await bob_page.wait_for_selector("#status:not([data-state=open])", timeout=WAIT_MS)
     node = ServerThread(server.settings)
     node.start()
@@ -132,7 +132,7 @@ async def test_two_members_see_changes_live_across_a_restart(
         async with api(node, alice) as http:
             assert (await upload(http, pid, "during-outage.txt", b"missed?")).is_success
     finally:
-        node.stop()
+        await node.stop_async()
     server.start()
 
     for page in (alice_page, bob_page):

@@ -225,7 +225,7 @@ async def test_events_during_restart_arrive_once(
         await upload(alice_api, pid, "before.txt")
         seen.append(await next_event(client, lambda e: e["type"] == "file.uploaded"))
 
-        server.stop()
+        await server.stop_async()
         other = ServerThread(server.settings)  # same database, another port
         other.start()
         try:
@@ -233,7 +233,7 @@ async def test_events_during_restart_arrive_once(
                 for name in ("during-1.txt", "during-2.txt"):
                     assert (await upload(http, pid, name)).status_code == 201
         finally:
-            other.stop()
+            await other.stop_async()
         server.start()
 
         established = await next_event(client, lambda e: e["type"] == "connection.established")
@@ -260,7 +260,7 @@ async def test_subscribe_while_disconnected_is_sent_on_reconnect(
 ) -> None:
     project = await create_project(alice_api)
     async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
-        server.stop()
+        await server.stop_async()
         async with asyncio.timeout(TIMEOUT):
             while client.connected.is_set():
                 await asyncio.sleep(0.01)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,9 @@ def backend() -> str:
 
 
 @pytest.fixture
-def nodes(database_url: str, tmp_path: Path) -> Iterator[tuple[ServerThread, ServerThread]]:
+async def nodes(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[ServerThread, ServerThread]]:
     require_service("Redis", "127.0.0.1", 6379)
     shared = {
         "database_url": database_url,
@@ -48,8 +50,8 @@ def nodes(database_url: str, tmp_path: Path) -> Iterator[tuple[ServerThread, Ser
     try:
         yield a, b
     finally:
-        a.stop()
-        b.stop()
+        await a.stop_async()
+        await b.stop_async()
 
 
 async def test_change_on_one_node_reaches_subscribers_on_the_other(nodes) -> None:

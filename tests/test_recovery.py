@@ -73,7 +73,7 @@ async def test_resume_after_restart_gets_what_happened_meanwhile(
     await subscribe(ws, pid)
     await alice_api.patch(f"/api/projects/{pid}", json={"description": "before"})
     last = (await recv_until(ws, lambda m: m["type"] == "project.updated"))["seq"]
-    server.stop()
+    await server.stop_async()
     assert await closed_with(ws) == 1012
     await commit_unpublished(server, pid, 3)  # changes made elsewhere while this node was down
     server.start()

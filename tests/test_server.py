@@ -1,11 +1,10 @@
-"""server.py: the tidings WebSocket protocol (detached sessions) and the plain ASGI path."""
+"""/ws end to end under tidings' transport (detached sessions) and uvicorn's own protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tests.conftest import (
     ServerThread,
@@ -23,19 +22,21 @@ from tests.conftest import (
     ws_connect,
 )
 from tidings import Settings
-from tidings.server import TidingsWebSocketProtocol
+from tidings.server import uvicorn_options
 
 
 @pytest.fixture(params=["tidings", "plain"])
-def any_server(request: pytest.FixtureRequest, settings: Settings) -> Iterator[ServerThread]:
-    """The same app under tidings' WebSocket protocol and under uvicorn's own."""
-    ws = TidingsWebSocketProtocol if request.param == "tidings" else WebSocketsSansIOProtocol
+async def any_server(
+    request: pytest.FixtureRequest, settings: Settings
+) -> AsyncIterator[ServerThread]:
+    """The same app under tidings' transport and under uvicorn's own WebSocket protocol."""
+    ws = uvicorn_options(settings)["ws"] if request.param == "tidings" else "websockets-sansio"
     srv = ServerThread(settings, ws=ws)
     srv.start()
     try:
         yield srv
     finally:
-        srv.stop()
+        await srv.stop_async()
 
 
 async def test_idle_connections_hold_no_task(server: ServerThread) -> None:
