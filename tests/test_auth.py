@@ -9,14 +9,25 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import ServerThread, TestUser, api, create_project, create_user, db_scalars
+from tests.conftest import (
+    ServerThread,
+    TestUser,
+    api,
+    browser_session,
+    create_project,
+    create_user,
+    db_scalars,
+)
 from tidings.db import Database, create_engine
 from tidings.models import AuthSession
 from tidings.security import hash_secret
 
 
 def cookie_client(server: ServerThread, **headers: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10)
+    """A browser-like client: sends the server's own Origin unless told otherwise."""
+    return httpx.AsyncClient(
+        base_url=server.url, headers={"Origin": server.url} | headers, timeout=10
+    )
 
 
 async def login(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
@@ -145,7 +156,7 @@ async def test_unknown_cookie_or_token_is_401(server: ServerThread) -> None:
 async def test_tokens_create_list_delete(
     server: ServerThread, alice: TestUser, bob: TestUser
 ) -> None:
-    async with api(server, alice) as client:
+    async with browser_session(server, alice) as client:
         created = await client.post("/api/auth/tokens", json={"name": "ci"})
         assert created.status_code == 201
         token = created.json()
@@ -176,10 +187,20 @@ async def test_tokens_create_list_delete(
         assert revoked.status_code == 401
 
 
-async def test_token_body_is_validated(alice_api: httpx.AsyncClient) -> None:
-    assert (await alice_api.post("/api/auth/tokens", json={"name": "x" * 101})).status_code == 422
-    assert (await alice_api.post("/api/auth/tokens", json={"scope": "all"})).status_code == 422
-    assert (await alice_api.post("/api/auth/tokens", json={})).status_code == 201
+async def test_token_body_is_validated(server: ServerThread, alice: TestUser) -> None:
+    async with browser_session(server, alice) as client:
+        for body in (
+            {"name": "x" * 101},
+            {"scope": "all"},
+            {"expires_in": 0},
+            {"expires_in": -5},
+            {"expires_in": 366 * 24 * 3600 + 1},
+            {"expires_in": "soon"},
+            {"expires_in": 1.5},
+        ):
+            response = await client.post("/api/auth/tokens", json=body)
+            assert response.status_code == 422, (body, response.text)
+        assert (await client.post("/api/auth/tokens", json={})).status_code == 201
 
 
 async def test_logout_with_a_bearer_token_revokes_that_token(

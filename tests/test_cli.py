@@ -202,7 +202,9 @@ async def test_first_start_creates_admin_and_prints_its_password(tmp_path: Path)
             )
             assert login.status_code == 200, login.text
             assert (await client.get("/api/auth/me")).json()["username"] == "admin"
-            project = await client.post("/api/projects", json={"name": "first"})
+            project = await client.post(
+                "/api/projects", json={"name": "first"}, headers={"Origin": first.url}
+            )
             assert project.status_code == 201
     finally:
         await first.stop()

@@ -58,7 +58,9 @@ async def test_unknown_users_and_members_are_404(alice_api: httpx.AsyncClient) -
     assert unknown.json() == {"detail": "user not found"}
     assert (await alice_api.delete(f"/api/projects/{pid}/members/nobody")).status_code == 404
     # The owner is not a removable member.
-    assert (await alice_api.delete(f"/api/projects/{pid}/members/alice")).status_code == 404
+    owner = await alice_api.delete(f"/api/projects/{pid}/members/alice")
+    assert owner.status_code == 409
+    assert "owner cannot be removed" in owner.json()["detail"]
 
 
 async def test_member_body_is_validated(alice_api: httpx.AsyncClient) -> None:
@@ -84,9 +86,12 @@ async def test_only_the_owner_manages_members(
     assert (await bob_api.get(f"/api/projects/{pid}/members")).status_code == 200
     add = await bob_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
     assert add.status_code == 403
-    assert (await bob_api.delete(f"/api/projects/{pid}/members/bob")).status_code == 403
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
+    # Removing someone else (not oneself) is the owner's.
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/carol")).status_code == 403
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/alice")).status_code == 403
     names = [m["username"] for m in (await alice_api.get(f"/api/projects/{pid}/members")).json()]
-    assert names == ["alice", "bob"]
+    assert names == ["alice", "bob", "carol"]
 
 
 async def test_non_members_get_404_for_member_endpoints(
