@@ -83,8 +83,8 @@ async def current_user(request: Request, services: App) -> Principal:
 
 
 CROSS_ORIGIN = (
-    "cross-origin request refused: a request with a session cookie that changes state "
-    "needs an Origin (or Referer) header of this site or of TIDINGS_ALLOWED_ORIGINS"
+    "cross-origin request refused: a browser request that changes state must carry an "
+    "Origin (or Referer) of this site or of TIDINGS_ALLOWED_ORIGINS"
 )
 
 
