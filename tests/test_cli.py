@@ -253,10 +253,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(data_dir: Path) -> Serve:
+async def serve(data_dir: Path, **settings: str) -> Serve:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env["TIDINGS_DATA_DIR"] = str(data_dir)
+    env.update({f"TIDINGS_{key.upper()}": value for key, value in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
         TIDINGS,
@@ -307,3 +308,25 @@ async def test_first_start_creates_admin_and_prints_its_password(tmp_path: Path)
     finally:
         output = await second.stop()
     assert "password:" not in output
+
+
+@pytest.mark.timeout(120)
+async def test_serve_does_not_believe_forwarded_headers_by_default(tmp_path: Path) -> None:
+    """``tidings serve`` leaves forwarding headers to tidings (uvicorn would believe any
+    X-Forwarded-For from 127.0.0.1): a client on this machine cannot pass for many
+    addresses to dodge the per-address login limit."""
+    node = await serve(tmp_path / "data", create_admin="false", login_max_address_failures="5")
+    try:
+        await node.read_until("Uvicorn running on")
+        async with httpx.AsyncClient(base_url=node.url, timeout=TIMEOUT) as client:
+            statuses = []
+            for i in range(6):
+                response = await client.post(
+                    "/api/auth/login",
+                    json={"username": f"user{i}", "password": "wrong"},
+                    headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                )
+                statuses.append(response.status_code)
+        assert statuses == [401] * 5 + [429]
+    finally:
+        await node.stop()

@@ -590,6 +590,9 @@ class ProcessRunner:
             Process.result_deleted_at.is_(None),
             Process.finished_at < now - timedelta(seconds=self.retention),
         ]
+        async with self.db.read() as session:
+            if await session.scalar(select(Process.id).where(*due).limit(1)) is None:
+                return 0  # the usual case: no write transaction (nor SQLite lock) for nothing
         async with self.db.write() as session:
             # SKIP LOCKED (PostgreSQL; SQLite's write lock serialises anyway): a node
             # sweeping at the same moment takes other rows, never waits on or deadlocks
