@@ -45,7 +45,7 @@ def _attempt(app: App, request: Request, username: str) -> tuple[Attempt, str]:
     )
     attempt = app.throttle.attempt(limits, time.monotonic())
     if not isinstance(attempt, Attempt):
-        logger.warning("login throttled user=%s client=%s", username, client)
+        logger.warning("login throttled user=%r client=%s", username, client)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             "too many failed logins; try again later",
@@ -63,7 +63,7 @@ async def login(body: LoginIn, request: Request, response: Response, app: App) -
     async with app.db.read() as session:
         user = await session.scalar(select(User).where(User.username == body.username))
     if not await app.passwords.verify(user.password_hash if user else None, body.password):
-        logger.info("login failed user=%s client=%s", body.username, client)
+        logger.info("login failed user=%r client=%s", body.username, client)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid username or password")
     assert user is not None
     app.throttle.succeeded(attempt, forget=attempt.keys[:1])
