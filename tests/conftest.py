@@ -135,6 +135,7 @@ class ServerThread:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            proxy_headers=False,  # as `tidings serve`: tidings reads forwarding headers itself
             **(uvicorn_options(self.settings) | self.uvicorn_changes),
         )
         self._server = uvicorn.Server(config)
@@ -266,6 +267,23 @@ async def alice_api(server: ServerThread, alice: TestUser) -> AsyncIterator[http
 @pytest.fixture
 async def bob_api(server: ServerThread, bob: TestUser) -> AsyncIterator[httpx.AsyncClient]:
     async with api(server, bob) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def browser_session(
+    server: ServerThread, user: TestUser, **kwargs: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client logged in with a session cookie, sending the server's own ``Origin`` as a
+    browser on the dashboard does (cookie requests that change state need it)."""
+    headers = {"Origin": server.url} | kwargs.pop("headers", {})
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=headers, timeout=TIMEOUT, **kwargs
+    ) as client:
+        response = await client.post(
+            "/api/auth/login", json={"username": user.username, "password": user.password}
+        )
+        assert response.status_code == 200, response.text
         yield client
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -9,14 +10,29 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import ServerThread, TestUser, api, create_project, create_user, db_scalars
+from tests.conftest import (
+    TIMEOUT,
+    ServerThread,
+    TestUser,
+    api,
+    browser_session,
+    closed_with,
+    create_project,
+    create_user,
+    db_scalars,
+    ws_connect,
+)
+from tidings.auth import authenticate
 from tidings.db import Database, create_engine
 from tidings.models import AuthSession
 from tidings.security import hash_secret
 
 
 def cookie_client(server: ServerThread, **headers: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10)
+    """A browser-like client: sends the server's own Origin unless told otherwise."""
+    return httpx.AsyncClient(
+        base_url=server.url, headers={"Origin": server.url} | headers, timeout=10
+    )
 
 
 async def login(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
@@ -145,7 +161,7 @@ async def test_unknown_cookie_or_token_is_401(server: ServerThread) -> None:
 async def test_tokens_create_list_delete(
     server: ServerThread, alice: TestUser, bob: TestUser
 ) -> None:
-    async with api(server, alice) as client:
+    async with browser_session(server, alice) as client:
         created = await client.post("/api/auth/tokens", json={"name": "ci"})
         assert created.status_code == 201
         token = created.json()
@@ -176,10 +192,20 @@ async def test_tokens_create_list_delete(
         assert revoked.status_code == 401
 
 
-async def test_token_body_is_validated(alice_api: httpx.AsyncClient) -> None:
-    assert (await alice_api.post("/api/auth/tokens", json={"name": "x" * 101})).status_code == 422
-    assert (await alice_api.post("/api/auth/tokens", json={"scope": "all"})).status_code == 422
-    assert (await alice_api.post("/api/auth/tokens", json={})).status_code == 201
+async def test_token_body_is_validated(server: ServerThread, alice: TestUser) -> None:
+    async with browser_session(server, alice) as client:
+        for body in (
+            {"name": "x" * 101},
+            {"scope": "all"},
+            {"expires_in": 0},
+            {"expires_in": -5},
+            {"expires_in": 366 * 24 * 3600 + 1},
+            {"expires_in": "soon"},
+            {"expires_in": 1.5},
+        ):
+            response = await client.post("/api/auth/tokens", json=body)
+            assert response.status_code == 422, (body, response.text)
+        assert (await client.post("/api/auth/tokens", json={})).status_code == 201
 
 
 async def test_logout_with_a_bearer_token_revokes_that_token(
@@ -305,3 +331,55 @@ async def test_an_expired_session_is_401(server: ServerThread, alice: TestUser) 
         finally:
             await db.dispose()
         assert (await client.get("/api/auth/me")).status_code == 401
+
+
+# -- minting and expiring tokens ---------------------------------------------------------
+
+
+async def test_a_token_cannot_mint_tokens(server: ServerThread, alice: TestUser) -> None:
+    """A leaked token must not be able to outlive its own revocation or expiry."""
+    async with api(server, alice) as bearer:
+        refused = await bearer.post("/api/auth/tokens", json={"name": "escape"})
+        assert refused.status_code == 403
+        assert "session" in refused.json()["detail"]
+        assert [t["name"] for t in (await bearer.get("/api/auth/tokens")).json()] == ["test"]
+
+
+async def test_an_expiring_token_stops_working(
+    server: ServerThread, alice: TestUser, backend: str
+) -> None:
+    async with browser_session(server, alice) as browser:
+        created = await browser.post("/api/auth/tokens", json={"name": "brief", "expires_in": 1})
+        assert created.status_code == 201, created.text
+        token = created.json()
+        lifetime = datetime.fromisoformat(token["expires_at"]) - datetime.fromisoformat(
+            token["created_at"]
+        )
+        assert lifetime == timedelta(seconds=1)
+        listed = (await browser.get("/api/auth/tokens")).json()
+        assert [t["expires_at"] for t in listed] == [None, token["expires_at"]]
+        forever = (await browser.post("/api/auth/tokens", json={})).json()
+        assert forever["expires_at"] is None
+
+    holder = TestUser(alice.id, "alice", alice.password, token["token"])
+    # The credential carries its expiry, for the layers that act on it.
+    db = Database(create_engine(server.settings.effective_database_url))
+    try:
+        principal = await authenticate(db, None, f"Bearer {token['token']}")
+        assert principal is not None
+        assert principal.expires_at == datetime.fromisoformat(token["expires_at"])
+        async with api(server, holder) as client:
+            async with asyncio.timeout(TIMEOUT):
+                while (await client.get("/api/auth/me")).status_code != 401:
+                    await asyncio.sleep(0.05)
+            assert (await client.get("/api/projects")).status_code == 401
+        assert await authenticate(db, None, f"Bearer {token['token']}") is None
+        async with browser_session(server, alice) as browser:  # a session's expiry, too
+            cookie = browser.cookies["tidings_session"]
+            principal = await authenticate(db, cookie, None)
+            assert principal is not None and principal.expires_at is not None
+            assert principal.expires_at > datetime.now(UTC)
+    finally:
+        await db.dispose()
+    ws = await ws_connect(server, holder)
+    assert await closed_with(ws) == 4401

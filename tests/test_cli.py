@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,7 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TIMEOUT, ServerThread
+from tests.conftest import (
+    REDIS_URL,
+    TIMEOUT,
+    ServerThread,
+    TestUser,
+    browser_session,
+    closed_with,
+    connected,
+    create_user,
+    recv_until,
+    require_service,
+    send,
+    ws_connect,
+)
 from tidings import Settings
 from tidings.cli import main
 
@@ -134,6 +148,77 @@ async def test_users_passwd(
             assert response.status_code == status
 
 
+@pytest.mark.redis
+async def test_users_passwd_revokes_sessions_on_every_node(
+    settings: Settings,
+    make_server: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    backend: str,
+) -> None:
+    """The CLI is not a node: it tells the running nodes through the broker, as a logout
+    does, and their sockets opened with the revoked sessions close with 4401."""
+    require_service("Redis", "127.0.0.1", 6379)
+    channel = f"tidings-test-{secrets.token_hex(4)}"
+    server = make_server(broker_url=REDIS_URL, broker_channel=channel)
+    monkeypatch.setenv("TIDINGS_BROKER_URL", REDIS_URL)
+    monkeypatch.setenv("TIDINGS_BROKER_CHANNEL", channel)
+    dana = await create_user(settings, "dana")
+
+    def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        return run(settings, monkeypatch, capsys, *args, stdin=stdin)
+
+    async with browser_session(server, dana) as browser:
+        cookie = browser.cookies["tidings_session"]
+        session_ws = await ws_connect(
+            server, additional_headers={"Cookie": f"tidings_session={cookie}"}
+        )
+        token_ws = await connected(server, dana)
+        code, out, _ = await asyncio.to_thread(
+            cli, "users", "passwd", "dana", "--password-stdin", stdin="brand new pw\n"
+        )
+        assert code == 0 and "revoked 1 session" in out
+        assert await closed_with(session_ws) == 4401
+        assert (await browser.get("/api/auth/me")).status_code == 401
+        await send(token_ws, {"type": "ping"})  # tokens stay without --revoke-tokens
+        await recv_until(token_ws, lambda m: m["type"] == "pong")
+
+        code, out, _ = await asyncio.to_thread(
+            cli, "users", "passwd", "dana", "--password-stdin", "--revoke-tokens", stdin="x\n"
+        )
+        assert code == 0 and "1 API token" in out
+        assert await closed_with(token_ws) == 4401
+
+
+async def test_tokens_create_expires_in(
+    settings: Settings,
+    make_server: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_server()
+    await create_user(settings, "dana")
+    for bad in ("0", "-1", "soon", str(366 * 24 * 3600 + 1)):
+        assert (
+            run(settings, monkeypatch, capsys, "tokens", "create", "dana", "--expires-in", bad)[0]
+            == 2
+        ), bad
+    code, out, _ = await asyncio.to_thread(
+        run, settings, monkeypatch, capsys, "tokens", "create", "dana", "--expires-in", "1"
+    )
+    assert code == 0 and "expires" in out
+    holder = TestUser("", "dana", "", out.split()[-1])
+    async with httpx.AsyncClient(
+        base_url=server.url,
+        timeout=TIMEOUT,
+        headers={"Authorization": f"Bearer {holder.token}"},
+    ) as client:
+        assert (await client.get("/api/auth/me")).status_code == 200
+        async with asyncio.timeout(TIMEOUT):
+            while (await client.get("/api/auth/me")).status_code != 401:
+                await asyncio.sleep(0.05)
+
+
 class Serve:
     """``tidings serve`` in a subprocess; its output collected line by line."""
 
@@ -168,10 +253,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(data_dir: Path) -> Serve:
+async def serve(data_dir: Path, **settings: str) -> Serve:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env["TIDINGS_DATA_DIR"] = str(data_dir)
+    env.update({f"TIDINGS_{key.upper()}": value for key, value in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
         TIDINGS,
@@ -202,7 +288,9 @@ async def test_first_start_creates_admin_and_prints_its_password(tmp_path: Path)
             )
             assert login.status_code == 200, login.text
             assert (await client.get("/api/auth/me")).json()["username"] == "admin"
-            project = await client.post("/api/projects", json={"name": "first"})
+            project = await client.post(
+                "/api/projects", json={"name": "first"}, headers={"Origin": first.url}
+            )
             assert project.status_code == 201
     finally:
         await first.stop()
@@ -220,3 +308,25 @@ async def test_first_start_creates_admin_and_prints_its_password(tmp_path: Path)
     finally:
         output = await second.stop()
     assert "password:" not in output
+
+
+@pytest.mark.timeout(120)
+async def test_serve_does_not_believe_forwarded_headers_by_default(tmp_path: Path) -> None:
+    """``tidings serve`` leaves forwarding headers to tidings (uvicorn would believe any
+    X-Forwarded-For from 127.0.0.1): a client on this machine cannot pass for many
+    addresses to dodge the per-address login limit."""
+    node = await serve(tmp_path / "data", create_admin="false", login_max_address_failures="5")
+    try:
+        await node.read_until("Uvicorn running on")
+        async with httpx.AsyncClient(base_url=node.url, timeout=TIMEOUT) as client:
+            statuses = []
+            for i in range(6):
+                response = await client.post(
+                    "/api/auth/login",
+                    json={"username": f"user{i}", "password": "wrong"},
+                    headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                )
+                statuses.append(response.status_code)
+        assert statuses == [401] * 5 + [429]
+    finally:
+        await node.stop()

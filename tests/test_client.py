@@ -16,6 +16,7 @@ from tests.conftest import (
     ServerThread,
     TestUser,
     api,
+    browser_session,
     create_project,
     create_user,
     upload,
@@ -198,7 +199,7 @@ async def test_bad_credentials_stop_at_once(server: ServerThread) -> None:
 
 
 async def test_revoked_session_ends_iteration(server: ServerThread, alice: TestUser) -> None:
-    async with api(server, alice) as http:
+    async with browser_session(server, alice) as http:
         created = await http.post("/api/auth/tokens", json={"name": "short-lived"})
         token = created.json()
     async with TidingsClient(server.url, token=token["token"], backoff=fast_backoff()) as c:

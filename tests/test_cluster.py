@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import (
     REDIS_URL,
     ServerThread,
+    TestUser,
     api,
+    browser_session,
     closed_with,
     connected,
     create_project,
@@ -91,10 +93,8 @@ async def test_concurrent_changes_on_both_nodes_get_consecutive_seqs(nodes) -> N
 async def test_revocation_on_one_node_closes_sockets_on_the_other(nodes) -> None:
     a, b = nodes
     user = await create_user(a.settings)
-    async with api(a, user) as client_a:
+    async with browser_session(a, user) as client_a:
         token = (await client_a.post("/api/auth/tokens", json={})).json()
-        from tests.conftest import TestUser
-
         holder = TestUser(user.id, user.username, user.password, token["token"])
         ws_b = await connected(b, holder)
         await client_a.delete(f"/api/auth/tokens/{token['id']}")

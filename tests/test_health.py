@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 
@@ -40,3 +42,24 @@ async def test_protocol_table_and_metrics(server: ServerThread) -> None:
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
+
+
+async def test_metrics_token(make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(metrics_token="scrape-secret")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Bearer scrape-secre"},
+            {"Authorization": "Basic scrape-secret"},
+        ):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "tidings_" not in refused.text
+        ok = await client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+        assert ok.status_code == 200
+        assert "tidings_ws_connections" in ok.text
+        # Health and readiness stay open to the orchestrator.
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200

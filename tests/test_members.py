@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ServerThread, create_project, create_user, upload
+from tests.conftest import (
+    ServerThread,
+    TestUser,
+    connected,
+    create_project,
+    create_user,
+    recv_until,
+    subscribe,
+    upload,
+)
 
 
 async def test_add_list_remove_members(
@@ -58,7 +67,9 @@ async def test_unknown_users_and_members_are_404(alice_api: httpx.AsyncClient) -
     assert unknown.json() == {"detail": "user not found"}
     assert (await alice_api.delete(f"/api/projects/{pid}/members/nobody")).status_code == 404
     # The owner is not a removable member.
-    assert (await alice_api.delete(f"/api/projects/{pid}/members/alice")).status_code == 404
+    owner = await alice_api.delete(f"/api/projects/{pid}/members/alice")
+    assert owner.status_code == 409
+    assert "owner cannot be removed" in owner.json()["detail"]
 
 
 async def test_member_body_is_validated(alice_api: httpx.AsyncClient) -> None:
@@ -84,9 +95,12 @@ async def test_only_the_owner_manages_members(
     assert (await bob_api.get(f"/api/projects/{pid}/members")).status_code == 200
     add = await bob_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
     assert add.status_code == 403
-    assert (await bob_api.delete(f"/api/projects/{pid}/members/bob")).status_code == 403
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
+    # Removing someone else (not oneself) is the owner's.
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/carol")).status_code == 403
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/alice")).status_code == 403
     names = [m["username"] for m in (await alice_api.get(f"/api/projects/{pid}/members")).json()]
-    assert names == ["alice", "bob"]
+    assert names == ["alice", "bob", "carol"]
 
 
 async def test_non_members_get_404_for_member_endpoints(
@@ -102,3 +116,29 @@ async def test_non_members_get_404_for_member_endpoints(
         assert response.status_code == 404, (method, response.text)
         assert response.json() == {"detail": "project not found"}
     assert (await bob_api.get("/api/projects")).json() == []
+
+
+async def test_a_member_may_leave(
+    server: ServerThread,
+    alice_api: httpx.AsyncClient,
+    bob_api: httpx.AsyncClient,
+    bob: TestUser,
+    backend: str,
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    bob_ws = await connected(server, bob)
+    assert (await subscribe(bob_ws, pid))["type"] == "subscribed"
+
+    left = await bob_api.delete(f"/api/projects/{pid}/members/bob")
+    assert left.status_code == 204, left.text
+    ended = await recv_until(bob_ws, lambda m: m["type"] == "unsubscribed")
+    assert ended["project_id"] == pid and ended["reason"] == "access_revoked"
+    assert (await bob_api.get(f"/api/projects/{pid}")).status_code == 404
+    names = [m["username"] for m in (await alice_api.get(f"/api/projects/{pid}/members")).json()]
+    assert names == ["alice"]
+    # Gone is gone: leaving again is a project bob no longer sees.
+    assert (await bob_api.delete(f"/api/projects/{pid}/members/bob")).status_code == 404
+    # The owner cannot leave their own project.
+    owner = await alice_api.delete(f"/api/projects/{pid}/members/alice")
+    assert owner.status_code == 409

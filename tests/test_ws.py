@@ -14,6 +14,7 @@ from tests.conftest import (
     ServerThread,
     TestUser,
     api,
+    browser_session,
     closed_with,
     connected,
     create_project,
@@ -71,7 +72,7 @@ async def test_missing_or_invalid_credentials_close_4401(
 
 
 async def test_revoking_a_token_closes_its_sockets(server: ServerThread, alice: TestUser) -> None:
-    async with api(server, alice) as client:
+    async with browser_session(server, alice) as client:
         created = (await client.post("/api/auth/tokens", json={"name": "ws"})).json()
     second = TestUser(alice.id, alice.username, alice.password, created["token"])
     doomed = await connected(server, second)
@@ -85,8 +86,7 @@ async def test_revoking_a_token_closes_its_sockets(server: ServerThread, alice: 
 
 
 async def test_logout_closes_the_sessions_sockets(server: ServerThread, alice: TestUser) -> None:
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        await client.post("/api/auth/login", json={"username": "alice", "password": alice.password})
+    async with browser_session(server, alice) as client:
         cookie = client.cookies["tidings_session"]
         ws = await ws_connect(server, additional_headers={"Cookie": f"tidings_session={cookie}"})
         await recv(ws)

@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from tidings import __version__
 from tidings.api import auth, dashboard, files, health, processes, projects
 from tidings.api.deps import Services
-from tidings.auth import LoginThrottle
 from tidings.broker import create_broker
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
@@ -20,9 +19,10 @@ from tidings.hub import Hub
 from tidings.metrics import Metrics
 from tidings.models import User
 from tidings.processes import ProcessRunner
-from tidings.security import hash_password, new_password
+from tidings.security import Passwords, hash_password, new_password
 from tidings.settings import Settings
 from tidings.storage import Storage
+from tidings.throttle import LoginThrottle
 from tidings.ws import websocket_endpoint
 
 logger = logging.getLogger("tidings")
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         eventlog=eventlog,
         storage=storage,
         hub=hub,
-        throttle=LoginThrottle(settings.login_max_failures, settings.login_failure_window),
+        throttle=LoginThrottle(settings.login_failure_window),
+        passwords=Passwords(settings.password_hash_concurrency),
         processes=ProcessRunner(settings, db, eventlog, storage),
     )
 

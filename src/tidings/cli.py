@@ -8,10 +8,15 @@ import getpass
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from tidings.api.schemas import MAX_TOKEN_LIFETIME
+from tidings.auth import set_password
+from tidings.broker import create_broker
 from tidings.db import Database, create_engine, migrate
+from tidings.events import EventLog
 from tidings.models import ApiToken, User
 from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
 from tidings.settings import Settings
@@ -38,9 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    passwd = users.add_parser("passwd", help="set a user's password")
+    passwd = users.add_parser("passwd", help="set a user's password and revoke all their sessions")
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument(
+        "--revoke-tokens", action="store_true", help="revoke the user's API tokens too"
+    )
     users.add_parser("list", help="list users")
 
     tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
@@ -49,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     mint = tokens.add_parser("create", help="create an API token (printed once)")
     mint.add_argument("username")
     mint.add_argument("--name", default="cli")
+    mint.add_argument(
+        "--expires-in",
+        type=_lifetime,
+        metavar="SECONDS",
+        help=f"expire the token after this many seconds (1-{MAX_TOKEN_LIFETIME})",
+    )
 
     args = parser.parse_args(argv)
     overrides = {
@@ -57,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (value := getattr(args, key, None)) is not None
     }
     settings = Settings(**overrides)
+    args.settings = settings
     if args.command == "serve":
         return _serve(settings, args)
     handlers: dict[tuple[str, str], Callable[[Database, argparse.Namespace], Awaitable[int]]] = {
@@ -66,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("tokens", "create"): _tokens_create,
     }
     return asyncio.run(_with_db(settings, args, handlers[(args.command, args.action)]))
+
+
+def _lifetime(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {value!r}") from None
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME:
+        raise argparse.ArgumentTypeError(f"must be within 1-{MAX_TOKEN_LIFETIME} seconds")
+    return seconds
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,14 +147,33 @@ async def _users_create(db: Database, args: argparse.Namespace) -> int:
 
 
 async def _users_passwd(db: Database, args: argparse.Namespace) -> int:
+    """New password; every session (and with ``--revoke-tokens`` every token) of the user
+    is revoked, and the broker tells every node to close their sockets with 4401."""
     password = _read_password(args)
-    async with db.write() as session:
-        user = await session.scalar(select(User).where(User.username == args.username))
-        if user is None:
-            print(f"tidings: no user {args.username!r}", file=sys.stderr)
-            return 1
-        user.password_hash = hash_password(password)
-    print(f"password of {args.username} changed")
+    async with db.read() as session:
+        user_id = await session.scalar(select(User.id).where(User.username == args.username))
+    if user_id is None:
+        print(f"tidings: no user {args.username!r}", file=sys.stderr)
+        return 1
+    settings = args.settings
+    broker = create_broker(settings.broker_url)
+    await broker.connect()
+    try:
+        eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
+        sessions, tokens = await set_password(
+            db,
+            eventlog,
+            user_id,
+            hash_password(password),
+            keep=None,
+            revoke_tokens=args.revoke_tokens,
+        )
+    finally:
+        await broker.disconnect()
+    print(
+        f"password of {args.username} changed; revoked {sessions} session(s)"
+        + (f" and {tokens} API token(s)" if args.revoke_tokens else "")
+    )
     return 0
 
 
@@ -147,8 +191,19 @@ async def _tokens_create(db: Database, args: argparse.Namespace) -> int:
         if user is None:
             print(f"tidings: no user {args.username!r}", file=sys.stderr)
             return 1
-        session.add(ApiToken(secret_hash=hash_secret(secret), user_id=user.id, name=args.name))
-    print(f"API token for {args.username} (shown once): {secret}")
+        expires_at = None
+        if args.expires_in is not None:
+            expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+        session.add(
+            ApiToken(
+                secret_hash=hash_secret(secret),
+                user_id=user.id,
+                name=args.name,
+                expires_at=expires_at,
+            )
+        )
+    until = f", expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    print(f"API token for {args.username} (shown once{until}): {secret}")
     return 0
 
 

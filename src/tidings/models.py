@@ -85,6 +85,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Project(Base):
@@ -145,12 +146,16 @@ class Event(Base):
 
 class Process(Base):
     """A long-running operation. ``heartbeat_at`` is the lease: the node running a queued
-    or running process renews it; a stale one means that node is gone (see processes)."""
+    or running process renews it; a stale one means that node is gone (see processes).
+    For an ``external`` process it is the time of the worker's last report instead.
+    ``worker_token_hash``: SHA-256 of an external process's worker token.
+    ``result_deleted_at``: when the retention sweep deleted the result."""
 
     __tablename__ = "processes"
     __table_args__ = (
         Index("ix_processes_project_created", "project_id", "created_at"),
         Index("ix_processes_status", "status"),
+        UniqueConstraint("worker_token_hash", name="uq_processes_worker_token_hash"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -168,3 +173,5 @@ class Process(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    worker_token_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    result_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

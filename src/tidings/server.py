@@ -40,7 +40,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: str
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
+        proxy_headers=False,  # tidings reads forwarding headers itself (proxies.py)
         log_config=None,
         log_level=log_level,
         **uvicorn_options(settings),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KiB = 1024
@@ -30,8 +30,21 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     session_cookie_secure: bool = False
     session_max_age: int = Field(default=14 * 24 * 3600, gt=0, description="seconds")
-    login_max_failures: int = Field(default=5, gt=0)
+    login_max_failures: int = Field(
+        default=5, gt=0, description="failed logins per (username, client address) per window"
+    )
+    login_max_address_failures: int = Field(
+        default=20, gt=0, description="failed logins per client address per window"
+    )
     login_failure_window: float = Field(default=300.0, gt=0, description="seconds")
+    password_hash_concurrency: int = Field(
+        default=2, gt=0, description="argon2 hashes computed at once (worker threads)"
+    )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or networks whose X-Forwarded-For / Forwarded are believed",
+    )
+    metrics_token: str = Field(default="", description="if set, /metrics needs this bearer")
     create_admin: bool = Field(default=True, description="create `admin` on first start")
 
     # Real-time
@@ -66,12 +79,33 @@ class Settings(BaseSettings):
         description="seconds; a queued or running process whose node has not renewed its "
         "lease for this long is failed as `interrupted`",
     )
+    max_active_processes: int = Field(
+        default=10, gt=0, description="queued or running processes per project"
+    )
+    result_retention: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="seconds a succeeded process keeps its result"
+    )
+    external_timeout: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds an external process may go without a report before it fails",
+    )
+    sweep_interval: float = Field(
+        default=30.0, gt=0, description="seconds between a node's expiry and timeout sweeps"
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @property

@@ -7,13 +7,22 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from tidings.auth import COOKIE_NAME, UNSAFE_METHODS, LoginThrottle, Principal, authenticate
-from tidings.auth import origin_allowed as _origin_allowed
+from tidings.auth import (
+    COOKIE_NAME,
+    UNSAFE_METHODS,
+    Principal,
+    authenticate,
+    request_source,
+    request_source_allowed,
+)
 from tidings.db import Database
 from tidings.events import EventLog
 from tidings.metrics import Metrics
+from tidings.proxies import own_origin
+from tidings.security import Passwords
 from tidings.settings import Settings
 from tidings.storage import Storage
+from tidings.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from tidings.hub import Hub
@@ -31,6 +40,7 @@ class Services:
     storage: Storage
     hub: Hub
     throttle: LoginThrottle
+    passwords: Passwords
     processes: ProcessRunner
 
 
@@ -42,11 +52,14 @@ def get_services(request: Request) -> Services:
 App = Annotated[Services, Depends(get_services)]
 
 
-def origin_allowed(request: Request, services: Services) -> bool:
-    return _origin_allowed(
-        request.headers.get("origin"),
-        request.headers.get("host"),
+def same_site(request: Request, services: Services, *, required: bool) -> bool:
+    """Whether a state-changing request comes from our own origin or an allowed one, by
+    its ``Origin`` (or ``Referer``). Without either it passes only if not ``required``."""
+    return request_source_allowed(
+        request_source(request.headers.get("origin"), request.headers.get("referer")),
+        own_origin(request),
         services.settings.allowed_origins,
+        required=required,
     )
 
 
@@ -60,13 +73,21 @@ async def current_user(request: Request, services: App) -> Principal:
             "not authenticated",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # A browser sends the cookie with any request, whoever made the page: a cookie
+    # request that changes state must say where it comes from, and that must be us.
     if (
         principal.via == "cookie"
         and request.method in UNSAFE_METHODS
-        and not origin_allowed(request, services)
+        and not same_site(request, services, required=True)
     ):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-origin request refused")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, CROSS_ORIGIN)
     return principal
+
+
+CROSS_ORIGIN = (
+    "cross-origin request refused: a browser request that changes state must carry an "
+    "Origin (or Referer) of this site or of TIDINGS_ALLOWED_ORIGINS"
+)
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

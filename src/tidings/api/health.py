@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from tidings.api.deps import App
+from tidings.auth import bearer_token
 from tidings.codes import protocol_table
 
 router = APIRouter(tags=["health"])
@@ -31,7 +33,18 @@ async def readyz(app: App) -> Any:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(app: App) -> Response:
+async def metrics(request: Request, app: App) -> Response:
+    """Prometheus metrics; with ``TIDINGS_METRICS_TOKEN`` set, only for that bearer."""
+    expected = app.settings.metrics_token
+    if expected:
+        given = bearer_token(request.headers.get("authorization")) or ""
+        # Constant time: the comparison must not reveal how much of a guess was right.
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "metrics need the bearer token of TIDINGS_METRICS_TOKEN",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(app.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -5,29 +5,38 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from tidings.access import visible_project
-from tidings.api.deps import App, CurrentUser, not_found
+from tidings.api.deps import App, CurrentUser, current_user, not_found
 from tidings.api.schemas import Body
+from tidings.auth import bearer_token
 from tidings.models import Process
-from tidings.processes import KINDS, Conflict, NotFound, ProcessOut, Status, process_out
-from tidings.processes.state import valid_fraction
+from tidings.processes import KINDS, Busy, Conflict, NotFound, ProcessOut, Status, process_out
+from tidings.processes.state import ACTIVE, valid_fraction
+from tidings.security import WORKER_TOKEN_PREFIX, hash_secret, new_secret
 from tidings.storage import UploadError, clean_folder
 
 router = APIRouter(prefix="/api/projects/{project_id}/processes", tags=["processes"])
 
 MAX_EXTERNAL_PARAMS_BYTES = 16 * 1024
 MAX_RESULT_BYTES = 1024 * 1024
+BUSY_RETRY_AFTER = 5  # seconds; a hint, processes end at their own pace
 
 
 class ProcessIn(Body):
     kind: str
     params: dict[str, Any] = {}
+
+
+class NewProcessOut(ProcessOut):
+    """The answer to a create: for ``external``, the worker's token, shown this once."""
+
+    worker_token: str | None = None
 
 
 class ProgressIn(Body):
@@ -86,17 +95,36 @@ async def _visible_process(app: App, user_id: str, project_id: str, process_id: 
     return process
 
 
-@router.post("", response_model=ProcessOut, status_code=status.HTTP_202_ACCEPTED)
+@router.post("", response_model=NewProcessOut, status_code=status.HTTP_202_ACCEPTED)
 async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app: App) -> Any:
     """Start a process. Built-in kinds answer ``queued`` and run when a slot is free;
-    ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``."""
+    ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``,
+    with a ``worker_token`` for them (shown once). 429 when the project already has
+    ``TIDINGS_MAX_ACTIVE_PROCESSES`` queued or running."""
     kind, params = _parse(body)
-    async with app.db.write() as session:
-        if await visible_project(session, user.user_id, project_id, for_update=True) is None:
-            raise not_found()
-        process = await app.processes.create(session, project_id, user.user_id, kind, params)
-        out = process_out(process)
-    return out
+    worker_token = new_secret(WORKER_TOKEN_PREFIX) if kind.external else None
+    try:
+        async with app.db.write() as session:
+            # The project's lock is held from here to the commit: the active count that
+            # create() checks cannot change under it.
+            if await visible_project(session, user.user_id, project_id, for_update=True) is None:
+                raise not_found()
+            process = await app.processes.create(
+                session,
+                project_id,
+                user.user_id,
+                kind,
+                params,
+                worker_token_hash=hash_secret(worker_token) if worker_token else None,
+            )
+            out = process_out(process)
+    except Busy as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{exc}; retry when one has finished",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+        ) from None
+    return {**out, "worker_token": worker_token}
 
 
 @router.get("", response_model=ProcessPage)
@@ -169,6 +197,11 @@ async def download_result_file(
 def _serve(app: App, process: Process, name: str) -> FileResponse:
     if process.status != Status.SUCCEEDED:
         raise HTTPException(status.HTTP_409_CONFLICT, f"process is {process.status}")
+    if process.result_deleted_at is not None:
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            "the result was deleted after TIDINGS_RESULT_RETENTION; run the process again",
+        )
     path = app.processes.output(process.project_id, process.id, name)
     if path is None:
         raise not_found("result file")
@@ -176,13 +209,49 @@ def _serve(app: App, process: Process, name: str) -> FileResponse:
     return FileResponse(path, media_type=media, filename=name)
 
 
-@router.post("/{process_id}/progress", status_code=status.HTTP_204_NO_CONTENT)
-async def report_progress(
-    project_id: str, process_id: str, body: ProgressIn, user: CurrentUser, app: App
-) -> Response:
+async def process_driver(project_id: str, process_id: str, request: Request, app: App) -> None:
+    """Who may report on a process: its worker token, or the user who started it.
+
+    A worker token is good for its own process only, and only while it is queued or
+    running (401 otherwise, as for any unknown credential). Another member of the
+    project gets 403; someone who cannot see the project 404.
+    """
+    token = bearer_token(request.headers.get("authorization"))
+    if token is not None and token.startswith(WORKER_TOKEN_PREFIX):
+        async with app.db.read() as session:
+            found = await session.scalar(
+                select(Process.id).where(
+                    Process.id == process_id,
+                    Process.project_id == project_id,
+                    Process.worker_token_hash == hash_secret(token),
+                    Process.status.in_([s.value for s in ACTIVE]),
+                )
+            )
+        if found is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "not authenticated",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return
+    user = await current_user(request, app)
+    process = await _visible_process(app, user.user_id, project_id, process_id)
+    if process.created_by != user.user_id:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "only the process's worker token or the user who started it may report on it",
+        )
+
+
+Driver = Depends(process_driver)
+
+
+@router.post(
+    "/{process_id}/progress", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Driver]
+)
+async def report_progress(project_id: str, process_id: str, body: ProgressIn, app: App) -> Response:
     """An external worker's progress (0.0-1.0). 409 outside that range, for a finished
     process, or for a built-in kind (the server reports those itself)."""
-    await _visible_process(app, user.user_id, project_id, process_id)
     if not valid_fraction(body.progress):
         raise HTTPException(status.HTTP_409_CONFLICT, "progress must be within 0.0-1.0")
     try:
@@ -194,12 +263,10 @@ async def report_progress(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{process_id}/complete", response_model=ProcessOut)
-async def complete_process(
-    project_id: str, process_id: str, body: CompleteIn, user: CurrentUser, app: App
-) -> Any:
-    """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``."""
-    await _visible_process(app, user.user_id, project_id, process_id)
+@router.post("/{process_id}/complete", response_model=ProcessOut, dependencies=[Driver])
+async def complete_process(project_id: str, process_id: str, body: CompleteIn, app: App) -> Any:
+    """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``.
+    The worker token stops working with it."""
     if body.result is not None and len(orjson.dumps(body.result)) > MAX_RESULT_BYTES:
         raise _invalid(("result",), "result is too large", None)
     error = (body.error or "failed")[:1000] if body.status == "failed" else None

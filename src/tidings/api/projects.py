@@ -165,9 +165,22 @@ async def add_member(project_id: str, body: MemberIn, user: CurrentUser, app: Ap
 
 @router.delete("/{project_id}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_member(project_id: str, username: str, user: CurrentUser, app: App) -> None:
+    """The owner removes a member, or a member leaves (``username`` is their own). Their
+    subscriptions to the project end at once (``access_revoked``). The owner cannot be
+    removed: 409."""
     async with app.db.write() as session:
-        project = await _owned_project(session, user.user_id, project_id)
+        project = await visible_project(session, user.user_id, project_id, for_update=True)
+        if project is None:
+            raise not_found()
+        leaving = username == user.username
+        if project.owner_id != user.user_id and not leaving:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner manages members")
         target = await session.scalar(select(User).where(User.username == username))
+        if target is not None and target.id == project.owner_id:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "the owner cannot be removed from the project; delete the project instead",
+            )
         member = await session.get(Member, (project_id, target.id)) if target else None
         if target is None or member is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")

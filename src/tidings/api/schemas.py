@@ -25,8 +25,14 @@ class UserOut(BaseModel):
     username: str
 
 
+MAX_TOKEN_LIFETIME = 366 * 24 * 3600  # seconds; omit expires_in for a token that never expires
+
+
 class TokenIn(Body):
     name: str = Field(default="", max_length=100)
+    expires_in: int | None = Field(
+        default=None, gt=0, le=MAX_TOKEN_LIFETIME, description="seconds until it expires"
+    )
 
 
 class TokenOut(BaseModel):
@@ -34,10 +40,22 @@ class TokenOut(BaseModel):
     name: str
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 class NewTokenOut(TokenOut):
     token: str
+
+
+class PasswordIn(Body):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
+    revoke_tokens: bool = False
+
+
+class PasswordChanged(BaseModel):
+    revoked_sessions: int
+    revoked_tokens: int
 
 
 class ProjectIn(Body):

@@ -9,7 +9,12 @@ stop flag, which the work checks between chunks.
 Crash safety is a lease: this node renews ``heartbeat_at`` of the processes it holds every
 ``process_lease / 3`` seconds, and any node fails a built-in process whose lease is stale
 (``interrupted``), at start and periodically. On a clean shutdown the node fails its own
-processes at once. ``external`` processes are exempt: their worker lives elsewhere.
+processes at once. ``external`` processes are exempt: their worker lives elsewhere; one
+that has not reported for ``external_timeout`` fails as ``timeout`` instead.
+
+Every node also sweeps, every ``sweep_interval``, a bounded batch of succeeded processes
+older than ``result_retention`` and deletes their results. Every sweep moves each row by
+compare-and-set, so nodes sweeping at once never act twice on one process.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import Database, after_commit
@@ -36,6 +41,7 @@ from tidings.processes.kinds import Kind
 from tidings.processes.state import (
     ACTIVE,
     INTERRUPTED,
+    TIMEOUT,
     Cancelled,
     Gate,
     Progress,
@@ -51,6 +57,7 @@ logger = logging.getLogger("tidings.processes")
 # The built-in poller's floor, so that progress_interval=0 cannot spin the loop.
 MIN_POLL = 0.02
 STOP_GRACE = 10.0  # seconds a shutdown waits for worker threads to notice the stop flag
+SWEEP_BATCH = 100  # processes one sweep pass handles at most, per kind of sweep
 
 
 class NotFound(Exception):
@@ -59,6 +66,13 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """The request is well-formed but the process is not in a state that allows it."""
+
+
+class Busy(Exception):
+    """The project already has ``max_active_processes`` queued or running."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"the project has {active} queued or running processes (at most {limit})")
 
 
 @dataclass
@@ -101,10 +115,15 @@ class ProcessRunner:
         self.limit = settings.max_concurrent_processes
         self.interval = settings.progress_interval
         self.lease = settings.process_lease
+        self.max_active = settings.max_active_processes
+        self.retention = settings.result_retention
+        self.external_timeout = settings.external_timeout
+        self.sweep_interval = settings.sweep_interval
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._feeds: dict[str, Feed] = {}
         self._lease_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -114,13 +133,15 @@ class ProcessRunner:
         await asyncio.to_thread(self.results_dir.mkdir, parents=True, exist_ok=True)
         await self.sweep()
         self._lease_task = asyncio.create_task(self._keep_lease(), name="tidings-process-lease")
+        self._sweep_task = asyncio.create_task(self._keep_sweeping(), name="tidings-sweep")
 
     async def stop(self) -> None:
         """Stop every worker and fail this node's processes as ``interrupted``."""
         self._stopping = True
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            await asyncio.gather(self._lease_task, return_exceptions=True)
+        for task in (self._lease_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         queued = list(self._queue)
         self._queue.clear()
         running = [job for job in self._jobs.values() if job.task is not None]
@@ -146,11 +167,25 @@ class ProcessRunner:
         user_id: str,
         kind: Kind,
         params: BaseModel,
+        worker_token_hash: str | None = None,
     ) -> Process:
         """Insert a process in ``session``'s write transaction; it runs after the commit.
 
+        The caller must hold the project's lock in that transaction (``visible_project(…,
+        for_update=True)``): the count of active processes checked here is then exact even
+        under concurrent creates. Raises :class:`Busy` at ``max_active_processes``.
         An ``external`` process is ``running`` from here and logs ``process.started`` now.
         """
+        active = await session.scalar(
+            select(func.count())
+            .select_from(Process)
+            .where(
+                Process.project_id == project_id,
+                Process.status.in_([s.value for s in ACTIVE]),
+            )
+        )
+        if (active or 0) >= self.max_active:
+            raise Busy(active or 0, self.max_active)
         now = datetime.now(UTC)
         process = Process(
             project_id=project_id,
@@ -164,6 +199,7 @@ class ProcessRunner:
             started_at=now if kind.external else None,
             heartbeat_at=now,
             attempts=1 if kind.external else 0,
+            worker_token_hash=worker_token_hash,
         )
         session.add(process)
         await session.flush()
@@ -490,6 +526,96 @@ class ProcessRunner:
         for row in rows:
             logger.warning("process %s (%s) interrupted", row.id, row.kind)
             await self._remove_output(row.project_id, row.id)
+        return len(rows)
+
+    # -- timeouts and retention -----------------------------------------------------------
+
+    async def _keep_sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.time_out_externals()
+                await self.expire_results()
+            except Exception:
+                logger.exception("process sweep failed")
+
+    async def time_out_externals(self) -> int:
+        """Fail ``external`` processes without a report for ``external_timeout``: error
+        ``timeout``, and their ``process.completed``. At most :data:`SWEEP_BATCH` a pass."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.external_timeout)
+        stale = [
+            Process.kind == "external",
+            Process.status == Status.RUNNING.value,
+            Process.heartbeat_at < cutoff,
+        ]
+        async with self.db.read() as session:
+            ids = list(
+                await session.scalars(
+                    select(Process.id).where(*stale).order_by(Process.id).limit(SWEEP_BATCH)
+                )
+            )
+        timed_out = 0
+        for process_id in ids:
+            # One transaction each, and the same compare-and-set as a worker's own end: of
+            # two nodes sweeping (or a sweep racing a late report), exactly one moves it.
+            try:
+                async with self.db.write() as session:
+                    row = await move(
+                        session,
+                        process_id,
+                        [Status.RUNNING],
+                        Status.FAILED,
+                        where=stale,
+                        error=TIMEOUT,
+                        finished_at=datetime.now(UTC),
+                        heartbeat_at=None,
+                    )
+                    if row is not None:
+                        await self._record(session, row, PROCESS_COMPLETED)
+            except LookupError:
+                continue  # its project was deleted meanwhile
+            if row is not None:
+                timed_out += 1
+                await self._drop_feed(process_id)
+                logger.warning("external process %s timed out", process_id)
+        return timed_out
+
+    async def expire_results(self) -> int:
+        """Delete the results of succeeded processes that finished ``result_retention`` ago:
+        the files on disk and the ``result`` field (the row stays). At most
+        :data:`SWEEP_BATCH` a pass."""
+        now = datetime.now(UTC)
+        due = [
+            Process.status == Status.SUCCEEDED.value,
+            Process.result_deleted_at.is_(None),
+            Process.finished_at < now - timedelta(seconds=self.retention),
+        ]
+        async with self.db.read() as session:
+            if await session.scalar(select(Process.id).where(*due).limit(1)) is None:
+                return 0  # the usual case: no write transaction (nor SQLite lock) for nothing
+        async with self.db.write() as session:
+            # SKIP LOCKED (PostgreSQL; SQLite's write lock serialises anyway): a node
+            # sweeping at the same moment takes other rows, never waits on or deadlocks
+            # with this one; the repeated conditions below make a stale pick a no-op.
+            candidates = (
+                select(Process.id)
+                .where(*due)
+                .order_by(Process.finished_at)
+                .limit(SWEEP_BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            rows = list(
+                await session.execute(
+                    update(Process)
+                    .where(Process.id.in_(candidates.scalar_subquery()), *due)
+                    .values(result=None, result_deleted_at=now)
+                    .returning(Process.id, Process.project_id)
+                )
+            )
+        # Marked first, then deleted: a crash in between leaves files that nothing serves
+        # (410), never a result that points at deleted files.
+        for process_id, project_id in rows:
+            await self._remove_output(project_id, process_id)
         return len(rows)
 
     # -- helpers --------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 INTERRUPTED = "interrupted"
+TIMEOUT = "timeout"  # an external process's worker stopped reporting
 
 
 class Cancelled(Exception):

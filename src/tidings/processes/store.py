@@ -7,7 +7,7 @@ deletion) exactly one wins, and only the winner emits ``process.completed``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,16 +47,19 @@ async def move(
     process_id: str,
     from_: Iterable[Status],
     to: Status,
+    *,
+    where: Sequence[Any] = (),
     **values: Any,
 ) -> Process | None:
-    """Set ``status=to`` (and ``values``) if the process is in one of ``from_``.
+    """Set ``status=to`` (and ``values``) if the process is in one of ``from_`` (and
+    matches the extra conditions ``where``).
 
     Returns the updated row, or None if it is gone or in another status (someone else
     moved it first).
     """
     rows = await session.scalars(
         update(Process)
-        .where(Process.id == process_id, Process.status.in_([s.value for s in from_]))
+        .where(Process.id == process_id, Process.status.in_([s.value for s in from_]), *where)
         .values(status=to.value, **values)
         .returning(Process),
         execution_options={"populate_existing": True},
