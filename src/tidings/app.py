@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tidings import __version__, metrics
-from tidings.api import auth, dashboard, files, health, processes, projects
+from tidings.api import auth, dashboard, files, health, processes, projects, validation
 from tidings.api.deps import Services
 from tidings.auth import LoginThrottle
 from tidings.broker import create_broker
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    validation.install(app)
     for module in (health, auth, projects, files, processes):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 
 from tidings.api.deps import App, CurrentUser, origin_allowed
 from tidings.api.schemas import LoginIn, NewTokenOut, TokenIn, TokenOut, UserOut
+from tidings.api.validation import Id
 from tidings.auth import COOKIE_NAME
 from tidings.db import after_commit
 from tidings.events import SESSION_REVOKED
@@ -96,7 +97,7 @@ async def list_tokens(user: CurrentUser, app: App) -> Any:
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_token(token_id: str, user: CurrentUser, app: App) -> None:
+async def delete_token(token_id: Id, user: CurrentUser, app: App) -> None:
     async with app.db.read() as session:
         found = await session.scalar(
             select(ApiToken.id).where(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -14,6 +15,8 @@ from sqlalchemy import func, select
 from tidings.access import visible_project
 from tidings.api.deps import App, CurrentUser, not_found
 from tidings.api.schemas import Body
+from tidings.api.validation import Id, PathFileName
+from tidings.assets import download_headers, served_type
 from tidings.models import Process
 from tidings.processes import KINDS, Conflict, NotFound, ProcessOut, Status, process_out
 from tidings.processes.state import valid_fraction
@@ -76,7 +79,7 @@ def _parse(body: ProcessIn) -> tuple[Any, BaseModel]:
     return kind, params
 
 
-async def _visible_process(app: App, user_id: str, project_id: str, process_id: str) -> Process:
+async def _visible_process(app: App, user_id: str, project_id: Id, process_id: Id) -> Process:
     async with app.db.read() as session:
         if await visible_project(session, user_id, project_id) is None:
             raise not_found()
@@ -87,7 +90,7 @@ async def _visible_process(app: App, user_id: str, project_id: str, process_id: 
 
 
 @router.post("", response_model=ProcessOut, status_code=status.HTTP_202_ACCEPTED)
-async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app: App) -> Any:
+async def start_process(project_id: Id, body: ProcessIn, user: CurrentUser, app: App) -> Any:
     """Start a process. Built-in kinds answer ``queued`` and run when a slot is free;
     ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``."""
     kind, params = _parse(body)
@@ -101,7 +104,7 @@ async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app
 
 @router.get("", response_model=ProcessPage)
 async def list_processes(
-    project_id: str,
+    project_id: Id,
     user: CurrentUser,
     app: App,
     status_: Annotated[Status | None, Query(alias="status")] = None,
@@ -129,12 +132,12 @@ async def list_processes(
 
 
 @router.get("/{process_id}", response_model=ProcessOut)
-async def get_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def get_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     return process_out(await _visible_process(app, user.user_id, project_id, process_id))
 
 
 @router.delete("/{process_id}", response_model=ProcessOut)
-async def cancel_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def cancel_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """Cancel a queued or running process; answers once it has stopped (``cancelled``).
     409 if it had already finished."""
     await _visible_process(app, user.user_id, project_id, process_id)
@@ -148,7 +151,7 @@ async def cancel_process(project_id: str, process_id: str, user: CurrentUser, ap
 
 
 @router.get("/{process_id}/result", response_class=FileResponse)
-async def download_result(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def download_result(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """The artefact of a succeeded process that makes one (``export``: the zip)."""
     process = await _visible_process(app, user.user_id, project_id, process_id)
     kind = KINDS.get(process.kind)
@@ -159,7 +162,7 @@ async def download_result(project_id: str, process_id: str, user: CurrentUser, a
 
 @router.get("/{process_id}/result/{name}", response_class=FileResponse)
 async def download_result_file(
-    project_id: str, process_id: str, name: str, user: CurrentUser, app: App
+    project_id: Id, process_id: Id, name: PathFileName, user: CurrentUser, app: App
 ) -> Any:
     """One named output file of a succeeded process (``thumbnails``: ``<file id>.<ext>``)."""
     process = await _visible_process(app, user.user_id, project_id, process_id)
@@ -172,13 +175,17 @@ def _serve(app: App, process: Process, name: str) -> FileResponse:
     path = app.processes.output(process.project_id, process.id, name)
     if path is None:
         raise not_found("result file")
-    media = "application/zip" if name.endswith(".zip") else None
-    return FileResponse(path, media_type=media, filename=name)
+    guessed, _ = mimetypes.guess_type(name)
+    return FileResponse(
+        path,
+        media_type=served_type(guessed or "application/octet-stream"),
+        headers=download_headers(name),
+    )
 
 
 @router.post("/{process_id}/progress", status_code=status.HTTP_204_NO_CONTENT)
 async def report_progress(
-    project_id: str, process_id: str, body: ProgressIn, user: CurrentUser, app: App
+    project_id: Id, process_id: Id, body: ProgressIn, user: CurrentUser, app: App
 ) -> Response:
     """An external worker's progress (0.0-1.0). 409 outside that range, for a finished
     process, or for a built-in kind (the server reports those itself)."""
@@ -196,7 +203,7 @@ async def report_progress(
 
 @router.post("/{process_id}/complete", response_model=ProcessOut)
 async def complete_process(
-    project_id: str, process_id: str, body: CompleteIn, user: CurrentUser, app: App
+    project_id: Id, process_id: Id, body: CompleteIn, user: CurrentUser, app: App
 ) -> Any:
     """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``."""
     await _visible_process(app, user.user_id, project_id, process_id)
