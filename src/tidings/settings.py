@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, gt=0)
     login_failure_window: float = Field(default=300.0, gt=0, description="seconds")
     create_admin: bool = Field(default=True, description="create `admin` on first start")
+    docs: bool = Field(default=True, description="serve the API docs at /docs and /redoc")
 
     # Real-time
     broker_url: str = "memory://"
