@@ -145,7 +145,7 @@ async def list_files(
     return {"items": items, "total": total, "next_offset": next_offset}
 
 
-async def _visible_file(app: App, user_id: str, project_id: Id, file_id: Id) -> File:
+async def _visible_file(app: App, user_id: str, project_id: str, file_id: str) -> File:
     async with app.db.read() as session:
         if await visible_project(session, user_id, project_id) is None:
             raise not_found()

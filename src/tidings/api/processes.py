@@ -79,7 +79,7 @@ def _parse(body: ProcessIn) -> tuple[Any, BaseModel]:
     return kind, params
 
 
-async def _visible_process(app: App, user_id: str, project_id: Id, process_id: Id) -> Process:
+async def _visible_process(app: App, user_id: str, project_id: str, process_id: str) -> Process:
     async with app.db.read() as session:
         if await visible_project(session, user_id, project_id) is None:
             raise not_found()

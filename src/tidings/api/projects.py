@@ -120,7 +120,7 @@ async def delete_project(project_id: Id, user: CurrentUser, app: App) -> None:
 # -- members ---------------------------------------------------------------------------
 
 
-async def _owned_project(session: AsyncSession, user_id: str, project_id: Id) -> Project:
+async def _owned_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
     project = await visible_project(session, user_id, project_id, for_update=True)
     if project is None:
         raise not_found()
