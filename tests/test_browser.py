@@ -80,6 +80,8 @@ async def open_dashboard(browser: Any, server: ServerThread, user: TestUser) -> 
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The page runs under the server's Content-Security-Policy: a violation is an error.
+    page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
     page.errors = errors
     await page.goto(server.url + "/")
     await page.fill("#login input[name=username]", user.username)
@@ -316,6 +318,35 @@ async def test_dashboard_logs_in_and_out(
     await page.fill("#login input[name=password]", "wrong")
     await page.click("#login button[type=submit]")
     await page.wait_for_selector("#login-error:has-text('invalid')", timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock-tag"), ("/redoc", "h1")])
+async def test_api_docs_need_no_third_party_host(
+    browser: Any, server: ServerThread, path: str, rendered: str
+) -> None:
+    page = await browser.new_page()
+    foreign: list[str] = []
+    problems: list[str] = []
+
+    async def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.url + "/"):
+            await route.continue_()
+        else:
+            foreign.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_this_server)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    response = await page.goto(server.url + path)
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    await page.wait_for_selector(rendered, timeout=WAIT_MS)
+    headings = await page.locator(rendered).all_text_contents()
+    assert any("projects" in h for h in headings) or any("tidings" in h for h in headings)
+    await page.get_by_text("/api/projects/{project_id}/files").first.wait_for(timeout=WAIT_MS)
+    assert foreign == []
+    # ReDoc's footer links a logo on its vendor's host; the policy refuses it.
+    assert [p for p in problems if "cdn.redoc.ly" not in p] == [], problems
 
 
 async def test_browser_client_core_in_chromium(browser: Any, server: ServerThread) -> None:

@@ -467,3 +467,79 @@ async def test_a_committed_change_survives_a_broker_outage(
         eventlog.broker = broker
     seqs = await db_scalars(server.settings, select(Event.seq).where(Event.project_id == pid))
     assert seqs == [5]  # every change was logged; the project.deleted tombstone remains
+
+
+# -- names and downloads that cannot deceive ---------------------------------------------
+
+
+async def test_one_name_in_any_unicode_spelling_and_no_hidden_characters(
+    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    composed, decomposed = "caf\u00e9.txt", "cafe\u0301.txt"
+    first = await upload(alice_api, pid, composed, b"1")
+    assert first.status_code == 201, first.text
+    again = await upload(alice_api, pid, decomposed, b"2")
+    assert again.status_code == 409, again.text
+    stored = await upload(alice_api, pid, decomposed, b"3", path="/other")
+    assert stored.json()["name"] == composed  # stored in NFC
+    for name, path in [
+        ("invoice\u202egnp.exe", None),  # shows as "invoiceexe.png"
+        ("a\u200bb.txt", None),
+        ("C:evil.txt", None),
+        ("a.txt", "/x\u202e/y"),
+        ("a.txt", "/c:/windows"),
+    ]:
+        response = await upload(alice_api, pid, name, b"x", path=path)
+        assert response.status_code == 400, (name, path, response.text)
+        assert "must not contain" in response.json()["detail"]
+    listing = (await alice_api.get(f"/api/projects/{pid}/files")).json()
+    assert sorted((f["path"], f["name"]) for f in listing["items"]) == [
+        ("/", composed),
+        ("/other", composed),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "declared", "served"),
+    [
+        ("page.html", "text/html", "application/octet-stream"),
+        ("logo.svg", "image/svg+xml", "application/octet-stream"),
+        ("script.js", "text/javascript", "application/octet-stream"),
+        ("data.xml", "application/xml", "application/octet-stream"),
+        ("sneaky.png", "text/html", "application/octet-stream"),
+        ("photo.png", "image/png", "image/png"),
+        ("notes.txt", "text/plain", "text/plain; charset=utf-8"),
+        ("doc.pdf", "application/pdf", "application/pdf"),
+        ("data.json", "application/json", "application/json"),
+        ("bundle.zip", "application/zip", "application/zip"),
+        ("song.mp3", "audio/mpeg", "audio/mpeg"),
+        ("clip.mp4", "video/mp4", "video/mp4"),
+        ("blob.bin", "", "application/octet-stream"),
+    ],
+)
+async def test_downloads_are_attachments_of_safe_types(
+    alice_api: httpx.AsyncClient, name: str, declared: str, served: str
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    sent = await upload(alice_api, pid, name, b"<script>alert(1)</script>", content_type=declared)
+    assert sent.status_code == 201, sent.text
+    download = await alice_api.get(f"/api/projects/{pid}/files/{sent.json()['id']}/content")
+    assert download.status_code == 200
+    assert download.headers["content-type"] == served
+    assert download.headers["content-disposition"] == (
+        f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"
+    )
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert download.headers["content-security-policy"] == "sandbox"
+
+
+async def test_download_names_survive_any_characters(alice_api: httpx.AsyncClient) -> None:
+    pid = (await create_project(alice_api))["id"]
+    sent = await upload(alice_api, pid, "naïve; 100% ✓.txt", b"x")
+    assert sent.status_code == 201, sent.text
+    download = await alice_api.get(f"/api/projects/{pid}/files/{sent.json()['id']}/content")
+    assert download.headers["content-disposition"] == (
+        'attachment; filename="na_ve; 100_ _.txt"; '
+        "filename*=UTF-8''na%C3%AFve%3B%20100%25%20%E2%9C%93.txt"
+    )

@@ -128,3 +128,26 @@ def test_progress_is_safe_to_read_while_a_thread_writes(tmp_path: Path) -> None:
         seen.append(job.progress.fraction)
     thread.join()
     assert seen == sorted(seen) and all(0.0 <= s < 1.0 for s in seen)
+
+
+@pytest.mark.parametrize(
+    ("location", "taken", "name"),
+    [
+        ("a/b.txt", set(), "a/b.txt"),
+        ("C:evil.txt", set(), "C_evil.txt"),
+        ("c:\\windows\\win.ini", set(), "c_/windows/win.ini"),
+        ("../../etc/passwd", set(), "etc/passwd"),
+        ("/abs/x", set(), "abs/x"),
+        ("a/./b//c", set(), "a/b/c"),
+        ("..", set(), "f1"),
+        ("a/..\x00x", set(), "a/.._x"),
+        ("a.txt", {"a.txt"}, "a (f1).txt"),
+        ("a.txt", {"a.txt", "a (f1).txt"}, "a (f1 2).txt"),
+        ("d/.hidden", {"d/.hidden"}, "d/.hidden (f1)"),
+        ("noext", {"noext"}, "noext (f1)"),
+    ],
+)
+def test_member_name(location: str, taken: set[str], name: str) -> None:
+    used = set(taken)
+    assert export.member_name(location, used, "f1") == name
+    assert used == taken | {name}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
+import struct
 import time
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +34,7 @@ from tests.conftest import (
     upload,
 )
 from tidings.db import Database, create_engine
-from tidings.models import Process
+from tidings.models import File, Process
 
 MiB = 1024 * 1024
 
@@ -206,6 +209,109 @@ async def test_thumbnails_for_image_assets(
         assert image.format == "WEBP" and image.size == (128, 64)
     assert (await alice_api.get(f"{base}/result")).status_code == 404  # no single artefact
     assert (await alice_api.get(f"{base}/result/other.webp")).status_code == 404
+    await ws.close()
+
+
+def png(width: int, height: int, rows: bytes | None = None) -> bytes:
+    """A 1-bit grayscale PNG of ``width`` by ``height``; all black, or header and no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    data = zlib.compress(row * height, 9) if rows is None else rows
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+async def test_thumbnails_skip_bombs_and_formats_they_do_not_support(
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
+) -> None:
+    pid = (await create_project(alice_api))["id"]
+    ppm = io.BytesIO()
+    Image.new("RGB", (40, 20), (0, 90, 0)).save(ppm, format="PPM")
+    files = {
+        # 64 megapixels in 8 KiB: a valid image, decoded in full before the size check.
+        "wide.png": png(8000, 8000),
+        # A header claiming 10 gigapixels: Pillow's own bomb check refuses it.
+        "bomb.png": png(100_000, 100_000, rows=b""),
+        # A format thumbnails do not open, named and typed as a PNG.
+        "fake.png": ppm.getvalue(),
+        "fine.png": png(64, 32),
+    }
+    ids = {}
+    for name, data in files.items():
+        sent = await upload(alice_api, pid, name, data, content_type="image/png")
+        assert sent.status_code == 201, sent.text
+        ids[sent.json()["id"]] = name
+    ws = await connected(server, alice)
+    await subscribe(ws, pid)
+    process = await start(alice_api, pid, "thumbnails", {"size": 64})
+    done = (await until_completed(ws, process["id"]))[-1]["process"]
+    assert done["status"] == "succeeded", done
+    assert [ids[t["id"]] for t in done["result"]["thumbnails"]] == ["fine.png"]
+    reasons = {ids[s["id"]]: s["reason"] for s in done["result"]["skipped"]}
+    assert set(reasons) == {"wide.png", "bomb.png", "fake.png"}, reasons
+    assert "8000x8000" in reasons["wide.png"]
+    assert "decompression bomb" in reasons["bomb.png"].lower()
+    assert "cannot identify" in reasons["fake.png"]
+    await ws.close()
+
+
+async def test_export_member_names_stay_inside_the_archive(
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+) -> None:
+    """Rows stored before names were checked on upload (put here behind the API's back)
+    still export as safe member names."""
+    pid = (await create_project(alice_api))["id"]
+    hostile = [
+        ("/", "C:evil.txt"),
+        ("/../../etc", "passwd"),
+        ("/", "..\\..\\win.ini"),
+        ("/a/./b", ".."),
+        ("/x", "c:\\boot.ini"),
+        ("/", "ok.txt"),
+    ]
+    db = Database(create_engine(server.settings.effective_database_url))
+    try:
+        async with db.write() as session:
+            for index, (folder, name) in enumerate(hostile):
+                file_id = f"{index:032x}"
+                session.add(
+                    File(
+                        id=file_id,
+                        project_id=pid,
+                        name=name,
+                        path=folder,
+                        size=1,
+                        content_type="text/plain",
+                        asset_type="document",
+                        sha256=hashlib.sha256(b"x").hexdigest(),
+                    )
+                )
+                disk = server.settings.files_dir / pid / file_id
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                disk.write_bytes(b"x")
+    finally:
+        await db.dispose()
+    ws = await connected(server, alice)
+    await subscribe(ws, pid)
+    process = await start(alice_api, pid, "export")
+    done = (await until_completed(ws, process["id"]))[-1]["process"]
+    assert done["status"] == "succeeded", done
+    response = await alice_api.get(f"/api/projects/{pid}/processes/{process['id']}/result")
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        names = archive.namelist()
+    assert len(names) == len(hostile) == len(set(names))
+    for name in names:
+        parts = name.split("/")
+        assert ":" not in name and "\\" not in name and not name.startswith("/"), name
+        assert all(part not in ("", ".", "..") for part in parts), name
+    assert "ok.txt" in names and "etc/passwd" in names
     await ws.close()
 
 

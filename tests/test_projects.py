@@ -115,14 +115,16 @@ async def test_update_with_bad_input_is_422(alice_api: httpx.AsyncClient, body: 
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
-async def test_malformed_json_is_422(alice_api: httpx.AsyncClient, method: str) -> None:
+async def test_malformed_json_is_400_and_a_missing_body_422(
+    alice_api: httpx.AsyncClient, method: str
+) -> None:
     project = await create_project(alice_api)
     path = "/api/projects" if method == "POST" else f"/api/projects/{project['id']}"
-    for raw in (b'{"name": "x"', b"not json", b""):
+    for raw, status in ((b'{"name": "x"', 400), (b"not json", 400), (b"", 422)):
         response = await alice_api.request(
             method, path, content=raw, headers={"content-type": "application/json"}
         )
-        assert response.status_code == 422, (raw, response.text)
+        assert response.status_code == status, (raw, response.text)
 
 
 async def test_other_users_project_is_404_never_403(

@@ -42,18 +42,56 @@ def storage(tmp_path: Path) -> Storage:
 # -- clean_name / clean_folder -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["a.txt", "report 2024.pdf", "ünï©ødé.png", ".hidden", "x" * 255])
+@pytest.mark.parametrize(
+    "name",
+    ["a.txt", "report 2024.pdf", "ünï©ødé.png", ".hidden", "x" * 255, "日本語.txt", "😀.png"],
+)
 def test_clean_name_keeps_ordinary_names(name: str) -> None:
     assert clean_name(name) == name
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".", "..", "../a", "a/b", "/abs", "a\\b", "C:\\x", "a\x00", "a\nb", "x" * 256]
+    ("given", "name"),
+    [
+        ("cafe\u0301.txt", "café.txt"),  # decomposed é becomes the composed one
+        ("café.txt", "café.txt"),
+        ("\u212b.txt", "Å.txt"),  # the Angstrom sign is a letter A with ring above
+        ("e\u0301" * 255, "é" * 255),  # the limit counts composed characters
+    ],
 )
-def test_clean_name_refuses_anything_but_one_file(name: str) -> None:
+def test_clean_name_normalises_to_nfc(given: str, name: str) -> None:
+    assert clean_name(given) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "1-255"),
+        (".", "1-255"),
+        ("..", "1-255"),
+        ("x" * 256, "1-255"),
+        ("../a", "slash"),
+        ("a/b", "slash"),
+        ("/abs", "slash"),
+        ("a\\b", ": or \\"),
+        ("C:\\x", ": or \\"),
+        ("C:x", ": or \\"),
+        ("file.txt:stream", ": or \\"),
+        ("a\x00", "control or format"),
+        ("a\nb", "control or format"),
+        ("a\x7fb", "control or format"),  # DEL (Cc)
+        ("a\x85b", "control or format"),  # NEL (Cc)
+        ("invoice\u202egnp.exe", "control or format"),  # RIGHT-TO-LEFT OVERRIDE (Cf)
+        ("a\u2066b\u2069", "control or format"),  # bidi isolates (Cf)
+        ("a\u200bb", "control or format"),  # ZERO WIDTH SPACE (Cf)
+        ("\ufeffa", "control or format"),  # BOM (Cf)
+    ],
+)
+def test_clean_name_refuses_anything_but_one_plain_name(name: str, why: str) -> None:
     with pytest.raises(UploadError) as info:
         clean_name(name)
     assert info.value.status == 400
+    assert why in info.value.detail
 
 
 @pytest.mark.parametrize(
@@ -68,6 +106,7 @@ def test_clean_name_refuses_anything_but_one_file(name: str) -> None:
         ("a//b", "/a/b"),
         ("/.config", "/.config"),
         ("a..b/c", "/a..b/c"),
+        ("/cafe\u0301/x", "/café/x"),
     ],
 )
 def test_clean_folder_normalises(given: str | None, folder: str) -> None:
@@ -75,7 +114,22 @@ def test_clean_folder_normalises(given: str | None, folder: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["..", "../x", "/a/../b", "a/./b", ".", "a\\b", "a\x00b", "a\tb", "/" + "x" * 1024]
+    "path",
+    [
+        "..",
+        "../x",
+        "/a/../b",
+        "a/./b",
+        ".",
+        "a\\b",
+        "a\x00b",
+        "a\tb",
+        "/" + "x" * 1024,
+        "C:/x",
+        "/a:b",
+        "/a\u202eb",
+        "/a\u200d",
+    ],
 )
 def test_clean_folder_refuses_traversal(path: str) -> None:
     with pytest.raises(UploadError) as info:

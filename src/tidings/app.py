@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
+from starlette.requests import Request
 
 from tidings import __version__
-from tidings.api import auth, dashboard, files, health, processes, projects
+from tidings.api import auth, dashboard, docs, files, health, processes, projects, validation
 from tidings.api.deps import Services
 from tidings.broker import create_broker
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
+from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
 from tidings.metrics import Metrics
 from tidings.models import User
@@ -77,18 +80,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await broker.disconnect()
             await db.dispose()
 
-    app = FastAPI(
+    app = docs.create_fastapi(
+        settings.docs,
         title="tidings",
         version=__version__,
         description="Projects, files and processes over REST; every change live over /ws.",
         lifespan=lifespan,
     )
     app.state.services = services
+    validation.install(app)
+    app.add_middleware(SecurityHeaders)
+    # Starlette answers an unhandled error outside every middleware: give it the header too.
+    app.add_exception_handler(Exception, _internal_error)
     for module in (health, auth, projects, files, processes):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
     dashboard.mount(app)
     return app
+
+
+async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse:
+    return PlainTextResponse(
+        "Internal Server Error", 500, headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 def create_app_from_env() -> FastAPI:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     )
     metrics_token: str = Field(default="", description="if set, /metrics needs this bearer")
     create_admin: bool = Field(default=True, description="create `admin` on first start")
+    docs: bool = Field(default=True, description="serve the API docs at /docs and /redoc")
 
     # Real-time
     broker_url: str = "memory://"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,21 +34,44 @@ class UploadError(Exception):
         self.detail = detail
 
 
+def _refused(text: str) -> str | None:
+    """Why ``text`` cannot be part of a file's name or folder, or None if it can.
+
+    Control and format characters (Unicode Cc and Cf: NUL, newlines, zero-width and bidi
+    overrides …) make a name display as something it is not; ``:`` is a drive or stream
+    separator on Windows; a backslash is a separator there too.
+    """
+    if ":" in text or "\\" in text:
+        return "must not contain : or \\"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in text):
+        return "must not contain control or format characters (such as bidi overrides)"
+    return None
+
+
 def clean_name(name: str) -> str:
-    """A file name as given, or UploadError(400) if it could name anything but one file."""
+    """A file name in NFC, or UploadError(400) if it could name anything but one file or
+    holds a character :func:`_refused` names. Composed and decomposed spellings of one
+    name are one name (so the second upload of ``café`` is a conflict)."""
+    name = unicodedata.normalize("NFC", name)
     if not name or name in (".", "..") or len(name) > MAX_NAME_LENGTH:
         raise UploadError(400, "file name must be 1-255 characters and not . or ..")
-    if any(c in name for c in "/\\\x00") or any(ord(c) < 32 for c in name):
-        raise UploadError(400, "file name must not contain slashes or control characters")
+    if "/" in name:
+        raise UploadError(400, "file name must not contain slashes")
+    why = _refused(name)
+    if why:
+        raise UploadError(400, f"file name {why}")
     return name
 
 
 def clean_folder(path: str | None) -> str:
-    """Normalise a folder path inside a project to ``/a/b`` form; refuse traversal."""
+    """Normalise a folder path inside a project to ``/a/b`` form in NFC; refuse traversal
+    and what :func:`clean_name` refuses in a name."""
     if path is None or path.strip() == "":
         return "/"
-    if "\x00" in path or "\\" in path or any(ord(c) < 32 for c in path):
-        raise UploadError(400, "path must not contain backslashes or control characters")
+    path = unicodedata.normalize("NFC", path)
+    why = _refused(path)
+    if why:
+        raise UploadError(400, f"path {why}")
     parts = [p for p in path.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise UploadError(400, "path must not contain . or .. segments")

@@ -20,6 +20,7 @@ from tidings.api.schemas import (
     TokenOut,
     UserOut,
 )
+from tidings.api.validation import Id
 from tidings.auth import COOKIE_NAME, revoke, set_password
 from tidings.models import ApiToken, AuthSession, User
 from tidings.proxies import client_address
@@ -180,7 +181,7 @@ async def list_tokens(user: CurrentUser, app: App) -> Any:
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_token(token_id: str, user: CurrentUser, app: App) -> None:
+async def delete_token(token_id: Id, user: CurrentUser, app: App) -> None:
     async with app.db.read() as session:
         found = await session.scalar(
             select(ApiToken.id).where(

@@ -14,7 +14,14 @@ from starlette.requests import ClientDisconnect
 from tidings.access import visible_project
 from tidings.api.deps import App, CurrentUser, not_found
 from tidings.api.schemas import FileOut, FilePage, file_event, file_out
-from tidings.assets import asset_type, content_type_for
+from tidings.api.validation import Id
+from tidings.assets import (
+    InvalidContentType,
+    asset_type,
+    content_type_for,
+    download_headers,
+    served_type,
+)
 from tidings.db import after_commit
 from tidings.events import FILE_DELETED, FILE_UPLOADED
 from tidings.models import File, new_id
@@ -48,7 +55,7 @@ MULTIPART_OVERHEAD = 64 * 1024
         }
     },
 )
-async def upload_file(project_id: str, request: Request, user: CurrentUser, app: App) -> Any:
+async def upload_file(project_id: Id, request: Request, user: CurrentUser, app: App) -> Any:
     """Upload one file (multipart field ``file``, optional field ``path``, default ``/``).
 
     Streamed to disk while hashing; the size limit applies as bytes arrive. A failed or
@@ -96,6 +103,8 @@ async def upload_file(project_id: str, request: Request, user: CurrentUser, app:
             app.storage.place(upload, project_id, file_id)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
+    except InvalidContentType as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     except IntegrityError:
         app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
         raise HTTPException(
@@ -111,7 +120,7 @@ async def upload_file(project_id: str, request: Request, user: CurrentUser, app:
 
 @router.get("", response_model=FilePage)
 async def list_files(
-    project_id: str,
+    project_id: Id,
     user: CurrentUser,
     app: App,
     path: str | None = Query(default=None, description="only files in this folder"),
@@ -147,26 +156,27 @@ async def _visible_file(app: App, user_id: str, project_id: str, file_id: str) -
 
 
 @router.get("/{file_id}", response_model=FileOut)
-async def get_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> Any:
+async def get_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> Any:
     return file_out(await _visible_file(app, user.user_id, project_id, file_id))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
-async def download_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> Any:
+async def download_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> Any:
     file = await _visible_file(app, user.user_id, project_id, file_id)
     path = app.storage.file_path(project_id, file.id)
     if not path.is_file():
         raise HTTPException(status.HTTP_410_GONE, "file content is missing from storage")
+    # Served as an attachment with an allow-listed type: an uploaded page or SVG must not
+    # run as this origin in a browser that opens the link.
     return FileResponse(
         path,
-        media_type=file.content_type,
-        filename=file.name,
-        headers={"X-Content-SHA256": file.sha256},
+        media_type=served_type(file.content_type),
+        headers=download_headers(file.name) | {"X-Content-SHA256": file.sha256},
     )
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_file(project_id: str, file_id: str, user: CurrentUser, app: App) -> None:
+async def delete_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> None:
     async with app.db.write() as session:
         if await visible_project(session, user.user_id, project_id, for_update=True) is None:
             raise not_found()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -14,6 +15,8 @@ from sqlalchemy import func, select
 from tidings.access import visible_project
 from tidings.api.deps import App, CurrentUser, current_user, not_found
 from tidings.api.schemas import Body
+from tidings.api.validation import Id, PathFileName
+from tidings.assets import download_headers, served_type
 from tidings.auth import bearer_token
 from tidings.models import Process
 from tidings.processes import KINDS, Busy, Conflict, NotFound, ProcessOut, Status, process_out
@@ -96,7 +99,7 @@ async def _visible_process(app: App, user_id: str, project_id: str, process_id: 
 
 
 @router.post("", response_model=NewProcessOut, status_code=status.HTTP_202_ACCEPTED)
-async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app: App) -> Any:
+async def start_process(project_id: Id, body: ProcessIn, user: CurrentUser, app: App) -> Any:
     """Start a process. Built-in kinds answer ``queued`` and run when a slot is free;
     ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``,
     with a ``worker_token`` for them (shown once). 429 when the project already has
@@ -129,7 +132,7 @@ async def start_process(project_id: str, body: ProcessIn, user: CurrentUser, app
 
 @router.get("", response_model=ProcessPage)
 async def list_processes(
-    project_id: str,
+    project_id: Id,
     user: CurrentUser,
     app: App,
     status_: Annotated[Status | None, Query(alias="status")] = None,
@@ -157,12 +160,12 @@ async def list_processes(
 
 
 @router.get("/{process_id}", response_model=ProcessOut)
-async def get_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def get_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     return process_out(await _visible_process(app, user.user_id, project_id, process_id))
 
 
 @router.delete("/{process_id}", response_model=ProcessOut)
-async def cancel_process(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def cancel_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """Cancel a queued or running process; answers once it has stopped (``cancelled``).
     409 if it had already finished."""
     await _visible_process(app, user.user_id, project_id, process_id)
@@ -176,7 +179,7 @@ async def cancel_process(project_id: str, process_id: str, user: CurrentUser, ap
 
 
 @router.get("/{process_id}/result", response_class=FileResponse)
-async def download_result(project_id: str, process_id: str, user: CurrentUser, app: App) -> Any:
+async def download_result(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """The artefact of a succeeded process that makes one (``export``: the zip)."""
     process = await _visible_process(app, user.user_id, project_id, process_id)
     kind = KINDS.get(process.kind)
@@ -187,7 +190,7 @@ async def download_result(project_id: str, process_id: str, user: CurrentUser, a
 
 @router.get("/{process_id}/result/{name}", response_class=FileResponse)
 async def download_result_file(
-    project_id: str, process_id: str, name: str, user: CurrentUser, app: App
+    project_id: Id, process_id: Id, name: PathFileName, user: CurrentUser, app: App
 ) -> Any:
     """One named output file of a succeeded process (``thumbnails``: ``<file id>.<ext>``)."""
     process = await _visible_process(app, user.user_id, project_id, process_id)
@@ -205,11 +208,15 @@ def _serve(app: App, process: Process, name: str) -> FileResponse:
     path = app.processes.output(process.project_id, process.id, name)
     if path is None:
         raise not_found("result file")
-    media = "application/zip" if name.endswith(".zip") else None
-    return FileResponse(path, media_type=media, filename=name)
+    guessed, _ = mimetypes.guess_type(name)
+    return FileResponse(
+        path,
+        media_type=served_type(guessed or "application/octet-stream"),
+        headers=download_headers(name),
+    )
 
 
-async def process_driver(project_id: str, process_id: str, request: Request, app: App) -> None:
+async def process_driver(project_id: Id, process_id: Id, request: Request, app: App) -> None:
     """Who may report on a process: its worker token, or the user who started it.
 
     A worker token is good for its own process only, and only while it is queued or
@@ -249,7 +256,7 @@ Driver = Depends(process_driver)
 @router.post(
     "/{process_id}/progress", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Driver]
 )
-async def report_progress(project_id: str, process_id: str, body: ProgressIn, app: App) -> Response:
+async def report_progress(project_id: Id, process_id: Id, body: ProgressIn, app: App) -> Response:
     """An external worker's progress (0.0-1.0). 409 outside that range, for a finished
     process, or for a built-in kind (the server reports those itself)."""
     if not valid_fraction(body.progress):
@@ -264,7 +271,7 @@ async def report_progress(project_id: str, process_id: str, body: ProgressIn, ap
 
 
 @router.post("/{process_id}/complete", response_model=ProcessOut, dependencies=[Driver])
-async def complete_process(project_id: str, process_id: str, body: CompleteIn, app: App) -> Any:
+async def complete_process(project_id: Id, process_id: Id, body: CompleteIn, app: App) -> Any:
     """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``.
     The worker token stops working with it."""
     if body.result is not None and len(orjson.dumps(body.result)) > MAX_RESULT_BYTES:

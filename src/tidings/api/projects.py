@@ -20,6 +20,7 @@ from tidings.api.schemas import (
     ProjectPatch,
     project_out,
 )
+from tidings.api.validation import Id, PathUsername
 from tidings.db import after_commit
 from tidings.events import MEMBER_REMOVED, PROJECT_CREATED, PROJECT_DELETED, PROJECT_UPDATED
 from tidings.models import Member, Project, User
@@ -77,7 +78,7 @@ async def list_projects(user: CurrentUser, app: App) -> Any:
 
 
 @router.get("/{project_id}", response_model=ProjectOut)
-async def get_project(project_id: str, user: CurrentUser, app: App) -> Any:
+async def get_project(project_id: Id, user: CurrentUser, app: App) -> Any:
     async with app.db.read() as session:
         project = await visible_project(session, user.user_id, project_id)
         if project is None:
@@ -86,7 +87,7 @@ async def get_project(project_id: str, user: CurrentUser, app: App) -> Any:
 
 
 @router.patch("/{project_id}", response_model=ProjectOut)
-async def update_project(project_id: str, body: ProjectPatch, user: CurrentUser, app: App) -> Any:
+async def update_project(project_id: Id, body: ProjectPatch, user: CurrentUser, app: App) -> Any:
     async with app.db.write() as session:
         project = await visible_project(session, user.user_id, project_id, for_update=True)
         if project is None:
@@ -102,7 +103,7 @@ async def update_project(project_id: str, body: ProjectPatch, user: CurrentUser,
 
 
 @router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_project(project_id: str, user: CurrentUser, app: App) -> None:
+async def delete_project(project_id: Id, user: CurrentUser, app: App) -> None:
     async with app.db.write() as session:
         project = await visible_project(session, user.user_id, project_id, for_update=True)
         if project is None:
@@ -129,7 +130,7 @@ async def _owned_project(session: AsyncSession, user_id: str, project_id: str) -
 
 
 @router.get("/{project_id}/members", response_model=list[MemberOut])
-async def list_members(project_id: str, user: CurrentUser, app: App) -> Any:
+async def list_members(project_id: Id, user: CurrentUser, app: App) -> Any:
     async with app.db.read() as session:
         project = await visible_project(session, user.user_id, project_id)
         if project is None:
@@ -147,7 +148,7 @@ async def list_members(project_id: str, user: CurrentUser, app: App) -> Any:
 
 
 @router.post("/{project_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
-async def add_member(project_id: str, body: MemberIn, user: CurrentUser, app: App) -> Any:
+async def add_member(project_id: Id, body: MemberIn, user: CurrentUser, app: App) -> Any:
     async with app.db.write() as session:
         project = await _owned_project(session, user.user_id, project_id)
         target = await session.scalar(select(User).where(User.username == body.username))
@@ -164,7 +165,9 @@ async def add_member(project_id: str, body: MemberIn, user: CurrentUser, app: Ap
 
 
 @router.delete("/{project_id}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_member(project_id: str, username: str, user: CurrentUser, app: App) -> None:
+async def remove_member(
+    project_id: Id, username: PathUsername, user: CurrentUser, app: App
+) -> None:
     """The owner removes a member, or a member leaves (``username`` is their own). Their
     subscriptions to the project end at once (``access_revoked``). The owner cannot be
     removed: 409."""

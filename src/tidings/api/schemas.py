@@ -5,14 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tidings.api.validation import check_json
 from tidings.models import File, Project
 from tidings.settings import MiB
 
 
 class Body(BaseModel):
+    """Base of every JSON request body.
+
+    Before any field is read, the whole body passes :func:`check_json`: no NUL or unpaired
+    surrogate in any key or string, integers within 64 bits, finite floats, at most 32
+    levels of nesting. So no endpoint hands the database or the event encoder a value it
+    cannot store (a 422 instead of a 500), whatever its own fields are.
+    """
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_json(data)
+        return data
 
 
 class LoginIn(Body):

@@ -14,6 +14,28 @@ ARCHIVE = "export.zip"
 _ZIP64_THRESHOLD = 0x7FFF_FFFF
 
 
+def member_name(location: str, taken: set[str], fallback: str) -> str:
+    """A zip member name for a file at ``location`` that no unzip tool places outside the
+    folder it extracts into: relative, ``/``-separated, with no empty, ``.`` or ``..``
+    segment and no ``:`` (a drive letter or stream on Windows), and not in ``taken`` (it
+    is added there). Rows stored before uploads were checked may hold any of these.
+    ``fallback`` (the file's id) names what has nothing left, and tells duplicates apart.
+    """
+    # zipfile would cut a name at a NUL, which could leave a bare "..".
+    parts = location.replace("\\", "/").replace(":", "_").replace("\x00", "_").split("/")
+    name = "/".join(p for p in parts if p not in ("", ".", "..")) or fallback
+    stem, dot, ext = name.rpartition(".")
+    if not (dot and stem and not stem.endswith("/") and "/" not in ext):
+        stem, dot, ext = name, "", ""
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        label = fallback if n == 1 else f"{fallback} {n}"
+        candidate = f"{stem} ({label}){dot}{ext}"
+    taken.add(candidate)
+    return candidate
+
+
 def run(work: Work) -> dict[str, Any]:
     """Write ``export.zip`` (via a ``.part`` file renamed at the end) into ``out_dir``.
 
@@ -26,6 +48,7 @@ def run(work: Work) -> dict[str, Any]:
     target = work.out_dir / ARCHIVE
     part = target.with_name(ARCHIVE + ".part")
     missing: list[dict[str, str]] = []
+    taken: set[str] = set()
     count = 0
     with zipfile.ZipFile(part, "w", compression=method, allowZip64=True) as archive:
         for index, file in enumerate(work.files, 1):
@@ -41,7 +64,8 @@ def run(work: Work) -> dict[str, Any]:
             with source:
                 stat = os.fstat(source.fileno())
                 info = zipfile.ZipInfo(
-                    file.location, datetime.fromtimestamp(stat.st_mtime).timetuple()[:6]
+                    member_name(file.location, taken, file.id),
+                    datetime.fromtimestamp(stat.st_mtime).timetuple()[:6],
                 )
                 info.compress_type = method
                 info.file_size = stat.st_size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from PIL import Image
@@ -10,10 +9,22 @@ from PIL import Image
 from tidings.processes.work import Work
 
 _EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+# The formats Pillow may open here: common raster images, decoded by Pillow itself. Any
+# other (EPS would run Ghostscript, for one) is a skipped file, whatever its extension.
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# Larger images are skipped before a pixel is decoded: a 50-megapixel RGB image already
+# takes 150 MB to decode, and a few hundred bytes of PNG can claim far more.
+MAX_PIXELS = 50_000_000
+
+
+class TooLarge(Exception):
+    """An image whose header claims more than :data:`MAX_PIXELS` pixels."""
 
 
 def run(work: Work) -> dict[str, Any]:
-    """Write ``<file id>.<ext>`` per image into ``out_dir``; unreadable images are skipped.
+    """Write ``<file id>.<ext>`` per image into ``out_dir``; any image that cannot be read
+    (unsupported format, corrupt, or over :data:`MAX_PIXELS`) is listed as skipped with
+    the reason, and the others are still made.
 
     Progress counts the source bytes of each image once it is done (Pillow reads a file
     in one go, so there is no finer grain). Non-image files are ignored.
@@ -30,18 +41,28 @@ def run(work: Work) -> dict[str, Any]:
         progress.check()
         name = f"{file.id}.{ext}"
         try:
-            with warnings.catch_warnings():
-                # A huge image is a skipped image, not a crash of the whole process.
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(file.disk_path) as source:
-                    source.draft("RGB", (params.size, params.size))
-                    image: Image.Image = source
-                    image.thumbnail((params.size, params.size))
-                    if params.format == "jpeg" and image.mode not in ("RGB", "L"):
-                        image = image.convert("RGB")
-                    image.save(work.out_dir / name, format=params.format.upper())
-                    width, height = image.size
-        except (OSError, ValueError, Image.DecompressionBombError, Warning) as exc:
+            # Image.open reads only the header; the size check comes before any decoding.
+            # Pillow's own bomb check (a warning, then an error, past its global limit)
+            # still applies: both are caught below, without touching its global settings
+            # or the process-wide warning filters.
+            with Image.open(file.disk_path, formats=FORMATS) as source:
+                width, height = source.size
+                if width * height > MAX_PIXELS:
+                    raise TooLarge(f"image has {width}x{height} pixels, over {MAX_PIXELS}")
+                source.draft("RGB", (params.size, params.size))
+                image: Image.Image = source
+                image.thumbnail((params.size, params.size))
+                if params.format == "jpeg" and image.mode not in ("RGB", "L"):
+                    image = image.convert("RGB")
+                image.save(work.out_dir / name, format=params.format.upper())
+                width, height = image.size
+        except (
+            OSError,
+            ValueError,
+            TooLarge,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as exc:
             skipped.append({"id": file.id, "path": file.location, "reason": str(exc)[:200]})
         else:
             made.append(
