@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -108,3 +109,16 @@ async def test_text_frames_must_be_utf8(server: ServerThread) -> None:
     ws.transport.write(bytes((0x81, 0x80 | 1, 0, 0, 0, 0)) + b"\xff")
     assert await closed_with(ws) == 1007
     await eventually(lambda: not server.services.hub.connections)
+
+
+async def test_the_close_timeout_setting_reaches_the_transport(make_server) -> None:
+    """On shutdown the transport closes every socket with 1012 and drops a peer that does
+    not answer within TIDINGS_WS_CLOSE_TIMEOUT, not the transport's default of 10 s (the
+    setting travels in the lifespan state)."""
+    srv = make_server(ws_close_timeout=0.2)
+    alice = await create_user(srv.settings, "alice")
+    ws = await connected(srv, alice)
+    ws.transport.pause_reading()  # the close frame is never read, so never answered
+    started = time.monotonic()
+    await srv.stop_async()
+    assert time.monotonic() - started < 5.0

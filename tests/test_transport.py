@@ -73,7 +73,7 @@ async def test_accept_with_subprotocol_headers_and_the_asgi_scope() -> None:
     assert (b"host", b"127.0.0.1:8000") in scope["headers"]
     assert (b"sec-websocket-protocol", b"tidings.v1, other") in scope["headers"]
     assert scope["subprotocols"] == ["tidings.v1", "other"]
-    assert scope["state"] == state and scope["state"] is not state
+    assert scope["state"]["flag"] == 1 and scope["state"] is not state
     assert scope["extensions"] == {"websocket.http.response": {}, EXTENSION: peer.proto}
 
 

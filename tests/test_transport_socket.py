@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import pickle
-import subprocess
-import sys
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +23,11 @@ from tests.transport_peer import (
     until,
 )
 from tidings import Settings
+from tidings.app import lifespan_state
 from tidings.frames import Frame as EventFrame
 from tidings.server import uvicorn_options
 from tidings.sockets import EXTENSION, SocketClosed
-from tidings.transport import TransportOptions, WebSocketTransport
+from tidings.transport import OPTIONS_KEY, TransportOptions, WebSocketTransport
 
 # -- detaching ----------------------------------------------------------------------------
 
@@ -275,24 +274,9 @@ async def test_shutdown_while_the_app_sends_a_denial_response() -> None:
 # -- configuration ------------------------------------------------------------------------
 
 
-def test_uvicorn_gets_a_class_that_carries_the_settings() -> None:
-    settings = Settings(ws_close_timeout=3.5)
-    cls = uvicorn_options(settings)["ws"]
-    assert issubclass(cls, WebSocketTransport) and cls.options.close_timeout == 3.5
-    assert uvicorn_options(settings)["ws"] is cls  # one class per configuration
-    assert WebSocketTransport.configured(TransportOptions(close_timeout=1)) is not cls
-    assert pickle.loads(pickle.dumps(cls)) is cls
-    assert pickle.loads(pickle.dumps(WebSocketTransport)) is WebSocketTransport
-
-
-def test_the_configured_class_survives_the_copy_into_a_worker_process() -> None:
-    """uvicorn pickles its config, ``ws=`` class included, into each worker process."""
-    cls = WebSocketTransport.configured(TransportOptions(close_timeout=7.25))
-    script = (
-        "import pickle, sys; cls = pickle.loads(sys.stdin.buffer.read()); "
-        "print(cls.__mro__[1].__module__, cls.options.close_timeout)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], input=pickle.dumps(cls), capture_output=True, check=True
-    )
-    assert out.stdout.decode().split() == ["tidings.transport", "7.25"]
+def test_the_app_hands_its_close_timeout_to_the_transport(tmp_path: Path) -> None:
+    """uvicorn gives a ``ws=`` class only its own config: the close timeout travels in the
+    lifespan state, which uvicorn passes to every protocol it makes."""
+    settings = Settings(data_dir=tmp_path, ws_close_timeout=3.5)
+    assert uvicorn_options(settings)["ws"] is WebSocketTransport
+    assert lifespan_state(settings)[OPTIONS_KEY] == TransportOptions(close_timeout=3.5)

@@ -17,7 +17,7 @@ from websockets.uri import parse_uri
 
 from tests.conftest import TIMEOUT
 from tidings.sockets import EXTENSION, DetachableSocket
-from tidings.transport import TransportOptions, WebSocketTransport
+from tidings.transport import OPTIONS_KEY, TransportOptions, WebSocketTransport
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 DATE = (b"date", b"Thu, 01 Jan 2026 00:00:00 GMT")
@@ -103,8 +103,10 @@ class Peer:
         cfg.load()  # as uvicorn does before serving
         self.server_state = ServerState()
         self.server_state.default_headers = [DATE, (b"server", b"tidings-test")]
-        cls = WebSocketTransport.configured(options or TransportOptions(close_timeout=TIMEOUT))
-        self.proto = cls(config=cfg, server_state=self.server_state, app_state=app_state or {})
+        state = {OPTIONS_KEY: options or TransportOptions(close_timeout=TIMEOUT)}
+        self.proto = WebSocketTransport(
+            config=cfg, server_state=self.server_state, app_state=state | (app_state or {})
+        )
         self.transport = FakeTransport(
             extra
             if extra is not None

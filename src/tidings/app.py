@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -26,6 +27,7 @@ from tidings.security import Passwords, hash_password, new_password
 from tidings.settings import Settings
 from tidings.storage import Storage
 from tidings.throttle import LoginThrottle
+from tidings.transport import OPTIONS_KEY, TransportOptions
 from tidings.ws import websocket_endpoint
 
 logger = logging.getLogger("tidings")
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         storage.prepare()
         await migrate(db.engine)
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lambda: sum(c.queue.nbytes for c in hub.connections.values()),
         )
         try:
-            yield
+            yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:
             await services.processes.stop()
             await hub.stop()
@@ -103,6 +105,11 @@ async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse
     return PlainTextResponse(
         "Internal Server Error", 500, headers={"X-Content-Type-Options": "nosniff"}
     )
+
+
+def lifespan_state(settings: Settings) -> dict[str, Any]:
+    """What the lifespan shares with the server: the transport's options."""
+    return {OPTIONS_KEY: TransportOptions(close_timeout=settings.ws_close_timeout)}
 
 
 def create_app_from_env() -> FastAPI:

@@ -11,19 +11,17 @@ from typing import Any
 import uvicorn
 
 from tidings.settings import Settings
-from tidings.transport import TransportOptions, WebSocketTransport
+from tidings.transport import WebSocketTransport
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options tidings needs, whoever starts the server (CLI, tests, benchmarks).
 
-    ``ws`` is :class:`WebSocketTransport` configured with the settings uvicorn has no
-    option for (the close timeout); it survives uvicorn's copy into worker processes.
+    ``ws`` is :class:`WebSocketTransport`; the settings uvicorn has no option for (the
+    close timeout) reach it through the app's lifespan state (see ``create_app``).
     """
     return {
-        "ws": WebSocketTransport.configured(
-            TransportOptions(close_timeout=settings.ws_close_timeout)
-        ),
+        "ws": WebSocketTransport,
         "ws_per_message_deflate": False,  # encode once for everyone: no per-socket compression
         "ws_max_size": settings.ws_max_message_bytes,
         "ws_ping_interval": settings.ws_ping_interval,

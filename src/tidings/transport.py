@@ -27,15 +27,13 @@ tidings encodes each event once for every recipient.
 from __future__ import annotations
 
 import asyncio
-import copyreg
 import enum
-import functools
 import http
 import logging
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import unquote
 
 from websockets.datastructures import Headers
@@ -59,10 +57,19 @@ ABNORMAL = 1006  # the connection ended without a closing handshake (never sent 
 
 @dataclass(frozen=True)
 class TransportOptions:
-    """What tidings configures beyond uvicorn's own ``ws_*`` options."""
+    """What tidings configures beyond uvicorn's own ``ws_*`` options.
+
+    uvicorn gives a ``ws=`` class nothing but its own config, so the app hands these over
+    in its lifespan state, under :data:`OPTIONS_KEY` (``create_app`` does): the state
+    reaches every protocol uvicorn makes, in every worker process.
+    """
 
     close_timeout: float = 10.0
     """Seconds a peer has to complete the closing handshake before it is dropped."""
+
+
+OPTIONS_KEY = "tidings.transport"
+DEFAULTS = TransportOptions()
 
 
 class Phase(enum.IntEnum):
@@ -76,27 +83,14 @@ class Phase(enum.IntEnum):
     CLOSED = 5  # the TCP connection is gone
 
 
-class _TransportClass(type):
-    """Metaclass of the transport, so that configured subclasses can be pickled.
-
-    uvicorn copies its config, ``ws=`` class included, into worker processes by pickling;
-    a class made at run time by :meth:`WebSocketTransport.configured` is pickled as a call
-    that makes it again from its options (see ``copyreg`` at the end of this module).
-    """
-
-    options: TransportOptions
-
-
-class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
+class WebSocketTransport(asyncio.Protocol):
     """One WebSocket connection, from uvicorn's upgrade to the end of its TCP connection.
 
     uvicorn constructs it with ``config``, ``server_state`` and ``app_state``, calls
     :meth:`connection_made`, replays the upgrade request through :meth:`data_received`,
-    and calls :meth:`shutdown` when the server stops. Use :meth:`configured` to get a
-    class carrying tidings' :class:`TransportOptions`.
+    and calls :meth:`shutdown` when the server stops. Its :class:`TransportOptions` come
+    from the lifespan state (``app_state``).
     """
-
-    options: ClassVar[TransportOptions] = TransportOptions()
 
     __slots__ = (
         "_app_state",
@@ -112,6 +106,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         "_keepalive",
         "_message",
         "_message_text",
+        "_options",
         "_phase",
         "_ping_payload",
         "_read_paused",
@@ -123,17 +118,13 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
         "_writable",
     )
 
-    @classmethod
-    def configured(cls, options: TransportOptions) -> type[WebSocketTransport]:
-        """This class with ``options``: what ``uvicorn_options`` passes as ``ws=``."""
-        return _configured(options)
-
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
     ) -> None:
         self._config = config
         self._server_state = server_state
         self._app_state: dict[str, Any] | None = app_state  # copied into the scope, then let go
+        self._options: TransportOptions = app_state.get(OPTIONS_KEY, DEFAULTS)
         self._transport: asyncio.Transport | None = None
         self._conn = ServerProtocol(max_size=config.ws_max_size)  # no extensions: no deflate
         self._phase = Phase.REQUEST
@@ -643,7 +634,7 @@ class WebSocketTransport(asyncio.Protocol, metaclass=_TransportClass):
     def _arm_closer(self) -> None:
         if self._closer is None and self._phase is not Phase.CLOSED:
             loop = asyncio.get_running_loop()
-            self._closer = loop.call_later(self.options.close_timeout, self._close_timed_out)
+            self._closer = loop.call_later(self._options.close_timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
         self._closer = None
@@ -710,19 +701,3 @@ def _address(info: object) -> tuple[str, int | None] | None:
     if isinstance(info, str) and info:
         return info, None
     return None
-
-
-@functools.cache
-def _configured(options: TransportOptions) -> type[WebSocketTransport]:
-    name = WebSocketTransport.__name__
-    namespace = {"options": options, "__slots__": (), "__module__": __name__, "__qualname__": name}
-    return cast(type[WebSocketTransport], _TransportClass(name, (WebSocketTransport,), namespace))
-
-
-def _pickle_class(cls: _TransportClass) -> str | tuple[Any, ...]:
-    if cls is WebSocketTransport:
-        return cls.__qualname__  # by name, as any class
-    return (_configured, (cls.options,))
-
-
-copyreg.pickle(_TransportClass, _pickle_class)
