@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -135,7 +136,6 @@ class ServerThread:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            proxy_headers=False,  # as `tidings serve`: tidings reads forwarding headers itself
             **(uvicorn_options(self.settings) | self.uvicorn_changes),
         )
         self._server = uvicorn.Server(config)
@@ -419,3 +419,63 @@ def stored_files(settings: Settings) -> list[Path]:
     """Every regular file under the storage root, the temp dir included."""
     root = settings.files_dir
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+# -- `tidings serve` in a subprocess ----------------------------------------------------
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+
+
+class Serve:
+    """``tidings serve`` in a subprocess; its output collected line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.lines: list[str] = []
+
+    async def read_until(self, needle: str) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(TIMEOUT * 3):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"{needle!r} never printed:\n" + "".join(self.lines))
+                line = raw.decode()
+                self.lines.append(line)
+                if needle in line:
+                    return line
+
+    async def stop(self) -> str:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        out, _ = await asyncio.wait_for(self.proc.communicate(), TIMEOUT * 3)
+        return "".join(self.lines) + out.decode()
+
+
+def free_port() -> int:
+    """A port for a server in another process (which cannot take a bound socket from us)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serve(data_dir: Path, **settings: str) -> Serve:
+    """Start ``tidings serve`` on a free port with ``TIDINGS_*`` settings from keywords."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env["TIDINGS_DATA_DIR"] = str(data_dir)
+    env.update({f"TIDINGS_{key.upper()}": value for key, value in settings.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = await asyncio.create_subprocess_exec(
+        TIDINGS,
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    return Serve(proc, f"http://127.0.0.1:{port}")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
+import httpx
+import orjson
+import pytest
 import websockets
 
 from tests.conftest import (
@@ -18,11 +22,14 @@ from tests.conftest import (
     eventually,
     recv_until,
     send,
+    serve,
     subscribe,
     ws_connect,
 )
+from tidings import Settings
 
 EVENT_BYTES = 256 * 1024
+MiB_TEXT = 1024 * 1024 - 16  # a description just under the 1 MiB limit
 
 
 def slow_consumer_closes(server: ServerThread) -> float:
@@ -139,3 +146,66 @@ async def test_progress_coalesces_for_a_slow_reader(server: ServerThread, alice,
     assert len(seen) < published  # queued updates were coalesced, not all delivered
     await send(ws, {"type": "ping"})
     assert (await recv_until(ws, lambda m: m["type"] == "pong"))["type"] == "pong"
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(300)
+async def test_replays_to_clients_that_never_read_stay_bounded(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A member logs 40 events of 1 MiB, then opens sockets that subscribe from 0 and
+    never read: each replay reads the log only as fast as its connection's queue drains,
+    in pages bounded by bytes, so five of them cost the server tens of MiB at most (not
+    a 500-event page each), while a reading client gets all 40 in order."""
+    node = await serve(
+        tmp_path / "data",
+        database_url=database_url,
+        create_admin="false",
+        ws_max_connections_per_user="100",
+    )
+    try:
+        await node.read_until("Uvicorn running on")
+        settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+        alice = await create_user(settings, "alice")
+        async with httpx.AsyncClient(
+            base_url=node.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=TIMEOUT
+        ) as client:
+            pid = (await client.post("/api/projects", json={"name": "big"})).json()["id"]
+            for i in range(40):
+                body = {"description": f"{i:04d}" + "x" * MiB_TEXT}
+                assert (await client.patch(f"/api/projects/{pid}", json=body)).status_code == 200
+        gc_settle = rss_bytes(node.proc.pid)
+        url = node.url.replace("http", "ws") + "/ws"
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        stalled = []
+        for _ in range(5):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(node.url.rsplit(":", 1)[1])))
+            ws = await websockets.connect(
+                url, sock=sock, additional_headers=headers, max_size=None, max_queue=None
+            )
+            await ws.send(orjson.dumps({"type": "subscribe", "project_id": pid, "since": 0}))
+            ws.transport.pause_reading()
+            stalled.append(ws)
+        reader = await websockets.connect(url, additional_headers=headers, max_size=None)
+        await reader.send(orjson.dumps({"type": "subscribe", "project_id": pid, "since": 0}))
+        seqs = []
+        async with asyncio.timeout(TIMEOUT * 6):
+            while len(seqs) < 41:
+                message = orjson.loads(await reader.recv())
+                if "seq" in message and message["type"] != "subscribed":
+                    seqs.append(message["seq"])
+        assert seqs == list(range(1, 42))
+        grown = rss_bytes(node.proc.pid) - gc_settle
+        assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.0f} MiB"
+        for ws in [reader, *stalled]:
+            ws.transport.abort()
+    finally:
+        await node.stop()

@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 
 from tests.conftest import (
     REDIS_URL,
+    TIDINGS,
     TIMEOUT,
     ServerThread,
     TestUser,
@@ -27,12 +27,11 @@ from tests.conftest import (
     recv_until,
     require_service,
     send,
+    serve,
     ws_connect,
 )
 from tidings import Settings
 from tidings.cli import main
-
-TIDINGS = str(Path(sys.executable).with_name("tidings"))
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
@@ -217,60 +216,6 @@ async def test_tokens_create_expires_in(
         async with asyncio.timeout(TIMEOUT):
             while (await client.get("/api/auth/me")).status_code != 401:
                 await asyncio.sleep(0.05)
-
-
-class Serve:
-    """``tidings serve`` in a subprocess; its output collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
-        self.proc = proc
-        self.url = url
-        self.lines: list[str] = []
-
-    async def read_until(self, needle: str) -> str:
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(TIMEOUT * 3):
-            while True:
-                raw = await self.proc.stdout.readline()
-                if not raw:
-                    raise AssertionError(f"{needle!r} never printed:\n" + "".join(self.lines))
-                line = raw.decode()
-                self.lines.append(line)
-                if needle in line:
-                    return line
-
-    async def stop(self) -> str:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        out, _ = await asyncio.wait_for(self.proc.communicate(), TIMEOUT * 3)
-        return "".join(self.lines) + out.decode()
-
-
-def free_port() -> int:
-    """A port for a server in another process (which cannot take a bound socket from us)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def serve(data_dir: Path, **settings: str) -> Serve:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env["TIDINGS_DATA_DIR"] = str(data_dir)
-    env.update({f"TIDINGS_{key.upper()}": value for key, value in settings.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = await asyncio.create_subprocess_exec(
-        TIDINGS,
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "info",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    return Serve(proc, f"http://127.0.0.1:{port}")
 
 
 @pytest.mark.timeout(120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tidings import Settings
 from tidings.codes import CLOSE_CODES, ERROR_CODES
 
 PROTOCOL_MD = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
@@ -32,3 +33,9 @@ def test_every_server_message_type_has_an_example() -> None:
     }  # fmt: skip
     for kind in types:
         assert f'{{"type": "{kind}"' in PROTOCOL_MD, kind
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`TIDINGS_{name.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README's table: {missing}"

@@ -19,7 +19,7 @@ from tidings.connection import Connection
 from tidings.db import Database, create_engine, migrate
 from tidings.events import PROJECT_CREATED, PROJECT_UPDATED, Envelope, EventLog
 from tidings.frames import Frame
-from tidings.hub import Hub
+from tidings.hub import Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
 from tidings.models import Project, User
@@ -186,3 +186,29 @@ async def test_replay_that_falls_behind_retention_restarts_unrecovered(world: Wo
     [later] = await world.change(watched, 1)
     world.hub.fan_out(later)
     await eventually(lambda: socket.messages[-1].get("seq") == 6)
+
+
+def test_expiries_report_each_credential_once_when_due() -> None:
+    expiries = Expiries()
+    expiries.add("a", 10.0)
+    expiries.add("b", 5.0)
+    expiries.add("c", 7.0)
+    assert expiries.due(4.0) == []
+    assert expiries.due(7.0) == ["b", "c"]
+    assert expiries.due(7.0) == []
+    expiries.discard("a")  # its last connection left
+    assert expiries.due(11.0) == []
+    expiries.add("a", 12.0)  # it came back, expiring later
+    expiries.add("a", 20.0)  # and again: only the newest expiry counts
+    assert expiries.due(15.0) == []
+    assert expiries.due(20.0) == ["a"]
+
+
+def test_expiries_compact_what_left() -> None:
+    expiries = Expiries()
+    for i in range(1000):
+        expiries.add(f"c{i}", 100.0 + i)
+        expiries.discard(f"c{i}")
+    expiries.add("kept", 50.0)
+    assert len(expiries) == 1 and expiries.pending() <= 2 * len(expiries) + 64
+    assert expiries.due(2000.0) == ["kept"]

@@ -16,8 +16,10 @@ def put(q: OutboundQueue[Item], name: str, key: str | None = None, size: int | N
     return q.put(Item(name, len(name) if size is None else size, key))
 
 
-def drain(q: OutboundQueue[Item], max_items: int | None = None) -> list[str]:
-    return [item.name for item in q.drain(max_items)]
+def drain(
+    q: OutboundQueue[Item], max_items: int | None = None, max_bytes: int | None = None
+) -> list[str]:
+    return [item.name for item in q.drain(max_items, max_bytes)]
 
 
 def test_fifo_and_accounting() -> None:
@@ -88,10 +90,15 @@ def test_partial_drains_skip_replaced_items_and_keep_coalescing() -> None:
     assert drain(q) == ["p4"]
 
 
-def test_oversized_frame_never_fits() -> None:
+def test_an_item_over_the_byte_budget_goes_only_into_an_empty_queue() -> None:
+    """Any single event can be delivered, however large; it just travels alone."""
     q: OutboundQueue[Item] = OutboundQueue(max_messages=10, max_bytes=10)
-    assert not put(q, "x" * 11)
-    assert len(q) == 0
+    assert put(q, "x" * 11)
+    assert not put(q, "y")
+    assert drain(q) == ["x" * 11]
+    assert put(q, "y")
+    assert not put(q, "z" * 11)
+    assert len(q) == 1
 
 
 def test_clear() -> None:
@@ -101,3 +108,15 @@ def test_clear() -> None:
     assert len(q) == 0 and q.nbytes == 0
     assert put(q, "b", key="k")
     assert drain(q) == ["b"]
+
+
+def test_drain_stops_at_a_byte_budget_but_takes_at_least_one() -> None:
+    q: OutboundQueue[Item] = OutboundQueue(max_messages=10, max_bytes=100)
+    for name in ("aaaa", "bbbb", "cccc"):
+        put(q, name)
+    assert drain(q, max_bytes=5) == ["aaaa", "bbbb"]  # stops once the budget is spent
+    assert drain(q, max_bytes=1) == ["cccc"]
+    put(q, "x" * 20)
+    put(q, "y")
+    assert drain(q, max_bytes=30) == ["x" * 20, "y"]  # all of it fits: handed over whole
+    assert q.nbytes == 0 and len(q) == 0

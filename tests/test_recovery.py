@@ -14,6 +14,7 @@ from tests.conftest import (
     create_user,
     recv,
     recv_until,
+    send,
     subscribe,
 )
 from tidings.broker.memory import MemoryBroker
@@ -98,3 +99,20 @@ async def test_resume_of_many_events_in_order(
     assert reply["recovered"] is True and reply["seq"] == 1201
     got = [await recv(ws) for _ in range(1201)]
     assert seqs(got) == list(range(1, 1202))
+
+
+async def test_replays_beyond_the_concurrency_wait_their_turn(make_server) -> None:
+    server = make_server(replay_concurrency=1)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as alice_api:
+        project = await create_project(alice_api)
+    pid = project["id"]
+    await commit_unpublished(server, pid, 1200)  # several pages each
+    sockets = [await connected(server, alice) for _ in range(4)]
+    for ws in sockets:
+        await send(ws, {"type": "subscribe", "project_id": pid, "since": 0})
+    for ws in sockets:
+        reply = await recv(ws)
+        assert reply["type"] == "subscribed" and reply["recovered"] is True
+        got = [await recv(ws) for _ in range(1201)]
+        assert seqs(got) == list(range(1, 1202))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+import websockets
 
 from tests.conftest import (
+    TIMEOUT,
     ServerThread,
     api,
     closed_with,
@@ -122,3 +126,25 @@ async def test_the_close_timeout_setting_reaches_the_transport(make_server) -> N
     started = time.monotonic()
     await srv.stop_async()
     assert time.monotonic() - started < 5.0
+
+
+async def test_connections_beyond_the_cap_get_503_before_the_upgrade(make_server) -> None:
+    """TIDINGS_MAX_CONNECTIONS bounds what idle or half-open TCP connections can hold."""
+    srv = make_server(max_connections=4)
+    alice = await create_user(srv.settings, "alice")
+    held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        async with api(srv) as client:
+            response = await client.get("/healthz")
+            assert response.status_code == 503
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await ws_connect(srv, alice)
+            assert refused.value.response.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    async with api(srv) as client:
+        async with asyncio.timeout(TIMEOUT):
+            while (await client.get("/healthz")).status_code != 200:
+                await asyncio.sleep(0.02)
+    await connected(srv, alice)

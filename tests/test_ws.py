@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -40,6 +41,7 @@ async def test_handshake(server: ServerThread, alice: TestUser) -> None:
     assert hello["protocol"] == 1
     assert isinstance(hello["client_id"], str) and hello["client_id"]
     assert RFC3339_MS.match(hello["timestamp"])
+    assert hello["expires_at"] is None  # the test token never expires
     await ws.close()
 
 
@@ -69,6 +71,50 @@ async def test_missing_or_invalid_credentials_close_4401(
 ) -> None:
     ws = await ws_connect(server, additional_headers=headers)
     assert await closed_with(ws) == 4401
+
+
+async def test_an_expiring_token_closes_its_sockets_with_4401(
+    server: ServerThread, alice: TestUser
+) -> None:
+    async with browser_session(server, alice) as browser:
+        created = await browser.post("/api/auth/tokens", json={"name": "brief", "expires_in": 2})
+        assert created.status_code == 201, created.text
+    token = created.json()
+    holder = TestUser(alice.id, "alice", alice.password, token["token"])
+    ws = await ws_connect(server, holder)
+    hello = await recv(ws)
+    announced = datetime.fromisoformat(hello["expires_at"])
+    assert abs(announced - datetime.fromisoformat(token["expires_at"])) < timedelta(seconds=0.001)
+    assert await closed_with(ws) == 4401  # soon after it expires, though it is idle
+    assert datetime.now(UTC) >= announced
+    assert await closed_with(await ws_connect(server, holder)) == 4401
+
+
+async def test_an_expiring_session_closes_its_sockets_with_4401(make_server) -> None:
+    srv = make_server(session_max_age=2)
+    alice = await create_user(srv.settings, "alice")
+    async with browser_session(srv, alice) as browser:
+        cookie = browser.cookies["tidings_session"]
+    ws = await ws_connect(srv, additional_headers={"Cookie": f"tidings_session={cookie}"})
+    hello = await recv(ws)
+    assert RFC3339_MS.match(hello["expires_at"])
+    assert await closed_with(ws) == 4401
+    again = await ws_connect(srv, additional_headers={"Cookie": f"tidings_session={cookie}"})
+    assert await closed_with(again) == 4401  # and it cannot come back
+
+
+async def test_connections_per_user_are_capped_with_1013(make_server) -> None:
+    srv = make_server(ws_max_connections_per_user=2)
+    alice = await create_user(srv.settings, "alice")
+    bob = await create_user(srv.settings, "bob")
+    held = [await connected(srv, alice) for _ in range(2)]
+    refused = await ws_connect(srv, alice)
+    assert await closed_with(refused) == 1013  # accepted, then closed: before any message
+    assert refused.close_reason == "too many connections for this user"
+    await connected(srv, bob)  # another user is not affected
+    await held[0].close()
+    await eventually(lambda: srv.services.hub.connections_of(alice.id) == 1)
+    await connected(srv, alice)
 
 
 async def test_revoking_a_token_closes_its_sockets(server: ServerThread, alice: TestUser) -> None:
@@ -276,7 +322,14 @@ async def test_heartbeat(make_server) -> None:
 
 async def test_many_simultaneous_clients(server, alice, alice_api) -> None:
     project = await create_project(alice_api)
-    clients = await asyncio.gather(*(connected(server, alice) for _ in range(60)))
+    users = [alice]  # three users: 60 sockets of one would pass the per-user cap
+    for name in ("bob", "carol"):
+        users.append(await create_user(server.settings, name))
+        added = await alice_api.post(
+            f"/api/projects/{project['id']}/members", json={"username": name}
+        )
+        assert added.status_code == 201
+    clients = await asyncio.gather(*(connected(server, users[i % 3]) for i in range(60)))
     await asyncio.gather(*(subscribe(ws, project["id"]) for ws in clients))
     await upload(alice_api, project["id"], "shared.txt")
     events = await asyncio.gather(

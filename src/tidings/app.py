@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         heartbeat_interval=settings.heartbeat_interval,
         head_sync_interval=settings.head_sync_interval,
+        replay_concurrency=settings.replay_concurrency,
     )
     services = Services(
         settings=settings,

@@ -13,8 +13,12 @@ from enum import IntEnum, StrEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_PAYLOAD = 1007
     MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4008
     UNAUTHORIZED = 4401
     RATE_LIMITED = 4429
@@ -32,14 +36,36 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.GOING_AWAY: CloseInfo(
         "going_away", "The peer went away (page closed, node leaving).", reconnect=True
     ),
+    CloseCode.PROTOCOL_ERROR: CloseInfo(
+        "protocol_error",
+        "The client broke the WebSocket protocol (RFC 6455). Fix the client before retrying.",
+        reconnect=True,
+    ),
+    CloseCode.INVALID_PAYLOAD: CloseInfo(
+        "invalid_payload",
+        "A text message was not valid UTF-8. Reconnect, but do not resend it.",
+        reconnect=True,
+    ),
     CloseCode.MESSAGE_TOO_BIG: CloseInfo(
         "message_too_big",
         "A client message exceeded TIDINGS_WS_MAX_MESSAGE_BYTES. Reconnect, but do not resend it.",
         reconnect=True,
     ),
+    CloseCode.INTERNAL_ERROR: CloseInfo(
+        "internal_error",
+        "The server failed, or the client did not answer pings within "
+        "TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`.",
+        reconnect=True,
+    ),
     CloseCode.SERVICE_RESTART: CloseInfo(
         "service_restart",
         "The node is shutting down. Reconnect (to any node) and resume with `since`.",
+        reconnect=True,
+    ),
+    CloseCode.TRY_AGAIN_LATER: CloseInfo(
+        "try_again_later",
+        "The user has too many open connections (TIDINGS_WS_MAX_CONNECTIONS_PER_USER). "
+        "Reconnect after a back-off, or close another connection first.",
         reconnect=True,
     ),
     CloseCode.SLOW_CONSUMER: CloseInfo(
@@ -50,7 +76,8 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     ),
     CloseCode.UNAUTHORIZED: CloseInfo(
         "unauthorized",
-        "No valid session or token, or it was revoked. Log in again before reconnecting.",
+        "No valid session or token, or it was revoked or has expired. "
+        "Log in again before reconnecting.",
         reconnect=False,
     ),
     CloseCode.RATE_LIMITED: CloseInfo(

@@ -26,7 +26,10 @@ from tidings.sockets import Socket, SocketClosed
 
 logger = logging.getLogger("tidings.ws")
 
+# One write takes at most this much: a peer that does not read holds at most about one
+# batch in the transport's buffer besides its bounded queue.
 BATCH_MAX_FRAMES = 256
+BATCH_MAX_BYTES = 256 * 1024
 
 
 class Owner(Protocol):
@@ -240,7 +243,7 @@ class Connection(Delivery):
             if not socket.writable():
                 self._writer = asyncio.create_task(self._write_loop())
                 return
-            frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES)  # type: ignore[assignment]
+            frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES, BATCH_MAX_BYTES)  # type: ignore[assignment]
             try:
                 socket.write_nowait(frames, self.batch)
             except SocketClosed:
@@ -302,12 +305,10 @@ class Connection(Delivery):
             task.cancel()
 
     async def wait_for_room(self, size: int) -> bool:
-        """Wait until ``size`` bytes fit with a quarter of the queue left for live events."""
-        q = self.queue
+        """Wait until a replayed frame of ``size`` bytes :meth:`fits`; False if the
+        connection closes first."""
         while self.state is ConnState.OPEN:
-            if q.count + 1 <= q.max_messages * 3 // 4 and q.nbytes + size <= max(
-                q.max_bytes * 3 // 4, size
-            ):
+            if self.fits(size):
                 return True
             if self._room is None:
                 self._room = asyncio.Event()
@@ -337,7 +338,7 @@ class Connection(Delivery):
         queue = self.queue
         try:
             while queue.count:
-                frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES)  # type: ignore[assignment]
+                frames: list[Frame] = queue.drain(BATCH_MAX_FRAMES, BATCH_MAX_BYTES)  # type: ignore[assignment]
                 if self._room is not None:
                     self._room.set()
                 await self.socket.send(frames, self.batch)

@@ -168,6 +168,20 @@ class Delivery:
             return Verdict.SLOW
         return Verdict.FLUSH if was_empty else Verdict.NONE
 
+    def fits(self, size: int) -> bool:
+        """Whether a replayed frame of ``size`` bytes may be queued now: replays use at
+        most three quarters of the queue and leave the rest to live events. A frame over
+        that budget waits for an empty queue."""
+        queue = self.queue
+        if queue.count >= queue.max_messages * 3 // 4:
+            return False
+        return not queue.count or queue.nbytes + size <= queue.max_bytes * 3 // 4
+
+    def free_bytes(self) -> int:
+        """Bytes a replay may queue now (at least 1: a page always holds one event)."""
+        queue = self.queue
+        return max(1, queue.max_bytes * 3 // 4 - queue.nbytes)
+
     # -- subscription life -----------------------------------------------------------------
 
     def request(self, project_id: str) -> bool:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.access import visible_to
@@ -192,11 +192,37 @@ class EventLog:
             )
             return {pid: seq for pid, seq in rows}
 
-    async def read_after(self, project_id: str, after: int, limit: int) -> list[LoggedEvent]:
+    async def read_after(
+        self, project_id: str, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[LoggedEvent]:
+        """Events after seq ``after``, oldest first: at most ``limit`` of them and, with
+        ``max_bytes``, no more frames than fit in that many bytes — but always the first
+        one, however large, so a reader makes progress.
+
+        Bounded by bytes, a page never holds more than the caller has room for: the sizes
+        are read first, then only the frames that fit.
+        """
         async with self.db.read() as session:
+            where: list[ColumnElement[bool]] = [Event.project_id == project_id, Event.seq > after]
+            if max_bytes is not None:
+                sizes = await session.execute(
+                    select(Event.seq, func.length(Event.frame))
+                    .where(Event.project_id == project_id, Event.seq > after)
+                    .order_by(Event.seq)
+                    .limit(limit)
+                )
+                last, total = after, 0
+                for seq, size in sizes:
+                    total += size
+                    if total > max_bytes and last > after:
+                        break
+                    last = seq
+                if last == after:
+                    return []
+                where.append(Event.seq <= last)
             rows = await session.execute(
                 select(Event.seq, Event.type, Event.frame)
-                .where(Event.project_id == project_id, Event.seq > after)
+                .where(*where)
                 .order_by(Event.seq)
                 .limit(limit)
             )

@@ -10,8 +10,10 @@ starts replays from the event log, closes slow consumers).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from tidings.codes import CloseCode, ErrorCode
@@ -24,10 +26,50 @@ from tidings.metrics import Metrics
 
 logger = logging.getLogger("tidings.hub")
 
-REPLAY_PAGE = 500
+REPLAY_PAGE = 500  # events per read of the log, at most
+REPLAY_PAGE_BYTES = 1024 * 1024  # frame bytes per read of the log, at most (but one event)
 # One write in this many feeds the delivery latency histogram: an update per write would
 # cost more than the write itself in a large fan-out.
 LATENCY_SAMPLE = 16
+EXPIRY_CHECK_INTERVAL = 1.0
+
+
+class Expiries:
+    """When each credential with open connections expires: a heap, with entries of
+    credentials that left (or came back) skipped when they surface and compacted away."""
+
+    __slots__ = ("_at", "_heap")
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def add(self, credential: str, at: float) -> None:
+        self._at[credential] = at
+        heapq.heappush(self._heap, (at, credential))
+        if len(self._heap) > 2 * len(self._at) + 64:
+            self._heap = [(t, c) for c, t in self._at.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, credential: str) -> None:
+        self._at.pop(credential, None)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def pending(self) -> int:
+        """Entries in the heap, stale ones included."""
+        return len(self._heap)
+
+    def due(self, now: float) -> list[str]:
+        """Credentials that expired by ``now``; each is reported once."""
+        heap, due = self._heap, []
+        while heap and heap[0][0] <= now:
+            at, credential = heapq.heappop(heap)
+            if self._at.get(credential) == at:
+                del self._at[credential]
+                due.append(credential)
+        return due
 
 
 class Channel:
@@ -50,6 +92,7 @@ class Hub:
         *,
         heartbeat_interval: float,
         head_sync_interval: float,
+        replay_concurrency: int = 32,
     ) -> None:
         self.eventlog = eventlog
         self.metrics = metrics
@@ -65,6 +108,9 @@ class Hub:
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
         self._writes = 0
+        self._expiries = Expiries()
+        # Replays reading the log at once: bounds the database load and the pages in memory.
+        self._replay_slots = asyncio.Semaphore(replay_concurrency)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -73,6 +119,7 @@ class Hub:
             asyncio.create_task(self._listen(), name="tidings-hub-listen"),
             asyncio.create_task(self._heartbeat(), name="tidings-hub-heartbeat"),
             asyncio.create_task(self._sync_heads(), name="tidings-hub-heads"),
+            asyncio.create_task(self._expire(), name="tidings-hub-expiry"),
         ]
         await asyncio.wait_for(self._ready.wait(), 10)
 
@@ -94,11 +141,20 @@ class Hub:
 
     # -- connections ----------------------------------------------------------------------
 
-    def register(self, conn: Connection) -> None:
+    def register(self, conn: Connection, expires_at: datetime | None = None) -> None:
+        """Track ``conn``; with ``expires_at``, close it with 4401 once its credential
+        expires (checked every second)."""
         self.connections[conn.client_id] = conn
         self.by_user.setdefault(conn.user_id, set()).add(conn)
-        self.by_credential.setdefault(conn.credential, set()).add(conn)
+        same = self.by_credential.setdefault(conn.credential, set())
+        same.add(conn)
+        if expires_at is not None and len(same) == 1:
+            self._expiries.add(conn.credential, expires_at.timestamp())
         self.metrics.connections.inc()
+
+    def connections_of(self, user_id: str) -> int:
+        """Open connections of ``user_id`` on this node."""
+        return len(self.by_user.get(user_id, ()))
 
     def disconnected(self, conn: Connection, code: int | None) -> asyncio.Task[None]:
         self._unregister(conn)
@@ -111,7 +167,8 @@ class Hub:
         if self.connections.pop(conn.client_id, None) is None:
             return
         _discard(self.by_user, conn.user_id, conn)
-        _discard(self.by_credential, conn.credential, conn)
+        if not _discard(self.by_credential, conn.credential, conn):
+            self._expiries.discard(conn.credential)
         for project_id in list(conn.subs):
             self._end(conn, project_id)
         self.metrics.connections.dec()
@@ -261,11 +318,23 @@ class Hub:
 
     async def _run_replay(self, conn: Connection, sub: Subscription) -> None:
         """Queue logged events after the cursor, paced by the connection's queue, until the
-        subscription is live (``delivery.py`` decides each step)."""
+        subscription is live (``delivery.py`` decides each step).
+
+        A page is read only once the queue has room, holds no more bytes than that room
+        (and at most :data:`REPLAY_PAGE_BYTES`), and at most ``replay_concurrency`` pages
+        are read at a time on the node: a client that does not read costs its queue's
+        bound, never the log's size.
+        """
         project_id = sub.project_id
         try:
             while True:
-                events = await self.eventlog.read_after(project_id, sub.cursor, REPLAY_PAGE)
+                if not await conn.wait_for_room(1):
+                    return
+                budget = min(REPLAY_PAGE_BYTES, conn.free_bytes())
+                async with self._replay_slots:
+                    events = await self.eventlog.read_after(
+                        project_id, sub.cursor, REPLAY_PAGE, budget
+                    )
                 for event in events:
                     if not await conn.wait_for_room(len(event.frame)):
                         return
@@ -379,6 +448,14 @@ class Hub:
         for conn in list(self.by_user.get(user_id, ())):
             self._end(conn, project_id, reason="access_revoked")
 
+    async def _expire(self) -> None:
+        """Close the sockets of credentials that have expired, within a second or so."""
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            for credential in self._expiries.due(time.time()):
+                for conn in list(self.by_credential.get(credential, ())):
+                    conn.close(CloseCode.UNAUTHORIZED, "credentials expired")
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
@@ -410,9 +487,12 @@ class Hub:
                         self._replay(conn, sub)
 
 
-def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
+def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:
+    """Remove ``conn`` from ``index[key]``; False if no connection is left there."""
     conns = index.get(key)
     if conns is not None:
         conns.discard(conn)
-        if not conns:
-            del index[key]
+        if conns:
+            return True
+        del index[key]
+    return False

@@ -32,9 +32,10 @@ class OutboundQueue(Generic[Q]):
     """Items waiting for one socket, bounded in count and bytes.
 
     :meth:`put` never blocks: it returns False when the item does not fit, and the caller
-    closes the connection as a slow consumer. Items with the same ``coalesce`` key replace
-    each other (the older one is dropped, the newer one goes to the back), so progress
-    updates cannot fill the queue.
+    closes the connection as a slow consumer. An item larger than the whole byte budget
+    is taken when the queue is empty, so any single event can be delivered. Items with
+    the same ``coalesce`` key replace each other (the older one is dropped, the newer one
+    goes to the back), so progress updates cannot fill the queue.
 
     The fan-out calls :meth:`put` once per event and connection, so a put allocates
     nothing but a list slot (no per-item tuple for the garbage collector to track), and an
@@ -63,8 +64,8 @@ class OutboundQueue(Generic[Q]):
                 self.count -= 1
                 self.nbytes -= old.item.size  # type: ignore[union-attr]
                 old.item = None
-        if self.count >= self.max_messages or self.nbytes + size > self.max_bytes:
-            return False
+        if self.count >= self.max_messages or (self.count and self.nbytes + size > self.max_bytes):
+            return False  # an item larger than the byte budget still goes into an empty queue
         if key is None:
             self._items.append(item)
         else:
@@ -77,17 +78,23 @@ class OutboundQueue(Generic[Q]):
         self.nbytes += size
         return True
 
-    def drain(self, max_items: int | None = None) -> list[Q]:
-        """Take up to ``max_items`` items (all by default), oldest first."""
+    def drain(self, max_items: int | None = None, max_bytes: int | None = None) -> list[Q]:
+        """Take up to ``max_items`` items (all by default), oldest first, stopping once
+        ``max_bytes`` are taken (always at least one item)."""
         items = self._items
-        if self._by_key is None and (max_items is None or max_items >= len(items)):
+        if (
+            self._by_key is None
+            and (max_items is None or max_items >= len(items))
+            and (max_bytes is None or self.nbytes <= max_bytes)
+        ):
             self._items = []  # the usual case: hand over the whole list
             self.count = self.nbytes = 0
             return items  # type: ignore[return-value]
         limit = self.count if max_items is None else min(max_items, self.count)
         out: list[Q] = []
         taken = 0
-        while len(out) < limit:
+        budget = self.nbytes if max_bytes is None else max_bytes
+        while len(out) < limit and (budget > 0 or not out):
             entry = items[taken]
             taken += 1
             if type(entry) is _Slot:
@@ -101,6 +108,7 @@ class OutboundQueue(Generic[Q]):
                 item = entry  # type: ignore[assignment]
             out.append(item)
             self.nbytes -= item.size
+            budget -= item.size
         del items[:taken]
         self.count -= len(out)
         if not self.count:

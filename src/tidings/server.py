@@ -6,6 +6,7 @@ through its public ``ws=`` option; the rest of uvicorn is used as it comes.
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 import uvicorn
@@ -27,7 +28,18 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_timeout,
         "timeout_graceful_shutdown": 10,
+        "proxy_headers": False,  # tidings reads forwarding headers itself (proxies.py)
+        # Beyond this many connections, new HTTP requests and upgrades get 503.
+        "limit_concurrency": settings.max_connections or default_max_connections(),
     }
+
+
+def default_max_connections() -> int:
+    """The open-file limit less a margin for the database, Redis, logs and files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(64, soft - 64)
 
 
 def serve(settings: Settings, host: str, port: int, workers: int, log_level: str) -> None:
@@ -38,7 +50,6 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: str
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=False,  # tidings reads forwarding headers itself (proxies.py)
         log_config=None,
         log_level=log_level,
         **uvicorn_options(settings),

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     ws_rate_burst: int = Field(default=60, gt=0)
     ws_close_timeout: float = Field(default=10.0, gt=0)
     event_history: int = Field(default=10_000, gt=0)
+    replay_concurrency: int = Field(
+        default=32, gt=0, description="replay pages read from the event log at once per node"
+    )
+    ws_max_connections_per_user: int = Field(
+        default=50, gt=0, description="open /ws connections per user per node; beyond: 1013"
+    )
+    max_connections: int | None = Field(
+        default=None,
+        gt=0,
+        description="TCP connections per node (HTTP and /ws) before new requests get 503; "
+        "default: the open-file limit less a margin",
+    )
     head_sync_interval: float = Field(
         default=5.0,
         gt=0,

@@ -394,6 +394,15 @@ class WebSocketTransport(asyncio.Protocol):
         if response.status_code != 101:  # not a valid upgrade: answered without the app
             self._respond(response)
             return
+        limit = self._config.limit_concurrency
+        if limit is not None and len(self._server_state.connections) >= limit:
+            # As uvicorn answers plain requests at the limit (this one counts itself).
+            self._respond(
+                self._conn.reject(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, "Exceeded concurrency limit."
+                )
+            )
+            return
         self._response = response
         self._phase = Phase.HANDSHAKE
         scope = self._scope(request)

@@ -20,7 +20,9 @@ from tidings.api.deps import Services
 from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
 from tidings.connection import Connection
+from tidings.events import timestamp
 from tidings.messages import ClientMessages
+from tidings.proxies import client_address
 from tidings.sockets import EXTENSION, AsgiSocket, DetachableSocket
 
 logger = logging.getLogger("tidings.ws")
@@ -48,8 +50,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if principal is None:
         await websocket.close(CloseCode.UNAUTHORIZED, "not authenticated")
         return
-    native: DetachableSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
     hub = services.hub
+    # No await between this check and `hub.register` below: the limit is exact.
+    if hub.connections_of(principal.user_id) >= settings.ws_max_connections_per_user:
+        logger.warning("ws refused user=%s: too many connections", principal.username)
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections for this user")
+        return
+    native: DetachableSocket | None = (websocket.scope.get("extensions") or {}).get(EXTENSION)
     conn = Connection(
         client_id=secrets.token_hex(8),
         user_id=principal.user_id,
@@ -69,9 +76,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         close_timeout=settings.ws_close_timeout,
         batch=chosen == BATCH_SUBPROTOCOL,
     )
-    hub.register(conn)
-    client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "-"
-    logger.info("ws connect client_id=%s user=%s peer=%s", conn.client_id, conn.username, client)
+    hub.register(conn, principal.expires_at)
+    logger.info(
+        "ws connect client_id=%s user=%s peer=%s",
+        conn.client_id,
+        conn.username,
+        client_address(websocket),
+    )
     conn.send_message(
         {
             "type": "connection.established",
@@ -79,6 +90,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             "user": {"id": principal.user_id, "username": principal.username},
             "heartbeat_interval": _number(settings.heartbeat_interval),
             "protocol": PROTOCOL_VERSION,
+            "expires_at": timestamp(principal.expires_at) if principal.expires_at else None,
         }
     )
     if native is not None:
