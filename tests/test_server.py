@@ -27,6 +27,7 @@ from tests.conftest import (
     ws_connect,
 )
 from tidings import Settings
+from tidings.codes import reconnect_within
 from tidings.server import uvicorn_options
 
 
@@ -148,3 +149,13 @@ async def test_connections_beyond_the_cap_get_503_before_the_upgrade(make_server
             while (await client.get("/healthz")).status_code != 200:
                 await asyncio.sleep(0.02)
     await connected(srv, alice)
+
+
+async def test_a_stopping_node_suggests_a_reconnect_spread(make_server) -> None:
+    srv = make_server(ws_reconnect_spread=2.5)
+    alice = await create_user(srv.settings, "alice")
+    ws = await connected(srv, alice)
+    await srv.stop_async()
+    assert await closed_with(ws) == 1012
+    assert ws.close_reason == "service restart; reconnect_within_ms=2500"
+    assert reconnect_within(ws.close_reason) == 2.5

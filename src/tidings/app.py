@@ -16,6 +16,7 @@ from tidings import __version__
 from tidings.api import auth, dashboard, docs, files, health, processes, projects, validation
 from tidings.api.deps import Services
 from tidings.broker import create_broker
+from tidings.codes import restart_reason
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
 from tidings.headers import SecurityHeaders
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         heartbeat_interval=settings.heartbeat_interval,
         head_sync_interval=settings.head_sync_interval,
         replay_concurrency=settings.replay_concurrency,
+        restart_reason=restart_reason(settings.ws_reconnect_spread),
     )
     services = Services(
         settings=settings,
@@ -110,7 +112,12 @@ async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse
 
 def lifespan_state(settings: Settings) -> dict[str, Any]:
     """What the lifespan shares with the server: the transport's options."""
-    return {OPTIONS_KEY: TransportOptions(close_timeout=settings.ws_close_timeout)}
+    return {
+        OPTIONS_KEY: TransportOptions(
+            close_timeout=settings.ws_close_timeout,
+            shutdown_reason=restart_reason(settings.ws_reconnect_spread),
+        )
+    }
 
 
 def create_app_from_env() -> FastAPI:

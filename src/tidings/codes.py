@@ -6,6 +6,7 @@ This table is the protocol: ``docs/protocol.md``, the Python client and the brow
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
@@ -59,7 +60,8 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     ),
     CloseCode.SERVICE_RESTART: CloseInfo(
         "service_restart",
-        "The node is shutting down. Reconnect (to any node) and resume with `since`.",
+        "The node is shutting down. Reconnect (to any node) and resume with `since`, after a "
+        "random delay up to the reason's `reconnect_within_ms`.",
         reconnect=True,
     ),
     CloseCode.TRY_AGAIN_LATER: CloseInfo(
@@ -106,6 +108,21 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: "The per-connection subscription limit is reached.",
     ErrorCode.INTERNAL: "The server failed to handle the request; it is safe to retry.",
 }
+
+
+def restart_reason(spread: float) -> str:
+    """The 1012 close reason of a node shutting down: clients wait a random time up to
+    ``spread`` seconds before reconnecting, so a whole fleet does not return at once."""
+    return f"service restart; reconnect_within_ms={round(spread * 1000)}"
+
+
+def reconnect_within(reason: str) -> float | None:
+    """Seconds a close reason suggests spreading the reconnect over (None: none)."""
+    match = _RECONNECT_WITHIN.search(reason or "")
+    return int(match.group(1)) / 1000 if match else None
+
+
+_RECONNECT_WITHIN = re.compile(r"\breconnect_within_ms=(\d{1,7})\b")
 
 
 def protocol_table() -> dict[str, object]:

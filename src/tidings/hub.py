@@ -93,11 +93,13 @@ class Hub:
         heartbeat_interval: float,
         head_sync_interval: float,
         replay_concurrency: int = 32,
+        restart_reason: str = "service restart",
     ) -> None:
         self.eventlog = eventlog
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
+        self.restart_reason = restart_reason
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_credential: dict[str, set[Connection]] = {}
@@ -129,7 +131,7 @@ class Hub:
         replays: list[asyncio.Task[None]] = []
         for conn in list(self.connections.values()):
             replays += (conn.replays or {}).values()
-            conn.close(CloseCode.SERVICE_RESTART, "service restart")  # cancels its replays
+            conn.close(CloseCode.SERVICE_RESTART, self.restart_reason)  # cancels its replays
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *replays, return_exceptions=True)

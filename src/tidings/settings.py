@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     ws_rate_limit: float = Field(default=20.0, gt=0, description="client messages per second")
     ws_rate_burst: int = Field(default=60, gt=0)
     ws_close_timeout: float = Field(default=10.0, gt=0)
+    ws_reconnect_spread: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="seconds over which clients should spread their reconnects after this "
+        "node stops (suggested in the 1012 close reason)",
+    )
     event_history: int = Field(default=10_000, gt=0)
     replay_concurrency: int = Field(
         default=32, gt=0, description="replay pages read from the event log at once per node"

@@ -67,6 +67,9 @@ class TransportOptions:
     close_timeout: float = 10.0
     """Seconds a peer has to complete the closing handshake before it is dropped."""
 
+    shutdown_reason: str = "service restart"
+    """The reason of the 1012 close frame sent when the server stops."""
+
 
 OPTIONS_KEY = "tidings.transport"
 DEFAULTS = TransportOptions()
@@ -198,7 +201,7 @@ class WebSocketTransport(asyncio.Protocol):
         if phase <= Phase.HANDSHAKE:
             self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "The server is shutting down.\n")
         elif phase is Phase.OPEN:
-            self._close(1012, "service restart")
+            self._close(1012, self._options.shutdown_reason)
         self._arm_closer()
 
     # -- DetachableSocket (the tidings.socket extension) ---------------------------------
