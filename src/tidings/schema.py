@@ -368,11 +368,13 @@ def parse_server_message(message: dict[str, Any]) -> Received:
     """The typed form of one server message, keeping ``message`` as its :attr:`raw`.
 
     Never raises: a type this version does not know, or a message that breaks its
-    declaration (logged), comes back as :class:`UnknownMessage`.
+    declaration (logged), comes back as :class:`UnknownMessage` (``type`` "" if it had
+    none).
     """
     kind = message.get("type")
-    cls = SERVER_MESSAGES.get(kind) if isinstance(kind, str) else None
-    parsed: Message = UnknownMessage(type=str(kind))
+    kind = kind if isinstance(kind, str) else ""
+    cls = SERVER_MESSAGES.get(kind)
+    parsed: Message = UnknownMessage(type=kind)
     try:
         if cls is not None:
             parsed = cls.model_validate(message)
