@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import KeysView
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
@@ -74,7 +75,7 @@ class Message(BaseModel):
     def get(self, key: str, default: Any = None) -> Any:
         return self.raw.get(key, default)
 
-    def keys(self) -> Any:
+    def keys(self) -> KeysView[str]:
         return self.raw.keys()
 
     def __contains__(self, key: object) -> bool:
