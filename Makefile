@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test lint typecheck types bench clean
 
 install: $(BIN)/tidings
 
@@ -31,16 +31,25 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/mypy $(wildcard bench/*.py)
 
-# Node's ws client (bench/node's pinned packages) is one of the test suite's clients.
-test: lint $(if $(shell command -v npm),bench/node/node_modules)
+# Node's ws client (bench/node's pinned packages) is one of the test suite's clients, and
+# TypeScript (tests/ts's) type-checks a sample app against tidings.d.ts.
+test: lint $(if $(shell command -v npm),bench/node/node_modules tests/ts/node_modules)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench/node/node_modules: bench/node/package-lock.json
 	cd bench/node && npm ci --no-audit --no-fund --silent
 	@touch $@
 
+tests/ts/node_modules: tests/ts/package-lock.json
+	cd tests/ts && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+# Rewrite the generated part of tidings.d.ts from the message schema (tidings/schema.py).
+types: $(BIN)/tidings
+	$(BIN)/python -m tidings.typescript
+
 bench: $(VENV)/.dev-installed bench/node/node_modules
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build src/*.egg-info bench/node/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build src/*.egg-info bench/node/node_modules tests/ts/node_modules

@@ -460,9 +460,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(data_dir: Path, **settings: str) -> Serve:
-    """Start ``tidings serve`` on a free port with ``TIDINGS_*`` settings from keywords."""
-    port = free_port()
+async def serve(data_dir: Path, port: int | None = None, **settings: str) -> Serve:
+    """Start ``tidings serve`` (on ``port``, else a free one) with ``TIDINGS_*`` settings
+    from keywords."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env["TIDINGS_DATA_DIR"] = str(data_dir)
     env.update({f"TIDINGS_{key.upper()}": value for key, value in settings.items()})

@@ -6,9 +6,11 @@ Set ``TIDINGS_SCREENSHOT=docs/dashboard.png`` to save the README screenshot on t
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
+import time
 import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,12 +20,14 @@ from PIL import Image
 
 from tests.conftest import (
     IN_CI,
+    MS,
     TIMEOUT,
     ServerThread,
     TestUser,
     api,
     create_project,
     create_user,
+    eventually,
     upload,
 )
 
@@ -75,9 +79,63 @@ async def browser() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def open_dashboard(browser: Any, server: ServerThread, user: TestUser) -> Any:
+class SocketRoutes:
+    """Every WebSocket of a page, routed by Playwright to the real server and forwarded
+    both ways, until :meth:`silence`: from then on what the server sends on the sockets
+    open at that moment is dropped (a connection that looks open and carries nothing).
+    Sockets the page opens later are forwarded normally."""
+
+    def __init__(self) -> None:
+        self.silenced: list[bool] = []
+        self.opened_at: list[float] = []  # time.monotonic() of each socket
+        self.heard_at = 0.0  # of the newest message forwarded to the page
+        self.silence_after_heartbeat = False
+
+    def route(self, ws: Any) -> None:
+        server = ws.connect_to_server()
+        index = len(self.silenced)
+        self.silenced.append(False)
+        self.opened_at.append(time.monotonic())
+
+        def forward(message: str | bytes) -> None:
+            if self.silenced[index]:
+                return
+            ws.send(message)
+            self.heard_at = time.monotonic()
+            if self.silence_after_heartbeat and b"system.heartbeat" in _bytes(message):
+                self.silence_after_heartbeat = False
+                self.silence()
+
+        server.on_message(forward)
+
+    @property
+    def count(self) -> int:
+        return len(self.silenced)
+
+    def silence(self) -> None:
+        self.silenced = [True] * len(self.silenced)
+
+
+def _bytes(message: str | bytes) -> bytes:
+    return message.encode() if isinstance(message, str) else message
+
+
+# Installed in a page: every text the connection indicator shows, in order.
+RECORD_STATUS = """() => {
+    window.statusSeen = [];
+    const box = document.querySelector("#status-text");
+    new MutationObserver(() => window.statusSeen.push(box.textContent))
+        .observe(box, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def open_dashboard(
+    browser: Any, server: ServerThread, user: TestUser, routes: SocketRoutes | None = None
+) -> Any:
     context = await browser.new_context(viewport={"width": 1280, "height": 760})
     page = await context.new_page()
+    if routes is not None:
+        await page.route_web_socket("**/ws", routes.route)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     # The page runs under the server's Content-Security-Policy: a violation is an error.
@@ -388,3 +446,94 @@ def _png() -> bytes:
 
 
 PNG = _png()
+
+
+async def test_a_silent_socket_is_given_up_and_the_page_resumes(
+    browser: Any, make_server: Any
+) -> None:
+    """The socket stays open but the server's messages stop reaching the page: tidings.js
+    gives it up after twice the heartbeat interval, reconnects within three, and a file
+    uploaded meanwhile appears."""
+    interval = 1500 * MS
+    server = make_server(heartbeat_interval=interval)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as http:
+        pid = (await create_project(http, "Launch"))["id"]
+        await upload(http, pid, "before.txt")
+        routes = SocketRoutes()
+        page = await open_dashboard(browser, server, alice, routes)
+        await select(page, pid)
+        await wait_file(page, "before.txt")
+        await page.evaluate(RECORD_STATUS)
+
+        routes.silence()
+        silenced_at = time.monotonic()
+        assert (await upload(http, pid, "meanwhile.txt")).status_code == 201
+        await eventually(lambda: routes.count == 2)
+        assert routes.opened_at[1] - silenced_at < 3 * interval
+        await wait_file(page, "meanwhile.txt")
+        await page.wait_for_selector("#status[data-state=open]", timeout=WAIT_MS)
+        assert any("no heartbeat" in text for text in await page.evaluate("window.statusSeen"))
+        assert page.errors == []
+
+
+async def test_the_page_reconnects_at_once_when_it_comes_back_online(
+    browser: Any, server: ServerThread, alice: TestUser, alice_api: Any
+) -> None:
+    """With the default 30 s heartbeat, only the `online` event can explain a reconnect
+    within the test's time limit."""
+    pid = (await create_project(alice_api, "Launch"))["id"]
+    routes = SocketRoutes()
+    page = await open_dashboard(browser, server, alice, routes)
+    await select(page, pid)
+    await page.evaluate(RECORD_STATUS)
+    routes.silence()
+    assert (await upload(alice_api, pid, "while-offline.txt")).status_code == 201
+    await page.context.set_offline(True)
+    await page.context.set_offline(False)
+    await wait_file(page, "while-offline.txt")
+    assert routes.count == 2
+    assert any("back online" in text for text in await page.evaluate("window.statusSeen"))
+    assert page.errors == []
+
+
+HIDE = """hidden => {
+    Object.defineProperty(document, "visibilityState", {
+        configurable: true, get: () => (hidden ? "hidden" : "visible"),
+    });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+async def test_a_page_shown_again_after_a_silence_reconnects_at_once(
+    browser: Any, make_server: Any
+) -> None:
+    """A hidden page whose socket fell silent reconnects as soon as it is shown, once the
+    silence is longer than the heartbeat interval, before the silence timer would."""
+    interval = 2000 * MS
+    server = make_server(heartbeat_interval=interval)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as http:
+        pid = (await create_project(http, "Launch"))["id"]
+        routes = SocketRoutes()
+        page = await open_dashboard(browser, server, alice, routes)
+        await select(page, pid)
+        await page.evaluate(RECORD_STATUS)
+        await page.evaluate(HIDE, True)
+        # Silence right after a heartbeat: the page heard from the server just then.
+        routes.silence_after_heartbeat = True
+        await eventually(lambda: routes.silenced[0])
+        last_heard = routes.heard_at
+        assert (await upload(http, pid, "while-hidden.txt")).status_code == 201
+        # Shown again only after the silence has lasted longer than the interval (a wait
+        # for time itself to pass), and well before it lasts two.
+        await page.evaluate(HIDE, True)  # still hidden: nothing happens
+        await asyncio.sleep(max(0.0, last_heard + 1.3 * interval - time.monotonic()))
+        assert routes.count == 1
+        await page.evaluate(HIDE, False)
+        await wait_file(page, "while-hidden.txt")
+        assert routes.count == 2
+        assert routes.opened_at[1] - last_heard < 2 * interval
+        seen = await page.evaluate("window.statusSeen")
+        assert any("page shown again" in text for text in seen), seen
+        assert page.errors == []

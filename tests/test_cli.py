@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,14 +23,17 @@ from tests.conftest import (
     TIMEOUT,
     ServerThread,
     TestUser,
+    api,
     browser_session,
     closed_with,
     connected,
+    create_project,
     create_user,
     recv_until,
     require_service,
     send,
     serve,
+    upload,
     ws_connect,
 )
 from tidings import Settings
@@ -275,3 +281,88 @@ async def test_serve_does_not_believe_forwarded_headers_by_default(tmp_path: Pat
         assert statuses == [401] * 5 + [429]
     finally:
         await node.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_listen_prints_events_across_a_server_restart(tmp_path: Path) -> None:
+    """``tidings listen --json`` (URL and token from the environment) follows a project
+    while its server restarts and another node takes an upload meanwhile: every event is
+    printed once, in order."""
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, create_admin=False)
+    dana = await create_user(settings, "dana")
+    node = await serve(data_dir, create_admin="false")
+    await node.read_until("Uvicorn running on")
+    async with httpx.AsyncClient(
+        base_url=node.url, headers={"Authorization": f"Bearer {dana.token}"}, timeout=TIMEOUT
+    ) as http:
+        pid = (await create_project(http))["id"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env |= {"TIDINGS_URL": node.url, "TIDINGS_TOKEN": dana.token, "PYTHONUNBUFFERED": "1"}
+    listener = await asyncio.create_subprocess_exec(
+        TIDINGS, "listen", "--project", pid, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert listener.stdout is not None and listener.stderr is not None
+    printed: list[dict[str, Any]] = []
+
+    async def line_with(**fields: Any) -> dict[str, Any]:
+        async with asyncio.timeout(TIMEOUT * 3):
+            while True:
+                raw = await listener.stdout.readline()  # type: ignore[union-attr]
+                assert raw, await listener.stderr.read()  # type: ignore[union-attr]
+                printed.append(json.loads(raw))
+                if all(printed[-1].get(k) == v for k, v in fields.items()):
+                    return printed[-1]
+
+    try:
+        await line_with(type="subscribed", seq=1)
+        async with api(node, dana) as http:
+            assert (await upload(http, pid, "before.txt")).status_code == 201
+        await line_with(type="file.uploaded", seq=2)
+
+        await node.stop()
+        other = ServerThread(settings)  # another node on the same database
+        other.start()
+        try:
+            async with api(other, dana) as http:
+                assert (await upload(http, pid, "during.txt")).status_code == 201
+        finally:
+            await other.stop_async()
+        node = await serve(data_dir, int(node.url.rsplit(":", 1)[1]), create_admin="false")
+        await node.read_until("Uvicorn running on")
+
+        assert (await line_with(type="subscribed"))["recovered"] is True
+        await line_with(type="file.uploaded", seq=3)
+        async with api(node, dana) as http:
+            assert (await upload(http, pid, "after.txt")).status_code == 201
+        await line_with(type="file.uploaded", seq=4)
+        listener.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(listener.wait(), TIMEOUT) == 130
+        assert b"Traceback" not in await listener.stderr.read()
+    finally:
+        if listener.returncode is None:
+            listener.kill()
+            await listener.wait()
+        await node.stop()
+    uploads = [(m["file"]["name"], m["seq"]) for m in printed if m["type"] == "file.uploaded"]
+    assert uploads == [("before.txt", 2), ("during.txt", 3), ("after.txt", 4)]
+    assert [m["type"] for m in printed].count("connection.established") == 2
+
+
+def test_listen_needs_a_url_a_token_and_a_project_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TIDINGS_URL", raising=False)
+    monkeypatch.delenv("TIDINGS_TOKEN", raising=False)
+    for args, complaint in (
+        (["--project", "p"], "--url or TIDINGS_URL"),
+        (["--url", "http://h", "--project", "p"], "--token or TIDINGS_TOKEN"),
+        (["--url", "http://h", "--token", "t", "--project", "a/b"], "project_id must be"),
+        (["--url", "http://h", "--token", "t", "--project", "p", "--since", "-1"], "0 or more"),
+        (["--url", "http://h", "--token", "t"], "--project"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["listen", *args])
+        assert exit_.value.code == 2
+        assert complaint in capsys.readouterr().err

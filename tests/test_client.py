@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import (
+    MS,
     TIMEOUT,
     ServerThread,
     TestUser,
@@ -21,6 +22,7 @@ from tests.conftest import (
     create_user,
     upload,
 )
+from tests.proxy import silencing_proxy
 from tidings import TidingsClient
 from tidings.client import (
     Backoff,
@@ -33,6 +35,14 @@ from tidings.client import (
     websocket_url,
 )
 from tidings.codes import CLOSE_CODES, CloseCode
+from tidings.schema import (
+    ConnectionEstablished,
+    ErrorMessage,
+    FileUploaded,
+    Received,
+    Subscribed,
+    UnknownMessage,
+)
 
 # -- pure parts --------------------------------------------------------------------------
 
@@ -148,8 +158,8 @@ def fast_backoff() -> Backoff:
 
 
 async def next_event(
-    client: TidingsClient, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
-) -> dict[str, Any]:
+    client: TidingsClient, predicate: Callable[[Received], bool], timeout: float = TIMEOUT
+) -> Received:
     async with asyncio.timeout(timeout):
         async for event in client:
             if predicate(event):
@@ -157,27 +167,33 @@ async def next_event(
     raise AssertionError("iteration ended")
 
 
-def file_events(seen: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    return [(e["file"]["name"], e["seq"]) for e in seen if e["type"] == "file.uploaded"]
+def file_events(seen: list[Received]) -> list[tuple[str, int]]:
+    return [(e.file.name, e.seq) for e in seen if isinstance(e, FileUploaded)]
 
 
 async def test_token_subscribe_and_receive(server: ServerThread, alice: TestUser, alice_api):
     project = await create_project(alice_api)
     async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
         hello = await next_event(client, lambda e: True)
-        assert hello["type"] == "connection.established"
-        assert hello["user"]["username"] == "alice"
+        assert isinstance(hello, ConnectionEstablished)
+        assert hello.user.username == "alice"
+        assert hello.heartbeat_interval == client.heartbeat_interval == 30
         reply = await client.subscribe(project["id"])
-        assert reply == {**reply, "type": "subscribed", "seq": 1}
+        assert isinstance(reply, Subscribed)
+        assert (reply.project_id, reply.seq, reply.recovered) == (project["id"], 1, None)
         assert (await upload(alice_api, project["id"], "x.txt")).status_code == 201
-        event = await next_event(client, lambda e: e["type"] == "file.uploaded")
-        assert event["seq"] == 2 and event["file"]["name"] == "x.txt"
+        event = await next_event(client, lambda e: e.type == "file.uploaded")
+        assert isinstance(event, FileUploaded)
+        assert event.seq == 2 and event.file.name == "x.txt" and event.file.size == 5
+        # Item access reads the message as it came, for code written against dicts.
+        assert event["file"]["name"] == "x.txt" and event.get("recovered") is None
         assert client.state.last[project["id"]] == 2
         await client.unsubscribe(project["id"])
         assert client.state.subscriptions == set()
         with pytest.raises(SubscriptionError) as info:
             await client.subscribe("no-such-project")
-        assert info.value.message["code"] == "not_found"
+        assert isinstance(info.value.message, ErrorMessage)
+        assert info.value.message.code == "not_found" == info.value.message["code"]
 
 
 async def test_cookie_auth(server: ServerThread, alice: TestUser) -> None:
@@ -283,7 +299,7 @@ async def test_unrecovered_is_surfaced(make_server, alice_api) -> None:
     client = TidingsClient(srv.url, token=user.token, on_unrecovered=lost.append)
     async with client:
         reply = await client.subscribe(project["id"], since=1)
-        assert reply["recovered"] is False and reply["seq"] == 5
+        assert reply.recovered is False and reply.seq == 5
         assert lost == [project["id"]]
         assert client.state.last[project["id"]] == 5
 
@@ -302,9 +318,43 @@ async def test_normal_close_ends_iteration() -> None:
     async with websockets.serve(handler, "127.0.0.1", 0) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
         async with TidingsClient(f"ws://127.0.0.1:{port}/ws", backoff=fast_backoff()) as c:
-            assert [await anext(c), await anext(c)] == first
+            received = [await anext(c), await anext(c)]
+            assert [m.raw for m in received] == first
+            # Neither fits its declared shape: handed out untyped, not dropped.
+            assert [type(m) for m in received] == [UnknownMessage, UnknownMessage]
             started = time.monotonic()
             with pytest.raises(Closed) as info:
                 await next_event(c, lambda e: False)
             assert info.value.code == 1000
             assert time.monotonic() - started < TIMEOUT
+
+
+async def test_a_silent_connection_is_given_up_and_resumed(make_server) -> None:
+    """A connection that stays open but carries nothing (a NAT forgot it, a laptop slept)
+    is dropped after twice the heartbeat interval; the client reconnects and resumes, and
+    an event committed meanwhile arrives."""
+    interval = 1000 * MS
+    srv = make_server(heartbeat_interval=interval)
+    user = await create_user(srv.settings, "carol")
+    loop = asyncio.get_running_loop()
+    async with api(srv, user) as http, silencing_proxy(srv.port) as proxy:
+        pid = (await create_project(http))["id"]
+        client = TidingsClient(proxy.ws_url, token=user.token, backoff=fast_backoff())
+        async with client:
+            await next_event(client, lambda e: e.type == "connection.established")
+            assert client.heartbeat_interval == pytest.approx(interval)
+            await client.subscribe(pid)
+            # Heartbeats keep a live connection: nothing happens for a while (a wait for
+            # nothing to happen can only be a wait of some length).
+            await asyncio.sleep(2.5 * interval)
+            assert client.reconnects == 0 and proxy.connections == 1
+
+            proxy.silence()
+            silenced_at = loop.time()
+            assert (await upload(http, pid, "meanwhile.txt")).status_code == 201
+            await next_event(client, lambda e: e.type == "connection.established")
+            assert loop.time() - silenced_at < 3 * interval
+            event = await next_event(client, lambda e: isinstance(e, FileUploaded))
+            assert isinstance(event, FileUploaded)
+            assert (event.file.name, event.seq) == ("meanwhile.txt", 2)
+            assert client.reconnects == 1 and proxy.connections == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import ServerThread
+from tidings.api.dashboard import STATIC_DIR
 
 
 async def test_dashboard_is_served(server: ServerThread) -> None:
@@ -16,3 +17,7 @@ async def test_dashboard_is_served(server: ServerThread) -> None:
         assert script.status_code == 200
         assert "javascript" in script.headers["content-type"]
         assert (await http.get("/static/nope.js")).status_code == 404
+        types = await http.get("/static/tidings.d.ts")
+        assert types.status_code == 200
+        assert types.headers["content-type"] == "application/typescript; charset=utf-8"
+        assert types.text == (STATIC_DIR / "tidings.d.ts").read_text()

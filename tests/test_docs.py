@@ -1,12 +1,18 @@
-"""The documented protocol tables match the ones the server and clients use."""
+"""The documented protocol (tables and message examples) matches what the server and
+clients use."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
+
+import jsonschema
 
 from tidings import Settings
 from tidings.codes import CLOSE_CODES, ERROR_CODES
+from tidings.schema import CLIENT_MESSAGES, SERVER_MESSAGES, strict_schema
 
 PROTOCOL_MD = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 
@@ -24,15 +30,62 @@ def test_every_error_code_is_documented() -> None:
         assert re.search(rf"^\| `{code}` \|", PROTOCOL_MD, re.M), code
 
 
-def test_every_server_message_type_has_an_example() -> None:
-    types = {
-        "connection.established", "subscribed", "unsubscribed", "pong", "error",
-        "project.created", "project.updated", "project.deleted", "file.uploaded",
-        "file.deleted", "process.started", "process.progress", "process.completed",
-        "system.heartbeat",
-    }  # fmt: skip
-    for kind in types:
-        assert f'{{"type": "{kind}"' in PROTOCOL_MD, kind
+def examples() -> list[dict[str, Any]]:
+    """Every JSON example of docs/protocol.md (each must parse)."""
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", PROTOCOL_MD, re.S)]
+
+
+def test_every_message_is_shown_with_every_field() -> None:
+    """Each message type of the schema has an example, the examples of a type show all its
+    fields between them, and no example shows a field the schema does not declare (``"…"``
+    stands for fields left out). Examples that leave nothing out must be valid messages."""
+    schema = strict_schema()
+    defs = schema["$defs"]
+    mapping = {
+        kind: ref
+        for union in ("ServerMessage", "ClientMessage")
+        for kind, ref in defs[union]["discriminator"]["mapping"].items()
+    }
+    assert set(mapping) == set(SERVER_MESSAGES) | set(CLIENT_MESSAGES)
+    shown: dict[str, set[str]] = {}
+    for example in examples():
+        kind = example.get("type")
+        assert kind in mapping, f"an example of an undeclared message type: {example}"
+        _declared(example, _definition(defs, mapping[kind]), defs, kind)
+        shown.setdefault(kind, set()).update(example)
+        if not _elides(example):
+            check = jsonschema.Draft202012Validator({**schema, "$ref": mapping[kind]})
+            assert not [e.message for e in check.iter_errors(example)], example
+    for kind, ref in mapping.items():
+        assert kind in shown, f"docs/protocol.md has no example of {kind}"
+        missing = set(_definition(defs, ref)["properties"]) - shown[kind]
+        assert not missing, f"no example of {kind} shows {sorted(missing)}"
+
+
+def _definition(defs: dict[str, Any], ref: str) -> dict[str, Any]:
+    return dict(defs[ref.removeprefix("#/$defs/")])
+
+
+def _declared(
+    value: dict[str, Any], definition: dict[str, Any], defs: dict[str, Any], at: str
+) -> None:
+    properties = definition["properties"]
+    for key, item in value.items():
+        if key == ELIDED:
+            continue
+        assert key in properties, f"{at}.{key} is shown but not declared"
+        if "$ref" in properties[key] and isinstance(item, dict):
+            nested = _definition(defs, properties[key]["$ref"])
+            _declared(item, nested, defs, f"{at}.{key}")
+
+
+def _elides(value: Any) -> bool:
+    if isinstance(value, dict):
+        return ELIDED in value or any(_elides(v) for v in value.values())
+    return False
+
+
+ELIDED = "…"
 
 
 def test_every_setting_is_in_the_readme() -> None:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerThread, _pg_admin
+from tidings.schema import json_schema
 
 
 async def test_healthz_and_readyz(server: ServerThread, backend: str) -> None:
@@ -39,6 +40,10 @@ async def test_protocol_table_and_metrics(server: ServerThread) -> None:
         protocol = await client.get("/api/protocol")
         assert protocol.status_code == 200
         assert isinstance(protocol.json(), dict)
+        schema = await client.get("/api/protocol/schema")
+        assert schema.status_code == 200
+        assert schema.headers["content-type"] == "application/schema+json"
+        assert schema.json() == json_schema()
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")

@@ -277,6 +277,8 @@ async def test_shutdown_while_the_app_sends_a_denial_response() -> None:
 def test_the_app_hands_its_close_timeout_to_the_transport(tmp_path: Path) -> None:
     """uvicorn gives a ``ws=`` class only its own config: the close timeout travels in the
     lifespan state, which uvicorn passes to every protocol it makes."""
-    settings = Settings(data_dir=tmp_path, ws_close_timeout=3.5)
+    settings = Settings(data_dir=tmp_path, ws_close_timeout=3.5, ws_reconnect_spread=2)
     assert uvicorn_options(settings)["ws"] is WebSocketTransport
-    assert lifespan_state(settings)[OPTIONS_KEY] == TransportOptions(close_timeout=3.5)
+    assert lifespan_state(settings)[OPTIONS_KEY] == TransportOptions(
+        close_timeout=3.5, shutdown_reason="service restart; reconnect_within_ms=2000"
+    )

@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, manage users, mint API tokens."""
+"""The ``tidings`` command: serve, manage users, mint API tokens, listen to a project."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from tidings.auth import set_password
 from tidings.broker import create_broker
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
+from tidings.messages import PROJECT_ID, PROJECT_ID_RULE
 from tidings.models import ApiToken, User
 from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
 from tidings.settings import Settings
@@ -64,7 +66,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"expire the token after this many seconds (1-{MAX_TOKEN_LIFETIME})",
     )
 
+    follow = commands.add_parser(
+        "listen",
+        help="print a project's events live (reconnects and resumes by itself)",
+        description="Print a project's events live, one a line, until Ctrl-C; the "
+        "connection's news go to stderr. Reconnects and resumes by itself.",
+    )
+    follow.add_argument(
+        "--url",
+        default=os.environ.get("TIDINGS_URL"),
+        help="the server, http(s)://host:port or ws(s)://host:port/ws (TIDINGS_URL)",
+    )
+    follow.add_argument(
+        "--token", default=os.environ.get("TIDINGS_TOKEN"), help="an API token (TIDINGS_TOKEN)"
+    )
+    follow.add_argument("--project", required=True, metavar="ID", help="the project's id")
+    follow.add_argument(
+        "--since", type=_seq, metavar="N", help="first print every event after seq N"
+    )
+    follow.add_argument(
+        "--json", action="store_true", help="print each message as one JSON object a line"
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "listen":
+        return _listen(parser, args)
     overrides = {
         key: value
         for key in ("data_dir", "database_url", "broker_url")
@@ -93,9 +119,33 @@ def _lifetime(value: str) -> int:
     return seconds
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import os
+def _seq(value: str) -> int:
+    try:
+        seq = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 0 <= seq < 2**63:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return seq
 
+
+def _listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from tidings.listen import listen
+
+    for name, variable in (("url", "TIDINGS_URL"), ("token", "TIDINGS_TOKEN")):
+        if not getattr(args, name):
+            parser.error(f"listen needs --{name} or {variable}")
+    if not PROJECT_ID.fullmatch(args.project):
+        parser.error(f"--project: {PROJECT_ID_RULE}")
+    try:
+        return asyncio.run(
+            listen(args.url, args.token, args.project, args.since, as_json=args.json)
+        )
+    except KeyboardInterrupt:
+        return 130  # stopped with Ctrl-C, as a shell reports SIGINT
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from tidings.server import serve
 
     # Workers re-read the settings from the environment: pass the flags on that way.

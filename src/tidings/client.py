@@ -1,19 +1,24 @@
 """An asyncio client for ``/ws`` that reconnects and resumes without loss or duplicates.
 
 The bookkeeping is pure and separate from the socket: :class:`ClientState` takes each
-server message and says what to hand to the caller, and which subscriptions to send after
-a reconnect; :class:`Backoff` computes the delays. :class:`TidingsClient` only pumps.
-Whether to reconnect after a close code comes from :data:`tidings.codes.CLOSE_CODES`, the
-same table the server documents and serves at ``GET /api/protocol``.
+server message (as a dict) and says what to hand to the caller, and which subscriptions
+to send after a reconnect; :class:`Backoff` computes the delays. :class:`TidingsClient`
+only pumps, and hands out each message typed (:mod:`tidings.schema`: one class per
+``type``). Whether to reconnect after a close code comes from
+:data:`tidings.codes.CLOSE_CODES`, the same table the server documents and serves at
+``GET /api/protocol``. A connection silent for twice the ``heartbeat_interval`` the server
+announced counts as dead: the client drops it, reconnects and resumes.
 
 Usage::
 
     async with TidingsClient("ws://localhost:8000/ws", token="tid_…") as client:
         await client.subscribe(project_id)
         async for event in client:
-            if event["type"] == "subscribed" and event.get("recovered") is False:
-                ...  # events were missed: refetch the project's state over REST
-            ...
+            match event:
+                case Subscribed(recovered=False):
+                    ...  # events were missed: refetch the project's state over REST
+                case FileUploaded():
+                    print(event.seq, event.file.name)
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tidings.codes import CLOSE_CODES, CloseCode
+from tidings.schema import ErrorMessage, Received, Subscribed, parse_server_message
 
 logger = logging.getLogger("tidings.client")
 
@@ -40,6 +46,8 @@ SUBPROTOCOLS = ("tidings.batch.v1", "tidings.v1")
 COOKIE_NAME = "tidings_session"
 # Messages that only keep the connection alive; never handed to the caller.
 SILENT = frozenset({"system.heartbeat", "pong"})
+# Heartbeat intervals of silence after which a connection counts as dead.
+DEAD_AFTER_HEARTBEATS = 2
 
 
 class TidingsError(Exception):
@@ -53,7 +61,7 @@ class Unauthorized(TidingsError):
 class SubscriptionError(TidingsError):
     """The server answered a ``subscribe`` with an ``error`` (``not_found`` …)."""
 
-    def __init__(self, message: dict[str, Any]) -> None:
+    def __init__(self, message: Received) -> None:
         super().__init__(f"{message.get('code')}: {message.get('message')}")
         self.message = message
 
@@ -189,6 +197,13 @@ def websocket_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
+def _seconds(value: Any) -> float | None:
+    """A positive number of seconds, or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)
+
+
 def decode_frame(data: str | bytes) -> list[dict[str, Any]]:
     """The messages of one frame (``tidings.batch.v1`` frames carry a JSON array)."""
     parsed = orjson.loads(data)
@@ -197,6 +212,9 @@ def decode_frame(data: str | bytes) -> list[dict[str, Any]]:
 
 
 _END = object()
+# Seconds a closing handshake may take before the socket is simply dropped: a connection
+# given up as dead never answers one.
+CLOSE_TIMEOUT = 2.0
 # The messages that answer a request about one project.
 _REPLIES = {
     "subscribe": frozenset({"subscribed", "error"}),
@@ -209,12 +227,18 @@ class TidingsClient:
 
     Authenticate with an API ``token`` (``Authorization: Bearer``) or the session
     ``cookie`` value. Iterating yields every server message except heartbeats, pongs and
-    duplicates, in order: ``connection.established`` (again after each reconnect: refetch
-    whatever you track without a subscription, such as the project list), ``subscribed``
-    (with ``recovered: false`` when events were lost to retention: refetch that project),
+    duplicates, in order, each an instance of its class in :mod:`tidings.schema`
+    (:class:`~tidings.schema.UnknownMessage` for a type this version does not know):
+    ``connection.established`` (again after each reconnect: refetch whatever you track
+    without a subscription, such as the project list), ``subscribed`` (with
+    ``recovered: false`` when events were lost to retention: refetch that project),
     events, ``unsubscribed`` and ``error``. Iteration raises :class:`Unauthorized` on 4401
     and :class:`Closed` on any other close code whose table entry says not to reconnect.
     ``on_unrecovered(project_id)`` is also called for each ``recovered: false``.
+
+    A connection that carries nothing for :data:`DEAD_AFTER_HEARTBEATS` times the
+    ``heartbeat_interval`` of its ``connection.established`` is given up as dead (a laptop
+    that slept, a NAT that forgot the connection): the client reconnects and resumes.
     """
 
     def __init__(
@@ -239,10 +263,12 @@ class TidingsClient:
         self.state = ClientState()
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.heartbeat_interval: float | None = None  # announced by the current connection
         self._ws: ClientConnection | None = None
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
-        self._pending: dict[tuple[str, frozenset[str]], list[asyncio.Future[dict[str, Any]]]] = {}
+        self._pending: dict[tuple[str, frozenset[str]], list[asyncio.Future[Received]]] = {}
+        self._dropping: set[asyncio.Task[None]] = set()  # closes of dead connections
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -273,10 +299,11 @@ class TidingsClient:
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
+        await asyncio.gather(*self._dropping, return_exceptions=True)
 
     # -- API ------------------------------------------------------------------------------
 
-    async def subscribe(self, project_id: str, since: int | None = None) -> dict[str, Any]:
+    async def subscribe(self, project_id: str, since: int | None = None) -> Subscribed:
         """Subscribe (resuming after ``since`` if given); return the ``subscribed`` reply.
 
         Raises :class:`SubscriptionError` if the server refuses. The subscription is kept
@@ -284,7 +311,10 @@ class TidingsClient:
         While disconnected this waits for the reconnect; bound it with ``asyncio.timeout``.
         """
         message = self.state.want(project_id, since)
-        return await self._request(message)
+        reply = await self._request(message)
+        if not isinstance(reply, Subscribed):
+            raise TidingsError(f"unexpected reply to subscribe: {reply.raw}")
+        return reply
 
     async def unsubscribe(self, project_id: str) -> None:
         """End a subscription (at once when disconnected: it is simply not resumed)."""
@@ -295,7 +325,7 @@ class TidingsClient:
     def __aiter__(self) -> TidingsClient:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
+    async def __anext__(self) -> Received:
         item = await self._events.get()
         if item is _END:
             self._events.put_nowait(_END)
@@ -303,12 +333,11 @@ class TidingsClient:
         if isinstance(item, BaseException):
             self._events.put_nowait(item)  # every later call raises it too
             raise item
-        assert isinstance(item, dict)
-        return item
+        return item  # type: ignore[no-any-return]  # the queue holds only these
 
     # -- I/O ------------------------------------------------------------------------------
 
-    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, message: dict[str, Any]) -> Received:
         """Send ``message`` and wait for the reply about its project.
 
         Replies are matched by project rather than by ``id``, because a subscription made
@@ -316,7 +345,7 @@ class TidingsClient:
         """
         reply_types = _REPLIES[message["type"]]
         key = (message["project_id"], reply_types)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(key, []).append(future)
         try:
             await self._send(message)
@@ -325,7 +354,7 @@ class TidingsClient:
             waiting = self._pending.get(key, [])
             if future in waiting:
                 waiting.remove(future)
-        if reply.get("type") == "error":
+        if isinstance(reply, ErrorMessage):
             raise SubscriptionError(reply)
         return reply
 
@@ -343,6 +372,7 @@ class TidingsClient:
             additional_headers=self.headers,
             subprotocols=[websockets.Subprotocol(p) for p in SUBPROTOCOLS],
             open_timeout=self.open_timeout,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=None,
         )
 
@@ -362,6 +392,7 @@ class TidingsClient:
         kind = messages[0].get("type") if messages else None
         if kind != "connection.established":
             raise TidingsError(f"unexpected first message {kind!r}")
+        self.heartbeat_interval = _seconds(messages[0].get("heartbeat_interval"))
         # Subscriptions the caller asked for, from where each left off; sent before
         # `connected` is set so that a concurrent subscribe() cannot interleave.
         for message in self.state.resubscribe():
@@ -372,7 +403,7 @@ class TidingsClient:
         return messages
 
     def _deliver(self, first_frame: list[dict[str, Any]]) -> None:
-        self._events.put_nowait(first_frame[0])  # connection.established
+        self._events.put_nowait(parse_server_message(first_frame[0]))  # connection.established
         for message in first_frame[1:]:
             self._handle(message)
 
@@ -398,30 +429,47 @@ class TidingsClient:
             self._finish(exc)
 
     async def _pump(self, ws: ClientConnection) -> int | None:
-        """Read until the connection ends; return its close code (None: dropped)."""
+        """Read until the connection ends or falls silent; return its close code (None:
+        dropped, or given up as dead)."""
+        loop = asyncio.get_running_loop()
+        limit = self.heartbeat_interval and DEAD_AFTER_HEARTBEATS * self.heartbeat_interval
         try:
-            async for raw in ws:
-                for message in decode_frame(raw):
-                    self._handle(message)
+            async with asyncio.timeout(limit and loop.time() + limit) as silence:
+                async for raw in ws:
+                    if limit:
+                        silence.reschedule(loop.time() + limit)
+                    for message in decode_frame(raw):
+                        self._handle(message)
         except websockets.ConnectionClosed:
             pass
+        except TimeoutError:
+            logger.info("tidings client: nothing heard for %.1fs; reconnecting", limit)
+            self._drop(ws)
+            return None
         code = ws.close_code
         return None if code == 1006 else code
+
+    def _drop(self, ws: ClientConnection) -> None:
+        """Close a dead connection in the background: its closing handshake cannot
+        complete, so it ends after :data:`CLOSE_TIMEOUT`, and the reconnect need not wait."""
+        task = asyncio.create_task(ws.close())
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if not self.state.receive(message):
             return
+        event = parse_server_message(message)
         project_id = message.get("project_id")
         for key in [k for k in self._pending if k[0] == project_id]:
-            if message.get("type") in key[1]:
+            if event.type in key[1]:
                 for future in self._pending.pop(key):
                     if not future.done():
-                        future.set_result(message)
-        if message.get("type") == "subscribed" and message.get("recovered") is False:
-            project_id = str(message.get("project_id"))
-            if self.on_unrecovered is not None:
-                self.on_unrecovered(project_id)
-        self._events.put_nowait(message)
+                        future.set_result(event)
+        lost = isinstance(event, Subscribed) and event.recovered is False
+        if lost and self.on_unrecovered is not None:
+            self.on_unrecovered(str(message["project_id"]))
+        self._events.put_nowait(event)
 
     async def _reconnect(self) -> ClientConnection:
         while True:

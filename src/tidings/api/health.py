@@ -1,4 +1,4 @@
-"""Liveness, readiness, metrics and the protocol table."""
+"""Liveness, readiness, metrics, the protocol table and the messages' JSON Schema."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import text
 from tidings.api.deps import App
 from tidings.auth import bearer_token
 from tidings.codes import protocol_table
+from tidings.schema import json_schema
 
 router = APIRouter(tags=["health"])
 
@@ -52,3 +53,10 @@ async def metrics(request: Request, app: App) -> Response:
 async def protocol() -> dict[str, object]:
     """Close codes and error codes of the WebSocket protocol, for clients."""
     return protocol_table()
+
+
+@router.get("/api/protocol/schema", response_class=JSONResponse)
+async def protocol_schema() -> JSONResponse:
+    """The JSON Schema (draft 2020-12) of every WebSocket message, server's and client's,
+    from the server's own definitions (``tidings/schema.py``)."""
+    return JSONResponse(json_schema(), media_type="application/schema+json")

@@ -140,6 +140,9 @@ function setStatus(detail) {
   if (detail.state === "closed" && detail.code === 4401) showLogin();
 }
 
+// Why the client reconnects, when it is not because the server closed (tidings.js).
+const RECONNECT_REASONS = { silent: "no heartbeat", online: "back online", visible: "page shown again" };
+
 function renderStatus() {
   const { state, delay, code } = view.connection;
   const box = $("#status");
@@ -148,8 +151,10 @@ function renderStatus() {
   box.dataset.seq = seq ?? "";
   let text = state;
   if (state === "open") text = seq === undefined ? "live" : `live · seq ${seq}`;
-  else if (state === "reconnecting") text = `reconnecting in ${(delay / 1000).toFixed(1)} s (closed ${code})`;
-  else if (state === "closed") text = `disconnected (${code})`;
+  else if (state === "reconnecting") {
+    const why = RECONNECT_REASONS[view.connection.reason] ?? `closed ${code}`;
+    text = `reconnecting in ${(delay / 1000).toFixed(1)} s (${why})`;
+  } else if (state === "closed") text = `disconnected (${code})`;
   $("#status-text").textContent = text;
 }
 

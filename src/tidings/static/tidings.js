@@ -6,6 +6,13 @@
 // resumes after a reconnect with `since` = the last seq seen, and events whose seq was
 // already seen are dropped.
 //
+// A connection that carries nothing for twice the `heartbeat_interval` announced in
+// `connection.established` counts as dead (a laptop that slept, a NAT that forgot it;
+// browsers expose no ping frames): the client drops it, reconnects and resumes. It also
+// reconnects at once when the page comes back `online`, and when a hidden page becomes
+// visible after a silence longer than the interval (timers barely run in hidden pages).
+// Types: /static/tidings.d.ts.
+//
 //   import { TidingsClient } from "/static/tidings.js";
 //   const client = new TidingsClient();
 //   client.addEventListener("message", (e) => console.log(e.detail));
@@ -19,12 +26,17 @@
 //                 track without a subscription), `subscribed` with `recovered: false`
 //                 when events were lost to retention (refetch that project).
 //   "unrecovered" {project_id} for each `recovered: false`.
-//   "status"      {state, code, delay, attempt, last}: state is "connecting", "open",
-//                 "reconnecting" (after `delay` ms) or "closed" (code tells why; 4401:
-//                 log in again).
+//   "status"      {state, code, delay, attempt, reason}: state is "connecting", "open",
+//                 "reconnecting" (after `delay` ms; `reason` "closed", "silent",
+//                 "online" or "visible") or "closed" (code tells why; 4401: log in
+//                 again).
 
 const SUBPROTOCOLS = ["tidings.batch.v1", "tidings.v1"];
 const SILENT = new Set(["system.heartbeat", "pong"]);
+// Heartbeat intervals of silence after which a connection counts as dead.
+export const DEAD_AFTER_HEARTBEATS = 2;
+// What a dead connection is reported closed with: abnormal closure, as when it drops.
+const ABNORMAL = 1006;
 
 /** Exponential back-off with jitter: a random delay in [d/2, d], d = min(cap, base*2^n). */
 export class Backoff {
@@ -124,12 +136,25 @@ export class TidingsClient extends EventTarget {
     this.open = false;
     this.stopped = false;
     this.reconnects = 0;
+    this.established = 0;
     this.timer = null;
+    this.heartbeatMs = null; // from connection.established
+    this.lastHeard = 0; // Date.now() of the newest frame: wall time, which runs on in sleep
+    this.watchdog = null;
+    this.onOnline = () => this.reconnectNow("online");
+    this.onVisible = () => {
+      const silence = Date.now() - this.lastHeard;
+      if (document.visibilityState === "visible" && this.heartbeatMs && silence > this.heartbeatMs) {
+        this.reconnectNow("visible");
+      }
+    };
   }
 
   /** Fetch the close-code table, then open the socket (and keep it open). */
   async connect() {
     this.stopped = false;
+    if (typeof window !== "undefined") window.addEventListener("online", this.onOnline);
+    if (typeof document !== "undefined") document.addEventListener("visibilitychange", this.onVisible);
     await this.loadTable();
     this.openSocket();
   }
@@ -159,6 +184,9 @@ export class TidingsClient extends EventTarget {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
+    if (typeof window !== "undefined") window.removeEventListener("online", this.onOnline);
+    if (typeof document !== "undefined") document.removeEventListener("visibilitychange", this.onVisible);
     if (this.ws) this.ws.close(1000);
     this.status({ state: "closed", code: 1000 });
   }
@@ -175,10 +203,13 @@ export class TidingsClient extends EventTarget {
   }
 
   openSocket() {
+    if (this.ws) this.drop(); // one socket at a time, whoever asked for it
     this.status({ state: "connecting" });
     const ws = new WebSocket(this.url, SUBPROTOCOLS);
     this.ws = ws;
     ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
       let parsed;
       try {
         parsed = JSON.parse(event.data);
@@ -196,8 +227,12 @@ export class TidingsClient extends EventTarget {
     if (message.type === "connection.established") {
       for (const m of this.state.resubscribe()) ws.send(JSON.stringify(m));
       this.open = true;
-      if (this.backoff.attempt > 0) this.reconnects += 1;
+      if (this.established > 0) this.reconnects += 1;
+      this.established += 1;
       this.backoff.reset();
+      const interval = Number(message.heartbeat_interval);
+      this.heartbeatMs = interval > 0 ? interval * 1000 : null;
+      this.armWatchdog();
       this.status({ state: "open" });
     }
     if (!this.state.receive(message)) return;
@@ -207,10 +242,57 @@ export class TidingsClient extends EventTarget {
     this.dispatchEvent(new CustomEvent("message", { detail: message }));
   }
 
+  /** One timer per silence: it fires when the connection would have been silent for
+   * DEAD_AFTER_HEARTBEATS intervals, and sets itself again if something came meanwhile. */
+  armWatchdog() {
+    clearTimeout(this.watchdog);
+    if (!this.open || !this.heartbeatMs) return;
+    const limit = DEAD_AFTER_HEARTBEATS * this.heartbeatMs;
+    this.watchdog = setTimeout(() => {
+      if (!this.open) return;
+      if (Date.now() - this.lastHeard >= limit) this.abandon("silent");
+      else this.armWatchdog();
+    }, Math.max(0, this.lastHeard + limit - Date.now()));
+  }
+
+  /** Give up on the current socket without waiting for it: a dead connection may take
+   * minutes to report its close. Its late events are ignored (`ws !== this.ws`). */
+  drop() {
+    const ws = this.ws;
+    this.ws = null;
+    this.open = false;
+    clearTimeout(this.watchdog);
+    if (ws) {
+      ws.onmessage = null;
+      ws.onclose = null;
+      try {
+        ws.close();
+      } catch (err) {
+        // Closing a socket that never opened can throw; it is abandoned either way.
+      }
+    }
+  }
+
+  /** The connection is judged dead: reconnect after the usual back-off. */
+  abandon(reason) {
+    this.drop();
+    this.retry(ABNORMAL, reason, this.backoff.next());
+  }
+
+  /** Reconnect now (the page came back online, or became visible after a silence). */
+  reconnectNow(reason) {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    const code = this.ws ? ABNORMAL : undefined;
+    this.drop();
+    this.retry(code, reason, 0);
+  }
+
   async closed(ws, code) {
     if (ws !== this.ws) return;
     this.open = false;
     this.ws = null;
+    clearTimeout(this.watchdog);
     if (this.stopped) return;
     if (!this.table) await this.loadTable();
     if (!shouldReconnect(this.table, code)) {
@@ -219,12 +301,16 @@ export class TidingsClient extends EventTarget {
       this.status({ state: "closed", code, reason: entry.name });
       return;
     }
-    const delay = this.backoff.next();
-    this.status({ state: "reconnecting", code, delay });
+    this.retry(code, "closed", this.backoff.next());
+  }
+
+  retry(code, reason, delay) {
+    this.status({ state: "reconnecting", code, reason, delay });
+    clearTimeout(this.timer);
     this.timer = setTimeout(async () => {
-      if (this.stopped) return;
+      if (this.stopped || this.ws) return;
       if (!this.table) await this.loadTable();
-      this.openSocket();
+      if (!this.stopped && !this.ws) this.openSocket();
     }, delay);
   }
 }

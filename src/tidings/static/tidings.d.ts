@@ -1,0 +1,448 @@
+// TypeScript declarations of tidings.js, the browser client of tidings, and of every
+// message of its WebSocket protocol (served at /static/tidings.d.ts, beside the script).
+// Put it next to the module you import and the "message" event narrows on `type`:
+//
+//   import { TidingsClient } from "./tidings.js";
+//   const client = new TidingsClient();
+//   client.addEventListener("message", (e) => {
+//     if (e.detail.type === "file.uploaded") console.log(e.detail.file.name, e.detail.seq);
+//   });
+//
+// The message types below are generated from the server's own definitions
+// (src/tidings/schema.py, also served as JSON Schema at GET /api/protocol/schema).
+
+// ---- BEGIN GENERATED from GET /api/protocol/schema (make types); do not edit ----
+
+/** Any message the server sends, by its type. */
+export type ServerMessage =
+  | ConnectionEstablished
+  | Subscribed
+  | Unsubscribed
+  | Pong
+  | ErrorMessage
+  | ProjectCreated
+  | ProjectUpdated
+  | ProjectDeleted
+  | FileUploaded
+  | FileDeleted
+  | ProcessStarted
+  | ProcessProgress
+  | ProcessCompleted
+  | SystemHeartbeat;
+
+/** Any message a client sends, by its type. */
+export type ClientMessage = SubscribeRequest | UnsubscribeRequest | PingRequest;
+
+/** The first message of every connection (again after each reconnect). */
+export interface ConnectionEstablished {
+  type: "connection.established";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  client_id: string;
+  user: User;
+  /**
+   * Seconds between `system.heartbeat` messages. A client that hears nothing for
+   * twice as long treats the connection as dead: it closes it, reconnects and resumes.
+   */
+  heartbeat_interval: number;
+  /** The protocol version (this is version 1). */
+  protocol: number;
+  /**
+   * When the credential that opened the connection expires (null: never); the server
+   * closes the socket with 4401 within 5 s of it.
+   */
+  expires_at: string | null;
+}
+
+/** The answer to `subscribe`; the project's events follow it. */
+export interface Subscribed {
+  type: "subscribed";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** The project's latest seq when the subscription started. */
+  seq: number;
+  /**
+   * Only when `since` was given: true if every event after it follows; false if some
+   * were lost to retention (refetch the project over REST and carry on from `seq`).
+   */
+  recovered?: boolean;
+  /** The request's `id`, if it had one. */
+  id?: string | number;
+}
+
+/** The answer to `unsubscribe`, or the end of a subscription the server decided. */
+export interface Unsubscribed {
+  type: "unsubscribed";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Only when the server ended it: the user was removed from the project's members. */
+  reason?: "access_revoked";
+  /** The request's `id`, if it had one. */
+  id?: string | number;
+}
+
+/** The answer to `ping`. */
+export interface Pong {
+  type: "pong";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  /** The request's `id`, if it had one. */
+  id?: string | number;
+}
+
+/** A request failed; the connection stays open. */
+export interface ErrorMessage {
+  type: "error";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  code: ErrorCode;
+  /** For people; do not parse it. */
+  message: string;
+  /** The project the failed request named, when it named one. */
+  project_id?: string;
+  /** With `rate_limited`: seconds until a message is accepted again. */
+  retry_after?: number;
+  /** The request's `id`, if it had one. */
+  id?: string | number;
+}
+
+/** A project was created (sent to its owner's connections). */
+export interface ProjectCreated {
+  type: "project.created";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  data: Project;
+}
+
+/** A project was renamed or described, or its members changed. */
+export interface ProjectUpdated {
+  type: "project.updated";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  data: Project;
+}
+
+/** A project was deleted: its subscriptions end after this. */
+export interface ProjectDeleted {
+  type: "project.deleted";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  data: Project;
+}
+
+/** A file was uploaded to the project. */
+export interface FileUploaded {
+  type: "file.uploaded";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  file: FileInfo;
+}
+
+/** A file was deleted from the project. */
+export interface FileDeleted {
+  type: "file.deleted";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  file: FileInfo;
+}
+
+/** A process started running. */
+export interface ProcessStarted {
+  type: "process.started";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  process_id: string;
+  process: Process;
+}
+
+/**
+ * A running process's progress. Ephemeral: no `seq`, never replayed, and under
+ * backpressure only the newest one per process waits in a connection's queue.
+ */
+export interface ProcessProgress {
+  type: "process.progress";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  process_id: string;
+  /** 0 to 1. */
+  progress: number;
+  message: string;
+}
+
+/** A process ended: succeeded, failed or cancelled (`process.status`). */
+export interface ProcessCompleted {
+  type: "process.completed";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Numbered per project, from 1, without gaps; resume after it with `since`. */
+  seq: number;
+  process_id: string;
+  process: Process;
+}
+
+/** Sent to every connection every `heartbeat_interval` seconds. */
+export interface SystemHeartbeat {
+  type: "system.heartbeat";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+}
+
+/** Follow a project's events; with `since`, first every event after that seq. */
+export interface SubscribeRequest {
+  type: "subscribe";
+  project_id: string;
+  /** The last seq the client has processed for this project. */
+  since?: number;
+  /** Echoed in the reply. */
+  id?: string | number;
+}
+
+/** Stop following a project. */
+export interface UnsubscribeRequest {
+  type: "unsubscribe";
+  project_id: string;
+  /** Echoed in the reply. */
+  id?: string | number;
+}
+
+/** Ask for a `pong`. */
+export interface PingRequest {
+  type: "ping";
+  /** Echoed in the reply. */
+  id?: string | number;
+}
+
+/** Close codes of /ws, and whether a client should reconnect after each. */
+export type CloseCode =
+  /** normal: The connection ended normally. */
+  | 1000
+  /** going_away: The peer went away (page closed, node leaving). */
+  | 1001
+  /** protocol_error: The client broke the WebSocket protocol (RFC 6455). Fix the client before retrying. */
+  | 1002
+  /** invalid_payload: A text message was not valid UTF-8. Reconnect, but do not resend it. */
+  | 1007
+  /** message_too_big: A client message exceeded TIDINGS_WS_MAX_MESSAGE_BYTES. Reconnect, but do not resend it. */
+  | 1009
+  /** internal_error: The server failed, or the client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`. */
+  | 1011
+  /** service_restart: The node is shutting down. Reconnect (to any node) and resume with `since`, after a random delay up to the reason's `reconnect_within_ms`. */
+  | 1012
+  /** try_again_later: The user has too many open connections (TIDINGS_WS_MAX_CONNECTIONS_PER_USER). Reconnect after a back-off, or close another connection first. */
+  | 1013
+  /** slow_consumer: The client read too slowly and its outbound queue overflowed. Reconnect and resume with `since`: nothing durable is lost. */
+  | 4008
+  /** unauthorized: No valid session or token, or it was revoked or has expired. Log in again before reconnecting. */
+  | 4401
+  /** rate_limited: The client kept sending faster than allowed after a rate_limited error. Reconnect after a back-off. */
+  | 4429;
+
+/** `code` of an `error` message; the connection stays open after each. */
+export type ErrorCode =
+  | "bad_request"
+  | "not_found"
+  | "rate_limited"
+  | "too_many_subscriptions"
+  | "internal";
+
+/** The file of a `file.*` event. */
+export interface FileInfo {
+  id: string;
+  name: string;
+  /** The folder, `/` or `/a/b`. */
+  path: string;
+  /** Bytes. */
+  size: number;
+  /** `image`, `model`, `video`, `document` … (from the name). */
+  asset_type: string;
+}
+
+/** A process as `GET /api/projects/{id}/processes/{pid}` returns it. */
+export interface Process {
+  id: string;
+  project_id: string;
+  kind: string;
+  params: Record<string, unknown>;
+  status: "queued" | "running" | "succeeded" | "failed" | "cancelled";
+  /** 0 to 1. */
+  progress: number;
+  message: string;
+  /** The kind's result once succeeded (null until then, and after retention). */
+  result: unknown;
+  error: string | null;
+  created_by: string;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+/** A project as `GET /api/projects/{id}` returns it. */
+export interface Project {
+  id: string;
+  name: string;
+  description: string;
+  /** The owner's username. */
+  owner: string;
+  created_at: string;
+  updated_at: string;
+  /** The project's newest event seq when this was read: resume from here. */
+  seq: number;
+}
+
+/** A user, as `connection.established` names the connected one. */
+export interface User {
+  id: string;
+  username: string;
+}
+
+// ---- END GENERATED ----
+
+/** What the "message" event carries: every server message but heartbeats and pongs. */
+export type DeliveredMessage = Exclude<ServerMessage, SystemHeartbeat | Pong>;
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/**
+ * Why the client reconnects: the server closed the socket ("closed"), it carried nothing
+ * for twice the heartbeat interval ("silent"), the page came back online ("online"), or a
+ * hidden page became visible after a silence longer than the interval ("visible").
+ */
+export type ReconnectReason = "closed" | "silent" | "online" | "visible";
+
+export interface StatusDetail {
+  state: ConnectionState;
+  /** Failed attempts since the last established connection. */
+  attempt: number;
+  /** The close code ("reconnecting" and "closed"); 1006 for a connection that dropped or
+   * was given up as dead. */
+  code?: number;
+  /** "reconnecting": a ReconnectReason; "closed": the close code's name (see CloseCode). */
+  reason?: ReconnectReason | string;
+  /** "reconnecting": milliseconds before the next attempt. */
+  delay?: number;
+}
+
+export interface UnrecoveredDetail {
+  project_id: string;
+}
+
+export interface TidingsClientEventMap {
+  message: CustomEvent<DeliveredMessage>;
+  status: CustomEvent<StatusDetail>;
+  unrecovered: CustomEvent<UnrecoveredDetail>;
+}
+
+/** The tables served at GET /api/protocol. */
+export interface ProtocolTable {
+  protocol: number;
+  close_codes: Record<string, { name: string; meaning: string; reconnect: boolean }>;
+  error_codes: Record<string, string>;
+}
+
+export interface BackoffOptions {
+  /** Milliseconds (500). */
+  base?: number;
+  /** Milliseconds (30000). */
+  cap?: number;
+  factor?: number;
+  random?: () => number;
+}
+
+/** Exponential back-off with jitter: a random delay in [d/2, d], d = min(cap, base*2^n). */
+export declare class Backoff {
+  constructor(options?: BackoffOptions);
+  base: number;
+  cap: number;
+  factor: number;
+  attempt: number;
+  next(): number;
+  reset(): void;
+}
+
+/** Per-project seq bookkeeping and wanted subscriptions; no I/O. */
+export declare class SeqState {
+  last: Map<string, number>;
+  subscriptions: Set<string>;
+  streaming: Set<string>;
+  want(projectId: string, since?: number | null): SubscribeRequest;
+  drop(projectId: string): UnsubscribeRequest;
+  subscribeMessage(projectId: string): SubscribeRequest;
+  resubscribe(): SubscribeRequest[];
+  /** Account for one server message; true if the application should see it. */
+  receive(message: ServerMessage): boolean;
+}
+
+/** Heartbeat intervals of silence after which a connection counts as dead (2). */
+export declare const DEAD_AFTER_HEARTBEATS: number;
+
+/** Reconnect after `code`? The server's table decides; codes it does not list are transient. */
+export declare function shouldReconnect(table: ProtocolTable | null, code: number): boolean;
+
+/** ws(s)://<this host>/ws */
+export declare function defaultUrl(loc?: Location): string;
+
+export interface TidingsClientOptions {
+  /** The socket's URL (default: /ws of this page's host). */
+  url?: string;
+  /** The close-code table (default: /api/protocol). */
+  protocolUrl?: string;
+  backoff?: Backoff;
+}
+
+/** One logical connection to /ws that reconnects, resumes and drops duplicates. */
+export declare class TidingsClient extends EventTarget {
+  constructor(options?: TidingsClientOptions);
+  readonly url: string;
+  readonly state: SeqState;
+  readonly reconnects: number;
+  /** Fetch the close-code table, then open the socket (and keep it open). */
+  connect(): Promise<void>;
+  /** Follow a project; with `since`, from the event after that seq. Kept across reconnects. */
+  subscribe(projectId: string, options?: { since?: number | null }): void;
+  unsubscribe(projectId: string): void;
+  /** Seq of the newest event seen for a project (undefined if none). */
+  lastSeq(projectId: string): number | undefined;
+  close(): void;
+  addEventListener<K extends keyof TidingsClientEventMap>(
+    type: K,
+    listener: (this: TidingsClient, event: TidingsClientEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof TidingsClientEventMap>(
+    type: K,
+    listener: (this: TidingsClient, event: TidingsClientEventMap[K]) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}
