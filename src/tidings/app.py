@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         heartbeat_interval=settings.heartbeat_interval,
         head_sync_interval=settings.head_sync_interval,
+        snapshot_max_files=settings.snapshot_max_files,
     )
     services = Services(
         settings=settings,

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     ws_rate_burst: int = Field(default=60, gt=0)
     ws_close_timeout: float = Field(default=10.0, gt=0)
     event_history: int = Field(default=10_000, gt=0)
+    snapshot_max_files: int = Field(
+        default=10_000,
+        ge=0,
+        description="files a subscribe snapshot holds at most (then `files_truncated`)",
+    )
     head_sync_interval: float = Field(
         default=5.0,
         gt=0,
