@@ -55,7 +55,9 @@ class PublishIn(Body):
         default_factory=dict, description=f"any JSON object, at most {MAX_DATA_BYTES} bytes"
     )
     durable: bool = Field(
-        default=True, description="false: fanned out only, never logged (no seq, no replay)"
+        default=True,
+        strict=True,  # true or false, not "yes" or 0
+        description="false: fanned out only, never logged (no seq, no replay)",
     )
 
 
