@@ -262,7 +262,7 @@ async def test_bad_publishes_are_422(alice_api: httpx.AsyncClient, body: dict[st
     assert response.status_code == 422, response.text
 
 
-async def test_data_up_to_64_kib_is_accepted(alice_api: httpx.AsyncClient) -> None:
+async def test_data_up_to_64_kib_is_accepted(alice_api: httpx.AsyncClient, backend: str) -> None:
     pid = (await create_project(alice_api))["id"]
     data = {"x": ""}
     data["x"] = "y" * (64 * KiB - len(orjson.dumps(data)))
