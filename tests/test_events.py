@@ -364,7 +364,7 @@ async def test_twenty_identical_requests_racing_publish_once(
 
 
 async def test_an_ephemeral_retry_is_not_fanned_out_again(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, alice)
@@ -378,3 +378,18 @@ async def test_an_ephemeral_retry_is_not_fanned_out_again(
     first = await recv_until(ws, lambda m: m["type"].startswith("custom."))
     second = await recv_until(ws, lambda m: m["type"].startswith("custom."))
     assert [first["type"], second["type"]] == ["custom.ping", "custom.marker"]
+
+
+async def test_custom_types_share_one_metrics_label(
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
+) -> None:
+    """Clients choose custom type names: one label for all keeps the series bounded."""
+    pid = (await create_project(alice_api))["id"]
+    ws = await connected(server, alice)
+    await subscribe(ws, pid)
+    for name in ("custom.a", "custom.b", "custom.c"):
+        await alice_api.post(events_url(pid), json={"type": name})
+    await recv_until(ws, lambda m: m["type"] == "custom.c")
+    metrics = (await alice_api.get("/metrics")).text
+    assert 'tidings_events_published_total{type="custom"} 3.0' in metrics
+    assert 'type="custom.' not in metrics

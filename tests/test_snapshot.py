@@ -205,7 +205,9 @@ async def test_since_and_snapshot_resume_when_they_can_and_send_the_state_when_n
         assert (await recv_until(ws, lambda m: "seq" in m))["seq"] == 6
 
 
-async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(make_server: Any) -> None:
+async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(
+    make_server: Any, backend: str
+) -> None:
     server = make_server(snapshot_max_files=3)
     alice = await create_user(server.settings, "alice")
     async with api(server, alice) as http:
@@ -226,7 +228,7 @@ async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(make_server: 
 
 
 async def test_snapshot_processes_are_the_active_ones_and_the_newest_others(
-    server: ServerThread, alice_api: httpx.AsyncClient, alice: TestUser
+    server: ServerThread, alice_api: httpx.AsyncClient, alice: TestUser, backend: str
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     url = f"/api/projects/{pid}/processes"
@@ -247,7 +249,7 @@ async def test_snapshot_processes_are_the_active_ones_and_the_newest_others(
     assert snapshot["processes_truncated"] is False
 
 
-async def test_a_snapshot_fits_the_connection_queue(make_server: Any) -> None:
+async def test_a_snapshot_fits_the_connection_queue(make_server: Any, backend: str) -> None:
     """A snapshot larger than what the outbound queue takes would close the connection as
     a slow consumer at every reconnect: it is cut to fit, and says so."""
     server = make_server(ws_max_queue_bytes=8192)
@@ -281,7 +283,11 @@ async def test_a_snapshot_fits_the_connection_queue(make_server: Any) -> None:
 
 @pytest.mark.parametrize("fields", [{"snapshot": True}, {"snapshot": True, "since": 0}])
 async def test_no_snapshot_of_a_project_one_cannot_see(
-    server: ServerThread, alice_api: httpx.AsyncClient, bob: TestUser, fields: dict[str, Any]
+    server: ServerThread,
+    alice_api: httpx.AsyncClient,
+    bob: TestUser,
+    fields: dict[str, Any],
+    backend: str,
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, bob)
