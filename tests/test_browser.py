@@ -423,7 +423,14 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 4}));
             out.push(s.receive({type: "system.heartbeat"}));
             const b = new m.Backoff({base: 100, cap: 400, random: () => 1});
+            const v = new m.SeqState();
+            const views = [v.want("q", undefined, true)];
+            v.receive({type: "subscribed", project_id: "q", seq: 6, snapshot: {}});
+            views.push([v.seen("q", 6), v.seen("q", 7)]);
+            v.receive({type: "file.uploaded", project_id: "q", seq: 7});
+            views.push(v.resubscribe(), v.want("q", null, true), v.want("q", 2, false));
             return {
+                views,
                 out,
                 resub: s.resubscribe(),
                 delays: [b.next(), b.next(), b.next(), b.next()],
@@ -432,6 +439,13 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
         }"""
     )
     assert result == {
+        "views": [
+            {"type": "subscribe", "project_id": "q", "snapshot": True},
+            [True, False],
+            [{"type": "subscribe", "project_id": "q", "since": 7, "snapshot": True}],
+            {"type": "subscribe", "project_id": "q", "snapshot": True},
+            {"type": "subscribe", "project_id": "q", "since": 2},
+        ],
         "out": [True, False, True, False],
         "resub": [{"type": "subscribe", "project_id": "p", "since": 4}],
         "delays": [100, 200, 400, 400],
@@ -537,3 +551,127 @@ async def test_a_page_shown_again_after_a_silence_reconnects_at_once(
         seen = await page.evaluate("window.statusSeen")
         assert any("page shown again" in text for text in seen), seen
         assert page.errors == []
+
+
+def project_reads(urls: list[str], pid: str) -> list[str]:
+    """The requests that read a project's own state (its project, files or processes)."""
+    base = f"/api/projects/{pid}"
+    return [u for u in urls if u.split("?")[0].endswith(base) or f"{base}/" in u]
+
+
+async def test_dashboard_builds_each_project_view_from_its_snapshot(
+    browser: Any, make_server: Any
+) -> None:
+    """Opening a project reads nothing over REST: its snapshot builds the view. After an
+    outage longer than the event history, the resume brings a new snapshot that replaces
+    the view (a file deleted meanwhile disappears); only a project with more files than a
+    snapshot holds pages the rest over REST."""
+    server = make_server(event_history=2, snapshot_max_files=3)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as http:
+        pid = await share(http, "Launch campaign")
+        brief = await upload(http, pid, "brief.md", b"# Brief\n", content_type="text/markdown")
+        started = await http.post(f"/api/projects/{pid}/processes", json={"kind": "external"})
+        assert started.status_code == 202
+        big = await share(http, "Archive")
+        for name in ("e.txt", "d.txt", "c.txt", "b.txt", "a.txt"):
+            await upload(http, big, name)
+
+        page = await open_dashboard(browser, server, alice)
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url.removeprefix(server.url)))
+        await select(page, pid)
+        await wait_file(page, "brief.md")
+        await page.wait_for_selector("#processes li[data-kind=external][data-status=running]")
+        assert project_reads(urls, pid) == []
+
+        # An outage; meanwhile more happens than the log keeps.
+        await server.stop_async()
+        await page.wait_for_selector("#status:not([data-state=open])", timeout=WAIT_MS)
+        node = ServerThread(server.settings)
+        node.start()
+        try:
+            async with api(node, alice) as other:
+                gone = await other.delete(f"/api/projects/{pid}/files/{brief.json()['id']}")
+                assert gone.status_code == 204
+                for name in ("one.txt", "two.txt"):
+                    assert (await upload(other, pid, name)).status_code == 201
+                await other.patch(f"/api/projects/{pid}", json={"name": "Launch v2"})
+        finally:
+            await node.stop_async()
+        server.start()
+        await page.wait_for_selector("#status[data-state=open]", timeout=RECONNECT_MS)
+        await page.wait_for_selector("#files tr[data-name='brief.md']", state="detached")
+        await wait_file(page, "two.txt")
+        names = await page.eval_on_selector_all(
+            "#files tr[data-name]", "rs => rs.map(r => r.dataset.name)"
+        )
+        assert names == ["one.txt", "two.txt"]
+        assert await page.text_content("#project-name") == "Launch v2"
+        assert await page.get_attribute("#status", "data-seq") == "7"
+        assert project_reads(urls, pid) == []
+        # Live again from there.
+        await upload(http, pid, "three.txt")
+        await wait_file(page, "three.txt")
+
+        # More files than a snapshot holds: the rest come page by page over REST.
+        await select(page, big)
+        await wait_file(page, "e.txt")
+        names = await page.eval_on_selector_all(
+            "#files tr[data-name]", "rs => rs.map(r => r.dataset.name)"
+        )
+        assert names == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]
+        assert project_reads(urls, big) == [f"/api/projects/{big}/files?limit=1000&offset=3"]
+        assert page.errors == []
+
+
+async def test_seen_resolves_once_the_event_is_delivered_in_chromium(
+    browser: Any, server: ServerThread, alice: TestUser, alice_api: Any
+) -> None:
+    """Read-your-writes in the browser: a page uploads, reads Tidings-Seq from the answer,
+    and client.seen(project, seq) resolves once that event has been dispatched."""
+    pid = await share(alice_api, "Launch campaign")
+    other = await share(alice_api, "Brand refresh")
+    page = await open_dashboard(browser, server, alice)  # logged in: the cookie is set
+    result = await page.evaluate(
+        """async ([pid, other]) => {
+            const { TidingsClient } = await import("/static/tidings.js");
+            const client = new TidingsClient();
+            const delivered = [];
+            const snapshots = [];
+            client.addEventListener("message", (e) => {
+                if (e.detail.project_id === pid && e.detail.seq) delivered.push(e.detail.seq);
+            });
+            client.addEventListener("snapshot", (e) => snapshots.push(e.detail));
+            await client.connect();
+            client.subscribe(pid, { snapshot: true });
+            await new Promise((ok) => client.addEventListener("snapshot", ok, { once: true }));
+            const form = new FormData();
+            form.append("file", new Blob(["mine"], { type: "text/plain" }), "mine.txt");
+            const url = `/api/projects/${pid}/files`;
+            const answer = await fetch(url, { method: "POST", body: form });
+            const seq = Number(answer.headers.get("Tidings-Seq"));
+            await client.seen(pid, seq);
+            const after = delivered.includes(seq);
+            await client.seen(pid, seq);  // already seen: at once
+            const refused = await client.seen(other, 1).then(() => "resolved", (e) => e.message);
+            const waiting = client.seen(pid, seq + 10).then(() => "resolved", (e) => e.message);
+            client.unsubscribe(pid);
+            const ended = await waiting;
+            client.close();
+            return {
+                status: answer.status, seq, after, ended, refused,
+                snapshot: snapshots.map((s) => [s.project_id, s.seq, s.snapshot.files.length]),
+            };
+        }""",
+        [pid, other],
+    )
+    assert result == {
+        "status": 201,
+        "seq": 2,
+        "after": True,
+        "ended": f"the subscription to {pid} ended",
+        "refused": f"not subscribed to {other}",
+        "snapshot": [[pid, 1, 0]],
+    }
+    assert page.errors == []

@@ -28,6 +28,7 @@ from tidings.client import (
     Backoff,
     ClientState,
     Closed,
+    SubscriptionEnded,
     SubscriptionError,
     Unauthorized,
     decode_frame,
@@ -140,6 +141,37 @@ def test_state_forgets_ended_subscriptions() -> None:
     # An unsubscribed reply to our own request keeps nothing either.
     assert s.receive({"type": "unsubscribed", "project_id": "d"})
     assert s.receive({"type": "error", "code": "bad_request"})
+
+
+def test_state_asks_for_snapshots_and_knows_what_it_has_seen() -> None:
+    s = ClientState()
+    assert s.want("p", None, snapshot=True) == {
+        "type": "subscribe",
+        "project_id": "p",
+        "snapshot": True,
+    }
+    assert not s.seen("p", 0)
+    assert s.receive({"type": "subscribed", "project_id": "p", "seq": 6, "snapshot": {}})
+    assert s.seen("p", 6) and not s.seen("p", 7)  # the snapshot covers what came before
+    assert s.receive({"type": "file.uploaded", "project_id": "p", "seq": 7})
+    assert s.seen("p", 7)
+    # A reconnect resumes from there, and asks for the state should it not recover.
+    assert s.resubscribe() == [
+        {"type": "subscribe", "project_id": "p", "since": 7, "snapshot": True}
+    ]
+    # Subscribing afresh with a snapshot and no since starts from the new state …
+    assert s.want("p", None, snapshot=True) == {
+        "type": "subscribe",
+        "project_id": "p",
+        "snapshot": True,
+    }
+    # … with since, it resumes from there; without snapshot, no state is asked for.
+    assert s.want("p", 3, snapshot=True)["since"] == 3
+    assert s.want("p", None) == {"type": "subscribe", "project_id": "p", "since": 3}
+    s.want("q", None, snapshot=True)
+    assert s.receive({"type": "error", "code": "not_found", "project_id": "q"})
+    s.want("q", None)
+    assert s.resubscribe()[1] == {"type": "subscribe", "project_id": "q"}
 
 
 def test_url_and_frames() -> None:
@@ -358,3 +390,64 @@ async def test_a_silent_connection_is_given_up_and_resumed(make_server) -> None:
             assert isinstance(event, FileUploaded)
             assert (event.file.name, event.seq) == ("meanwhile.txt", 2)
             assert client.reconnects == 1 and proxy.connections == 2
+
+
+async def test_wait_for_returns_once_the_event_is_delivered(
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
+) -> None:
+    """Read-your-writes: the app uploads over REST, waits for the seq the answer tells,
+    and then finds its own upload among the events, once."""
+    pid = (await create_project(alice_api))["id"]
+    async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
+        with pytest.raises(SubscriptionEnded):
+            await client.wait_for(pid, 2)  # no subscription: nothing would ever come
+        reply = await client.subscribe(pid, snapshot=True)
+        assert reply["snapshot"]["files"] == []
+        await client.wait_for(pid, 1)  # covered by the snapshot: at once
+        made = await upload(alice_api, pid, "mine.txt")
+        seq = int(made.headers["Tidings-Seq"])
+        async with asyncio.timeout(TIMEOUT):
+            await client.wait_for(pid, seq)
+        assert client.state.seen(pid, seq)
+        # Already delivered: the event is waiting in the iteration, exactly once.
+        event = await next_event(client, lambda e: e["type"] == "file.uploaded")
+        assert (event["seq"], event["file"]["name"]) == (seq, "mine.txt")
+        # A wait for an event that never comes ends with the subscription.
+        waiting = asyncio.create_task(client.wait_for(pid, seq + 5))
+        assert (await alice_api.delete(f"/api/projects/{pid}")).status_code == 204
+        with pytest.raises(SubscriptionEnded):
+            await asyncio.wait_for(waiting, TIMEOUT)
+        # And with an unsubscribe.
+        other = (await create_project(alice_api))["id"]
+        await client.subscribe(other)
+        waiting = asyncio.create_task(client.wait_for(other, 9))
+        await asyncio.sleep(0)
+        await client.unsubscribe(other)
+        with pytest.raises(SubscriptionEnded):
+            await asyncio.wait_for(waiting, TIMEOUT)
+
+
+async def test_a_resume_that_cannot_recover_brings_the_state(make_server: Any) -> None:
+    server = make_server(event_history=2)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as http:
+        pid = (await create_project(http))["id"]
+        async with TidingsClient(server.url, token=alice.token, backoff=fast_backoff()) as client:
+            reply = await client.subscribe(pid, snapshot=True)
+            assert (reply["seq"], reply["snapshot"]["project"]["id"]) == (1, pid)
+            await server.stop_async()
+            other = ServerThread(server.settings)  # same database: writes while we are away
+            other.start()
+            try:
+                async with api(other, alice) as elsewhere:
+                    for name in ("a", "b", "c", "d"):
+                        assert (await upload(elsewhere, pid, name)).status_code == 201
+            finally:
+                await other.stop_async()
+            server.start()
+            resumed = await next_event(client, lambda e: "recovered" in e)
+            assert (resumed["recovered"], resumed["seq"]) == (False, 5)
+            assert [f["name"] for f in resumed["snapshot"]["files"]] == ["a", "b", "c", "d"]
+            made = await upload(http, pid, "e")
+            async with asyncio.timeout(TIMEOUT):
+                await client.wait_for(pid, int(made.headers["Tidings-Seq"]))

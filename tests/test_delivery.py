@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from tidings.delivery import Delivery, Start, Step, Subscription, SubState, Verdict
+from tidings.delivery import (
+    Delivery,
+    Start,
+    Step,
+    Subscription,
+    SubState,
+    Verdict,
+    snapshot_needed,
+)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,72 @@ def test_start(
     assert d.start(sub, since, oldest, latest, head) == expected
     assert (sub.cursor, sub.state) == (cursor, state)
     assert sub.announced
+
+
+@pytest.mark.parametrize(
+    ("asked", "since", "oldest", "latest", "needed"),
+    [
+        (False, None, 1, 5, False),  # not asked: never
+        (False, 0, 2, 5, False),
+        (True, None, 1, 5, True),  # no since: the state at latest
+        (True, None, 1, 0, True),  # a project with an empty log still has a state
+        (True, 3, 1, 5, False),  # resumes: the missed events instead
+        (True, 5, 1, 5, False),  # resumes, nothing missed
+        (True, 0, 1, 5, False),  # everything still logged
+        (True, 0, 2, 5, True),  # trimmed past since: cannot resume
+        (True, 9, 1, 5, True),  # from another history
+    ],
+)
+def test_snapshot_needed(
+    asked: bool, since: int | None, oldest: int, latest: int, needed: bool
+) -> None:
+    assert snapshot_needed(asked, since, oldest, latest) is needed
+
+
+@pytest.mark.parametrize(
+    ("since", "oldest", "latest", "head", "expected", "cursor", "state"),
+    [
+        # The state at latest; what the node saw meanwhile is replayed after it.
+        (None, 1, 5, 5, Start(None, replay=False, snapshot=True), 5, SubState.LIVE),
+        (None, 1, 5, 8, Start(None, replay=True, snapshot=True), 5, SubState.RECOVERING),
+        # Resumable: the events after since, no snapshot.
+        (3, 1, 5, 5, Start(True, replay=True, snapshot=False), 3, SubState.RECOVERING),
+        (5, 1, 5, 5, Start(True, replay=False, snapshot=False), 5, SubState.LIVE),
+        # Not resumable: the snapshot, and the cursor at its seq.
+        (0, 3, 5, 5, Start(False, replay=False, snapshot=True), 5, SubState.LIVE),
+        (0, 3, 5, 6, Start(False, replay=True, snapshot=True), 5, SubState.RECOVERING),
+        (9, 1, 5, 5, Start(False, replay=False, snapshot=True), 5, SubState.LIVE),
+    ],
+)
+def test_start_with_a_snapshot(
+    since: int | None,
+    oldest: int,
+    latest: int,
+    head: int,
+    expected: Start,
+    cursor: int,
+    state: SubState,
+) -> None:
+    d = delivery()
+    d.request("p")
+    sub = d.begin("p", snapshot=True)
+    assert sub.snapshot
+    assert d.start(sub, since, oldest, latest, head) == expected
+    assert (sub.cursor, sub.state) == (cursor, state)
+
+
+def test_a_restart_keeps_asking_for_a_snapshot_only_if_the_subscribe_did() -> None:
+    d = delivery()
+    d.request("p")
+    sub = d.begin("p", snapshot=True)
+    d.start(sub, 2, 1, 5, 5)
+    # The replay finds the log trimmed: the server restarts it, as the client asked.
+    again = d.begin("p", waiting=False, snapshot=sub.snapshot)
+    assert d.start(again, sub.cursor, 4, 9, 9) == Start(False, replay=False, snapshot=True)
+    d.request("p")
+    plain = d.begin("p")
+    assert not plain.snapshot
+    assert d.start(plain, 2, 4, 9, 9) == Start(False, replay=False, snapshot=False)
 
 
 def test_begin_replaces_and_restart_keeps_waiting_requests() -> None:

@@ -83,7 +83,9 @@ async def test_upload_and_read_back(
         "content_type",
         "sha256",
         "created_at",
+        "seq",  # of its file.uploaded (read-your-writes)
     }
+    assert file.pop("seq") == 2 == int(response.headers["tidings-seq"])
     assert file["name"] == "notes.txt"
     assert file["path"] == "/"
     assert file["size"] == len(content)

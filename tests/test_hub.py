@@ -6,6 +6,7 @@ real clients can hit only by chance (the sockets themselves are tested over TCP 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tidings.frames import Frame
 from tidings.hub import Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
-from tidings.models import Project, User
+from tidings.models import File, Project, User
 
 
 class RecordingSocket:
@@ -84,7 +85,24 @@ class World:
             )
         return envelopes
 
-    def connection(self, socket: RecordingSocket) -> Connection:
+    async def files(self, project_id: str, count: int) -> None:
+        """Add ``count`` files with long names (no events: the snapshot reads the table)."""
+        async with self.db.write() as session:
+            for i in range(count):
+                name = f"{i:03}-{'n' * 100}.txt"
+                session.add(
+                    File(
+                        project_id=project_id,
+                        name=name,
+                        path="/",
+                        size=1,
+                        content_type="text/plain",
+                        asset_type="document",
+                        sha256="0" * 64,
+                    )
+                )
+
+    def connection(self, socket: RecordingSocket, max_queue_bytes: int = 1 << 20) -> Connection:
         conn = Connection(
             client_id="c1",
             user_id=self.user_id,
@@ -95,7 +113,7 @@ class World:
             messages=ClientMessages(max_message_bytes=65536, rate=1000, burst=1000, now=0),
             max_subscriptions=10,
             max_queue_messages=1000,
-            max_queue_bytes=1 << 20,
+            max_queue_bytes=max_queue_bytes,
             close_timeout=1,
         )
         self.hub.register(conn)
@@ -128,10 +146,12 @@ def _brief(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"type": m["type"], "seq": m.get("seq")} for m in messages]
 
 
-def subscribe(project_id: str, since: int | None = None) -> str:
+def subscribe(project_id: str, since: int | None = None, snapshot: bool = False) -> str:
     message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
     if since is not None:
         message["since"] = since
+    if snapshot:
+        message["snapshot"] = True
     return orjson.dumps(message).decode()
 
 
@@ -186,6 +206,62 @@ async def test_replay_that_falls_behind_retention_restarts_unrecovered(world: Wo
     [later] = await world.change(watched, 1)
     world.hub.fan_out(later)
     await eventually(lambda: socket.messages[-1].get("seq") == 6)
+
+
+async def test_a_restart_past_retention_sends_the_snapshot_the_subscribe_asked_for(
+    world: World,
+) -> None:
+    watched = await world.project()
+    socket = RecordingSocket()
+    conn = world.connection(socket)
+    conn.receive(subscribe(watched, snapshot=True))
+    await conn.idle()
+    assert socket.messages[-1]["snapshot"]["project"]["id"] == watched
+    changes = await world.change(watched, 4, history=2)  # the log keeps 4..5 of 2..5
+    await world.files(watched, 2)
+    world.hub.fan_out(changes[-1])
+    await eventually(lambda: len(socket.messages) > 1)
+    restart = socket.messages[-1]
+    assert (restart["recovered"], restart["seq"]) == (False, 5)
+    assert len(restart["snapshot"]["files"]) == 2  # the state at seq 5
+
+
+class HeldSocket(RecordingSocket):
+    """Takes nothing until ``release``: the client has stopped reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = asyncio.Event()
+
+    def writable(self) -> bool:
+        return self.released.is_set()
+
+    async def send(self, frames: list[Frame], batch: bool) -> None:
+        await self.released.wait()
+        self.write_nowait(frames, batch)
+
+
+async def test_snapshots_wait_for_room_instead_of_overflowing_the_queue(world: World) -> None:
+    """A client resubscribes to several projects at once, each with a snapshot that takes
+    most of its queue: they are paced by what it reads, not closed as a slow consumer."""
+    projects = [await world.project() for _ in range(4)]
+    for project_id in projects:
+        await world.files(project_id, 9)  # about 3.2 KB of snapshot each
+    socket = HeldSocket()
+    conn = world.connection(socket, max_queue_bytes=8192)
+    for project_id in projects:
+        conn.receive(subscribe(project_id, snapshot=True))
+    # The first is on its way (the writer holds it), the second waits in the queue; the
+    # third would still fit the queue, the fourth not: both wait for the client to read.
+    await eventually(lambda: conn.queue.count == 1)
+    assert 3000 < conn.queue.nbytes < 4000
+    assert conn.open and conn.subs[projects[2]].state.value == "pending"
+    socket.released.set()
+    await conn.idle()
+    await eventually(lambda: len(socket.messages) == 4)
+    assert [m["project_id"] for m in socket.messages] == projects
+    assert all(len(m["snapshot"]["files"]) == 9 for m in socket.messages)
+    assert socket.closed is None and conn.open
 
 
 def test_expiries_report_each_credential_once_when_due() -> None:

@@ -73,7 +73,8 @@ def test_describe(message: dict[str, Any], line: str) -> None:
     [
         (
             {"type": "connection.established", "client_id": "x", "heartbeat_interval": 30,
-             "protocol": 1, "expires_at": None, "timestamp": T, "user": {"id": "u", "username": "alice"}},
+             "protocol": 1, "expires_at": None, "timestamp": T,
+             "user": {"id": "u", "username": "alice"}},
             "connected as alice",
         ),
         (

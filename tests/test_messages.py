@@ -48,6 +48,22 @@ def test_subscribe_and_unsubscribe() -> None:
 
 
 @pytest.mark.parametrize(
+    ("fields", "snapshot"),
+    [
+        ({}, False),
+        ({"snapshot": None}, False),
+        ({"snapshot": False}, False),
+        ({"snapshot": True}, True),
+        ({"snapshot": True, "since": 3}, True),
+    ],
+)
+def test_subscribe_asks_for_a_snapshot(fields: dict[str, object], snapshot: bool) -> None:
+    action = session().receive(msg(type="subscribe", project_id="p", **fields), 0)
+    assert isinstance(action, Subscribe)
+    assert action.snapshot is snapshot
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         "not json",
@@ -65,6 +81,9 @@ def test_subscribe_and_unsubscribe() -> None:
         msg(type="subscribe", project_id="p", since=True),
         msg(type="subscribe", project_id="p", since=1.5),
         msg(type="subscribe", project_id="p", since=2**63),
+        msg(type="subscribe", project_id="p", snapshot=1),
+        msg(type="subscribe", project_id="p", snapshot="true"),
+        msg(type="subscribe", project_id="p", snapshot={}),
         msg(type="subscribe", project_id="p\u0000"),
         msg(type="subscribe", project_id="\u202eab"),
         msg(type="subscribe", project_id="a b"),

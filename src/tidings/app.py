@@ -13,7 +13,17 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 
 from tidings import __version__
-from tidings.api import auth, dashboard, docs, files, health, processes, projects, validation
+from tidings.api import (
+    auth,
+    dashboard,
+    docs,
+    events,
+    files,
+    health,
+    processes,
+    projects,
+    validation,
+)
 from tidings.api.deps import Services
 from tidings.broker import create_broker
 from tidings.codes import restart_reason
@@ -50,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         head_sync_interval=settings.head_sync_interval,
         replay_concurrency=settings.replay_concurrency,
         restart_reason=restart_reason(settings.ws_reconnect_spread),
+        snapshot_max_files=settings.snapshot_max_files,
     )
     services = Services(
         settings=settings,
@@ -97,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     # Starlette answers an unhandled error outside every middleware: give it the header too.
     app.add_exception_handler(Exception, _internal_error)
-    for module in (health, auth, projects, files, processes):
+    for module in (health, auth, projects, files, processes, events):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
     dashboard.mount(app)

@@ -12,13 +12,14 @@ announced counts as dead: the client drops it, reconnects and resumes.
 Usage::
 
     async with TidingsClient("ws://localhost:8000/ws", token="tid_…") as client:
-        await client.subscribe(project_id)
+        reply = await client.subscribe(project_id, snapshot=True)
+        state = reply["snapshot"]  # the project, its files and processes at reply["seq"]
         async for event in client:
             match event:
-                case Subscribed(recovered=False):
-                    ...  # events were missed: refetch the project's state over REST
+                case Subscribed(snapshot=snapshot) if snapshot is not None:
+                    state = snapshot  # the project's state, afresh after a lost gap
                 case FileUploaded():
-                    print(event.seq, event.file.name)
+                    print(event.seq, event.file.name)  # apply each event to state
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class SubscriptionError(TidingsError):
     def __init__(self, message: Received) -> None:
         super().__init__(f"{message.get('code')}: {message.get('message')}")
         self.message = message
+
+
+class SubscriptionEnded(TidingsError):
+    """The subscription ended (``project.deleted``, access revoked, not found or
+    unsubscribed) before the event :meth:`TidingsClient.wait_for` waited for arrived."""
+
+    def __init__(self, project_id: str) -> None:
+        super().__init__(f"the subscription to {project_id} ended")
+        self.project_id = project_id
 
 
 class Closed(TidingsError):
@@ -122,32 +132,56 @@ class ClientState:
     overlapping what was already seen) and is dropped too. Events of projects the caller
     does not subscribe to (the project-list audience) pass through untouched. After a
     reconnect, :meth:`resubscribe` lists the ``subscribe`` messages that resume every
-    subscription from its ``last`` seq.
+    subscription from its ``last`` seq; those that asked for a snapshot ask again, so the
+    server sends the state whenever it cannot resume.
     """
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
         self.subscriptions: set[str] = set()
         self.streaming: set[str] = set()  # answered with `subscribed` on this connection
+        self.snapshots: set[str] = set()  # subscriptions that ask for a snapshot
 
-    def want(self, project_id: str, since: int | None) -> dict[str, Any]:
-        """Record a subscription the caller asked for; return the message to send."""
+    def want(self, project_id: str, since: int | None, snapshot: bool = False) -> dict[str, Any]:
+        """Record a subscription the caller asked for; return the message to send.
+
+        With ``snapshot`` and no ``since`` the caller holds nothing of the project: the
+        subscription starts from the state the server sends, not from a seq seen before.
+        """
         self.subscriptions.add(project_id)
         self.streaming.discard(project_id)  # a new stream starts with the new reply
+        if snapshot:
+            self.snapshots.add(project_id)
+            if since is None:
+                self.last.pop(project_id, None)
+        else:
+            self.snapshots.discard(project_id)
         if since is not None:
             self.last[project_id] = since
         return self.subscribe_message(project_id)
 
     def drop(self, project_id: str) -> dict[str, Any]:
+        self._forget(project_id)
+        return {"type": "unsubscribe", "project_id": project_id}
+
+    def _forget(self, project_id: str) -> None:
         self.subscriptions.discard(project_id)
         self.streaming.discard(project_id)
-        return {"type": "unsubscribe", "project_id": project_id}
+        self.snapshots.discard(project_id)
 
     def subscribe_message(self, project_id: str) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
         if project_id in self.last:
             message["since"] = self.last[project_id]
+        if project_id in self.snapshots:
+            message["snapshot"] = True
         return message
+
+    def seen(self, project_id: str, seq: int) -> bool:
+        """Whether the caller's view of the project includes its event ``seq``: handed over
+        from the stream, or covered by a ``subscribed`` seq (a snapshot's, or where a
+        subscription without recovery starts)."""
+        return self.last.get(project_id, -1) >= seq
 
     def resubscribe(self) -> list[dict[str, Any]]:
         """A new connection: every wanted subscription starts a new stream."""
@@ -176,16 +210,14 @@ class ClientState:
         if (kind == "unsubscribed" and message.get("reason") is not None) or (
             kind == "error" and message.get("code") == "not_found"
         ):
-            self.subscriptions.discard(project_id)
-            self.streaming.discard(project_id)
+            self._forget(project_id)
             return True
         if isinstance(seq, int) and project_id in self.subscriptions:
             if project_id not in self.streaming or seq <= self.last.get(project_id, -1):
                 return False
             self.last[project_id] = seq
             if kind == "project.deleted":
-                self.subscriptions.discard(project_id)
-                self.streaming.discard(project_id)
+                self._forget(project_id)
         return True
 
 
@@ -234,7 +266,9 @@ class TidingsClient:
     ``recovered: false`` when events were lost to retention: refetch that project),
     events, ``unsubscribed`` and ``error``. Iteration raises :class:`Unauthorized` on 4401
     and :class:`Closed` on any other close code whose table entry says not to reconnect.
-    ``on_unrecovered(project_id)`` is also called for each ``recovered: false``.
+    ``on_unrecovered(project_id)`` is also called for each ``recovered: false``. A
+    subscription made with ``snapshot=True`` gets the project's state in its ``subscribed``
+    reply (``"snapshot"``) at first, and again whenever a resume cannot recover.
 
     A connection that carries nothing for :data:`DEAD_AFTER_HEARTBEATS` times the
     ``heartbeat_interval`` of its ``connection.established`` is given up as dead (a laptop
@@ -269,6 +303,7 @@ class TidingsClient:
         self._runner: asyncio.Task[None] | None = None
         self._pending: dict[tuple[str, frozenset[str]], list[asyncio.Future[Received]]] = {}
         self._dropping: set[asyncio.Task[None]] = set()  # closes of dead connections
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -303,14 +338,20 @@ class TidingsClient:
 
     # -- API ------------------------------------------------------------------------------
 
-    async def subscribe(self, project_id: str, since: int | None = None) -> Subscribed:
+    async def subscribe(
+        self, project_id: str, since: int | None = None, *, snapshot: bool = False
+    ) -> Subscribed:
         """Subscribe (resuming after ``since`` if given); return the ``subscribed`` reply.
 
-        Raises :class:`SubscriptionError` if the server refuses. The subscription is kept
-        across reconnects until :meth:`unsubscribe`, ``project.deleted`` or revoked access.
-        While disconnected this waits for the reconnect; bound it with ``asyncio.timeout``.
+        With ``snapshot`` the reply carries the project's state at its ``seq`` (the
+        project, its files and processes, as REST shows them) unless it resumes from
+        ``since``; after a reconnect that cannot recover, the ``subscribed`` message
+        iteration yields carries it again. Raises :class:`SubscriptionError` if the server
+        refuses. The subscription is kept across reconnects until :meth:`unsubscribe`,
+        ``project.deleted`` or revoked access. While disconnected this waits for the
+        reconnect; bound it with ``asyncio.timeout``.
         """
-        message = self.state.want(project_id, since)
+        message = self.state.want(project_id, since, snapshot)
         reply = await self._request(message)
         if not isinstance(reply, Subscribed):
             raise TidingsError(f"unexpected reply to subscribe: {reply.raw}")
@@ -319,8 +360,33 @@ class TidingsClient:
     async def unsubscribe(self, project_id: str) -> None:
         """End a subscription (at once when disconnected: it is simply not resumed)."""
         message = self.state.drop(project_id)
+        self._release_waiters(project_id)
         if self.connected.is_set():
             await self._request(message)
+
+    async def wait_for(self, project_id: str, seq: int) -> None:
+        """Return once the event ``seq`` of ``project_id`` has been delivered on the
+        socket (or a ``subscribed`` reply covers it): read-your-writes for a change whose
+        answer said ``Tidings-Seq: seq``.
+
+        Needs a subscription to the project; raises :class:`SubscriptionEnded` if there is
+        none or it ends first, and the client's error if it stops. Bound it with
+        ``asyncio.timeout``.
+        """
+        if self.state.seen(project_id, seq):
+            return
+        if project_id not in self.state.subscriptions:
+            raise SubscriptionEnded(project_id)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(project_id, [])
+        waiters.append((seq, future))
+        try:
+            await future
+        finally:
+            if (seq, future) in waiters:
+                waiters.remove((seq, future))
+            if not waiters and self._waiters.get(project_id) is waiters:
+                del self._waiters[project_id]
 
     def __aiter__(self) -> TidingsClient:
         return self
@@ -470,6 +536,20 @@ class TidingsClient:
         if lost and self.on_unrecovered is not None:
             self.on_unrecovered(str(message["project_id"]))
         self._events.put_nowait(event)
+        if isinstance(project_id, str) and project_id in self._waiters:
+            self._release_waiters(project_id)
+
+    def _release_waiters(self, project_id: str) -> None:
+        """Wake :meth:`wait_for` calls the project's view now covers, or whose
+        subscription has ended."""
+        ended = project_id not in self.state.subscriptions
+        for seq, future in self._waiters.get(project_id, []):
+            if future.done():
+                continue
+            if self.state.seen(project_id, seq):
+                future.set_result(None)
+            elif ended:
+                future.set_exception(SubscriptionEnded(project_id))
 
     async def _reconnect(self) -> ClientConnection:
         while True:
@@ -503,4 +583,8 @@ class TidingsClient:
                 if not future.done():
                     future.set_exception(exc or Closed(None))
         self._pending.clear()
+        for waiters in self._waiters.values():
+            for _, waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc or Closed(None))
         self._events.put_nowait(exc if exc is not None else _END)

@@ -62,7 +62,8 @@ AFTER_COMMIT = "tidings_after_commit"
 
 
 class Database:
-    """Short, explicit transactions: ``async with db.read()`` / ``async with db.write()``.
+    """Short, explicit transactions: ``async with db.read()`` / ``async with db.write()``,
+    and ``async with db.snapshot()`` for several reads that must agree with each other.
 
     A write transaction commits when its block ends without an exception, and only then
     runs the callbacks queued with :func:`after_commit` (this is how events reach the
@@ -79,6 +80,16 @@ class Database:
         self._write = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        # SQLite: a read transaction in WAL mode already sees one snapshot of the database
+        # from its first read to its end (BEGIN is explicit, see _sqlite_on_begin).
+        # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot;
+        # REPEATABLE READ gives the whole transaction the snapshot of its first statement.
+        snapshot_engine = (
+            engine.execution_options(isolation_level="REPEATABLE READ")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
+        self._snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -87,6 +98,13 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read() as session:
+            yield session
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only transaction in which every statement sees the same committed state:
+        the state as of its first statement, whatever commits meanwhile."""
+        async with self._snapshot() as session, session.begin():
             yield session
 
     @asynccontextmanager

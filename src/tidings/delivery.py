@@ -13,6 +13,11 @@ write, start a replay, or close a slow consumer. The rules, each decided here on
   database is read, then *recovering* (replaying the log after its cursor) or *live*. Live
   events are ignored until it is live: the replay covers them, and ends only once the
   cursor has reached the newest seq the node has seen (the channel's head).
+- A subscription that asked for a snapshot gets the project's state with its
+  ``subscribed`` reply whenever it does not resume from ``since`` (none given, or the log
+  no longer holds what follows it): the state read in the same transaction as the log
+  bounds, so its seq is the latest one and the cursor starts there, as without a snapshot.
+  One that can resume gets the missed events instead, as without a snapshot.
 - A live event past the cursor + 1 reveals a gap (a lost broker message, two nodes
   publishing out of order): the subscription goes back to recovering. A replay that finds
   the log no longer holds the event after its cursor (trimmed by retention meanwhile) asks
@@ -28,6 +33,13 @@ from typing import Protocol
 
 from tidings.outqueue import OutboundQueue
 from tidings.resume import decide
+
+
+def snapshot_needed(asked: bool, since: int | None, oldest: int, latest: int) -> bool:
+    """Whether a subscribe (``asked``: it wants a snapshot) is answered with the state at
+    ``latest``, given the log bounds ``oldest..latest``: whenever it does not resume."""
+    return asked and decide(since, oldest, latest).recovered is not True
+
 
 # Durable events after which a subscription ends (the project is gone).
 ENDING_TYPES = frozenset({"project.deleted"})
@@ -89,15 +101,17 @@ class Item(Protocol):
 
 class Subscription:
     """One project's subscription on one connection. ``cursor`` is the newest seq the
-    connection has been given; ``requests`` counts subscribes still waiting to be handled."""
+    connection has been given; ``requests`` counts subscribes still waiting to be handled;
+    ``snapshot``: the client asked for the project's state whenever it cannot resume."""
 
-    __slots__ = ("cursor", "project_id", "requests", "state")
+    __slots__ = ("cursor", "project_id", "requests", "snapshot", "state")
 
-    def __init__(self, project_id: str) -> None:
+    def __init__(self, project_id: str, snapshot: bool = False) -> None:
         self.project_id = project_id
         self.state = SubState.REQUESTED
         self.cursor = 0
         self.requests = 0
+        self.snapshot = snapshot
 
     @property
     def announced(self) -> bool:
@@ -114,6 +128,7 @@ class Start:
 
     recovered: bool | None  # for the `subscribed` reply; None: no `since` was given
     replay: bool  # True: replay the log after the cursor before going live
+    snapshot: bool = False  # True: the reply carries the state at the cursor
 
 
 class Delivery:
@@ -196,13 +211,16 @@ class Delivery:
         sub.requests += 1
         return True
 
-    def begin(self, project_id: str, *, waiting: bool = True) -> Subscription:
+    def begin(
+        self, project_id: str, *, waiting: bool = True, snapshot: bool = False
+    ) -> Subscription:
         """Handle the oldest waiting ``subscribe`` of ``project_id`` (``waiting=False``: a
         restart the server decided): a fresh, pending subscription replaces whatever was
-        there (subscribing again restarts from the new ``since``). The caller must stop
-        the previous one's replay, if any."""
+        there (subscribing again restarts from the new ``since``). ``snapshot``: it asks
+        for the project's state when it cannot resume. The caller must stop the previous
+        one's replay, if any."""
         old = self.subs.get(project_id)
-        sub = Subscription(project_id)
+        sub = Subscription(project_id, snapshot)
         if old is not None:
             sub.requests = old.requests - 1 if waiting and old.requests else old.requests
         sub.move(SubState.PENDING)
@@ -212,14 +230,19 @@ class Delivery:
     def start(
         self, sub: Subscription, since: int | None, oldest: int, latest: int, head: int
     ) -> Start:
-        """The project's log holds ``oldest..latest``; the node has seen up to ``head``."""
+        """The project's log holds ``oldest..latest``; the node has seen up to ``head``.
+
+        ``Start.snapshot`` is :func:`snapshot_needed` of the same bounds: the caller must
+        have read the state in the same transaction as the bounds when it is True (the
+        cursor is then ``latest``: what follows the state is replayed or arrives live)."""
         resume = decide(since, oldest, latest)
+        snapshot = snapshot_needed(sub.snapshot, since, oldest, latest)
         sub.cursor = resume.cursor
         if max(head, latest) > sub.cursor:
             sub.move(SubState.RECOVERING)
-            return Start(resume.recovered, replay=True)
+            return Start(resume.recovered, replay=True, snapshot=snapshot)
         sub.move(SubState.LIVE)
-        return Start(resume.recovered, replay=False)
+        return Start(resume.recovered, replay=False, snapshot=snapshot)
 
     def end(self, project_id: str, sub: Subscription | None = None) -> Subscription | None:
         """End the subscription (``sub``, if given, only if it is still the current one).

@@ -8,6 +8,7 @@ commit. Ephemeral events (``process.progress``) skip the log.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ PROCESS_STARTED = "process.started"
 PROCESS_COMPLETED = "process.completed"
 # Ephemeral.
 PROCESS_PROGRESS = "process.progress"
+# Published by other services (POST /api/projects/{id}/events), durable or ephemeral.
+CUSTOM_PREFIX = "custom."
+CUSTOM_TYPE = re.compile(r"custom\.[a-z0-9][a-z0-9_.-]{0,63}")
 # Control messages between nodes (never sent to clients as such).
 SESSION_REVOKED = "control.session_revoked"
 MEMBER_REMOVED = "control.member_removed"
@@ -88,6 +92,24 @@ class Envelope:
             coalesce=h["c"],
             data=h["d"],
         )
+
+
+async def log_bounds(
+    session: AsyncSession, project_id: str, user_id: str
+) -> tuple[int, int] | None:
+    """:meth:`EventLog.bounds` in ``session``'s transaction (to read more in the same one).
+
+    ``oldest`` is ``latest + 1`` when the log holds nothing of the project."""
+    oldest = select(func.min(Event.seq)).where(Event.project_id == project_id).scalar_subquery()
+    row = (
+        await session.execute(
+            select(Project.last_seq, oldest).where(Project.id == project_id, visible_to(user_id))
+        )
+    ).first()
+    if row is None:
+        return None
+    latest, first = row
+    return (first if first is not None else latest + 1, latest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,19 +192,8 @@ class EventLog:
 
         One query: the access check and the log bounds of a subscription together.
         """
-        oldest = select(func.min(Event.seq)).where(Event.project_id == project_id).scalar_subquery()
         async with self.db.read() as session:
-            row = (
-                await session.execute(
-                    select(Project.last_seq, oldest).where(
-                        Project.id == project_id, visible_to(user_id)
-                    )
-                )
-            ).first()
-        if row is None:
-            return None
-        latest, first = row
-        return (first if first is not None else latest + 1, latest)
+            return await log_bounds(session, project_id, user_id)
 
     async def heads(self, project_ids: Sequence[str]) -> dict[str, int]:
         """Latest seq of each existing project among ``project_ids``."""
@@ -195,35 +206,40 @@ class EventLog:
     async def read_after(
         self, project_id: str, after: int, limit: int, max_bytes: int | None = None
     ) -> list[LoggedEvent]:
-        """Events after seq ``after``, oldest first: at most ``limit`` of them and, with
-        ``max_bytes``, no more frames than fit in that many bytes — but always the first
-        one, however large, so a reader makes progress.
-
-        Bounded by bytes, a page never holds more than the caller has room for: the sizes
-        are read first, then only the frames that fit.
-        """
+        """:func:`logged_after`, in a read transaction of its own."""
         async with self.db.read() as session:
-            where: list[ColumnElement[bool]] = [Event.project_id == project_id, Event.seq > after]
-            if max_bytes is not None:
-                sizes = await session.execute(
-                    select(Event.seq, func.length(Event.frame))
-                    .where(Event.project_id == project_id, Event.seq > after)
-                    .order_by(Event.seq)
-                    .limit(limit)
-                )
-                last, total = after, 0
-                for seq, size in sizes:
-                    total += size
-                    if total > max_bytes and last > after:
-                        break
-                    last = seq
-                if last == after:
-                    return []
-                where.append(Event.seq <= last)
-            rows = await session.execute(
-                select(Event.seq, Event.type, Event.frame)
-                .where(*where)
-                .order_by(Event.seq)
-                .limit(limit)
-            )
-            return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows]
+            return await logged_after(session, project_id, after, limit, max_bytes)
+
+
+async def logged_after(
+    session: AsyncSession,
+    project_id: str,
+    after: int,
+    limit: int,
+    max_bytes: int | None = None,
+) -> list[LoggedEvent]:
+    """Up to ``limit`` logged events of the project with ``seq > after``, in seq order;
+    with ``max_bytes``, no more frames than fit in that many bytes — but always the first
+    one, however large, so a reader makes progress. The sizes are read first, then only
+    the frames that fit: a page never holds more than its reader has room for."""
+    where: list[ColumnElement[bool]] = [Event.project_id == project_id, Event.seq > after]
+    if max_bytes is not None:
+        sizes = await session.execute(
+            select(Event.seq, func.length(Event.frame))
+            .where(*where)
+            .order_by(Event.seq)
+            .limit(limit)
+        )
+        last, total = after, 0
+        for seq, size in sizes:
+            total += size
+            if total > max_bytes and last > after:
+                break
+            last = seq
+        if last == after:
+            return []
+        where.append(Event.seq <= last)
+    rows = await session.execute(
+        select(Event.seq, Event.type, Event.frame).where(*where).order_by(Event.seq).limit(limit)
+    )
+    return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows]

@@ -18,11 +18,20 @@ from typing import Any
 
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
-from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict
-from tidings.events import MEMBER_REMOVED, SESSION_REVOKED, Envelope, EventLog, encode, timestamp
+from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot_needed
+from tidings.events import (
+    CUSTOM_PREFIX,
+    MEMBER_REMOVED,
+    SESSION_REVOKED,
+    Envelope,
+    EventLog,
+    encode,
+    timestamp,
+)
 from tidings.frames import Frame
 from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
+from tidings.snapshot import Snapshots
 
 logger = logging.getLogger("tidings.hub")
 
@@ -94,8 +103,10 @@ class Hub:
         head_sync_interval: float,
         replay_concurrency: int = 32,
         restart_reason: str = "service restart",
+        snapshot_max_files: int = 10_000,
     ) -> None:
         self.eventlog = eventlog
+        self.snapshots = Snapshots(eventlog.db, snapshot_max_files)
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
@@ -226,10 +237,12 @@ class Hub:
         The subscription joins its channel before the log is read, so the channel's head
         keeps track of events committed meanwhile; anything past the cursor is then
         replayed from the log, and live delivery starts only once the replay has caught up.
+        A snapshot is read in the same transaction as the log bounds: it is the state at
+        the reply's ``seq``, which is where the cursor starts.
         """
         project_id = action.project_id
         conn.stop_replay(project_id)  # subscribing again restarts from the new `since`
-        sub = conn.begin(project_id)
+        sub = conn.begin(project_id, snapshot=action.snapshot)
         await self._start(conn, sub, action.since, action.request_id)
 
     async def _start(
@@ -237,14 +250,29 @@ class Hub:
     ) -> None:
         project_id = sub.project_id
         channel = self._join(conn, project_id)
+        asked = sub.snapshot
         try:
-            bounds = await self.eventlog.bounds(project_id, conn.user_id)
+            opening = await self.snapshots.open(
+                project_id,
+                conn.user_id,
+                lambda oldest, latest: snapshot_needed(asked, since, oldest, latest),
+                # What a replayed event may take of the queue (see wait_for_room).
+                conn.queue.max_bytes * 3 // 4,
+            )
         except Exception:
             logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
-            bounds, failed = None, True
+            opening, failed = None, True
         else:
             failed = False
-        if bounds is None or not conn.current(sub):
+        # A large snapshot waits for room in the queue, as replayed events do: a client
+        # that resubscribes to many projects at once is paced, not closed as slow.
+        if (
+            opening is not None
+            and opening.snapshot is not None
+            and not await conn.wait_for_room(opening.size)
+        ):
+            return  # the connection is closing
+        if opening is None or not conn.current(sub):
             # No access, or it was revoked (or the project deleted) while reading.
             if conn.current(sub):
                 self._end(conn, project_id, sub)
@@ -255,12 +283,14 @@ class Hub:
             )
             conn.send_message({**reply.message, "project_id": project_id})
             return
-        oldest, latest = bounds
+        oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
         channel.head = max(channel.head, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
             message["recovered"] = start.recovered
+        if start.snapshot:
+            message["snapshot"] = opening.snapshot
         if request_id is not None:
             message["id"] = request_id
         conn.send_message(message)
@@ -364,7 +394,7 @@ class Hub:
 
     async def _restart(self, conn: Connection, sub: Subscription) -> None:
         """Start again from the cursor: the reply says ``recovered: false``."""
-        fresh = conn.begin(sub.project_id, waiting=False)
+        fresh = conn.begin(sub.project_id, waiting=False, snapshot=sub.snapshot)
         await self._start(conn, fresh, sub.cursor, None)
 
     # -- fan-out --------------------------------------------------------------------------
@@ -430,9 +460,12 @@ class Hub:
                     conn.handle(verdict)
                 count += 1
         metrics = self.metrics
-        metrics.events_published.labels(env.type).inc()
+        # Custom types are chosen by clients: one label for all of them keeps the metric
+        # series bounded.
+        label = "custom" if env.type.startswith(CUSTOM_PREFIX) else env.type
+        metrics.events_published.labels(label).inc()
         if count:
-            metrics.events_delivered.labels(env.type).inc(count)
+            metrics.events_delivered.labels(label).inc(count)
 
     def _end_channel(self, project_id: str, channel: Channel, seq: int) -> None:
         """After ``project.deleted``: subscriptions that were given it end; replays end

@@ -42,6 +42,7 @@ class Subscribe:
     project_id: str
     since: int | None
     request_id: Any = None
+    snapshot: bool = False  # send the project's state with `subscribed` when not resuming
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,12 @@ class ClientMessages:
         since = message.get("since")
         if since is not None and (type(since) is not int or not 0 <= since < 2**63):
             return error(ErrorCode.BAD_REQUEST, "since must be an integer >= 0", request_id)
-        return Subscribe(project_id, since, request_id)
+        snapshot = message.get("snapshot")
+        if snapshot is None:
+            snapshot = False
+        elif not isinstance(snapshot, bool):
+            return error(ErrorCode.BAD_REQUEST, "snapshot must be true or false", request_id)
+        return Subscribe(project_id, since, request_id, snapshot)
 
     def _unsubscribe(self, message: dict[str, Any], request_id: Any) -> Action:
         project_id = message.get("project_id")

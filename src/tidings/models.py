@@ -139,7 +139,8 @@ class Event(Base):
 
     project_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    type: Mapped[str] = mapped_column(String(64))
+    # Built-in types, or a published ``custom.<name>`` (up to 71 characters).
+    type: Mapped[str] = mapped_column(String(80))
     frame: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -175,3 +176,25 @@ class Process(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     worker_token_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     result_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a publish that carried an ``Idempotency-Key``, kept 24 hours.
+
+    The primary key (project, key) is what makes retries safe: of two identical requests
+    racing, the database lets one insert the key and the other finds it and answers the
+    first's result. ``fingerprint`` is the SHA-256 of the request, so that a key reused for
+    a different request is refused instead of answered with another request's result.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_project_created", "project_id", "created_at"),)
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         description="TCP connections per node (HTTP and /ws) before new requests get 503; "
         "default: the open-file limit less a margin",
     )
+    snapshot_max_files: int = Field(
+        default=10_000,
+        ge=0,
+        description="files a subscribe snapshot holds at most (then `files_truncated`)",
+    )
     head_sync_interval: float = Field(
         default=5.0,
         gt=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 
 from tidings.auth import (
     COOKIE_NAME,
@@ -95,3 +95,14 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 
 def not_found(what: str = "project") -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+# Read-your-writes: the seq of the durable event a change recorded, on every answer to it.
+SEQ_HEADER = "Tidings-Seq"
+
+
+def tell_seq(response: Response, seq: int | None) -> None:
+    """Put the seq of the event this request recorded in the ``Tidings-Seq`` header (a
+    client waits for it on its socket: ``wait_for`` / ``seen``); None: it recorded none."""
+    if seq is not None:
+        response.headers[SEQ_HEADER] = str(seq)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
 from tidings.access import visible_project
-from tidings.api.deps import App, CurrentUser, not_found
-from tidings.api.schemas import FileOut, FilePage, file_event, file_out
+from tidings.api.deps import App, CurrentUser, not_found, tell_seq
+from tidings.api.schemas import FileCreated, FileOut, FilePage, file_event, file_out
 from tidings.api.validation import Id
 from tidings.assets import (
     InvalidContentType,
@@ -35,7 +35,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 @router.post(
     "",
-    response_model=FileOut,
+    response_model=FileCreated,
     status_code=status.HTTP_201_CREATED,
     openapi_extra={
         "requestBody": {
@@ -55,7 +55,9 @@ MULTIPART_OVERHEAD = 64 * 1024
         }
     },
 )
-async def upload_file(project_id: Id, request: Request, user: CurrentUser, app: App) -> Any:
+async def upload_file(
+    project_id: Id, request: Request, user: CurrentUser, app: App, response: Response
+) -> Any:
     """Upload one file (multipart field ``file``, optional field ``path``, default ``/``).
 
     Streamed to disk while hashing; the size limit applies as bytes arrive. A failed or
@@ -96,7 +98,7 @@ async def upload_file(project_id: Id, request: Request, user: CurrentUser, app: 
                 raise not_found()
             session.add(file)
             await session.flush()
-            await app.eventlog.record(
+            seq = await app.eventlog.record(
                 session, project_id, FILE_UPLOADED, {"file": file_event(file)}
             )
             # Placed before the commit; the handlers below remove it if the commit fails.
@@ -115,7 +117,8 @@ async def upload_file(project_id: Id, request: Request, user: CurrentUser, app: 
         raise
     finally:
         upload.temp_path.unlink(missing_ok=True)
-    return file_out(file)
+    tell_seq(response, seq)
+    return {**file_out(file), "seq": seq}
 
 
 @router.get("", response_model=FilePage)
@@ -176,7 +179,9 @@ async def download_file(project_id: Id, file_id: Id, user: CurrentUser, app: App
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> None:
+async def delete_file(
+    project_id: Id, file_id: Id, user: CurrentUser, app: App, response: Response
+) -> None:
     async with app.db.write() as session:
         if await visible_project(session, user.user_id, project_id, for_update=True) is None:
             raise not_found()
@@ -184,6 +189,11 @@ async def delete_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) 
         if file is None or file.project_id != project_id:
             raise not_found("file")
         await session.delete(file)
-        await app.eventlog.record(session, project_id, FILE_DELETED, {"file": file_event(file)})
+        tell_seq(
+            response,
+            await app.eventlog.record(
+                session, project_id, FILE_DELETED, {"file": file_event(file)}
+            ),
+        )
         path = app.storage.file_path(project_id, file_id)
         after_commit(session, lambda: asyncio.to_thread(path.unlink, missing_ok=True))

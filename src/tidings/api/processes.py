@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from tidings.access import visible_project
-from tidings.api.deps import App, CurrentUser, current_user, not_found
+from tidings.api.deps import App, CurrentUser, current_user, not_found, tell_seq
 from tidings.api.schemas import Body
 from tidings.api.validation import Id, PathFileName
 from tidings.assets import download_headers, served_type
@@ -36,7 +36,14 @@ class ProcessIn(Body):
     params: dict[str, Any] = {}
 
 
-class NewProcessOut(ProcessOut):
+class ProcessChanged(ProcessOut):
+    """A process as a change left it, with the seq of the event the change recorded (None
+    when it recorded none: a built-in kind logs ``process.started`` only once it runs)."""
+
+    seq: int | None = None
+
+
+class NewProcessOut(ProcessChanged):
     """The answer to a create: for ``external``, the worker's token, shown this once."""
 
     worker_token: str | None = None
@@ -99,7 +106,9 @@ async def _visible_process(app: App, user_id: str, project_id: str, process_id: 
 
 
 @router.post("", response_model=NewProcessOut, status_code=status.HTTP_202_ACCEPTED)
-async def start_process(project_id: Id, body: ProcessIn, user: CurrentUser, app: App) -> Any:
+async def start_process(
+    project_id: Id, body: ProcessIn, user: CurrentUser, app: App, response: Response
+) -> Any:
     """Start a process. Built-in kinds answer ``queued`` and run when a slot is free;
     ``external`` answers ``running`` and waits for reports on ``/progress`` and ``/complete``,
     with a ``worker_token`` for them (shown once). 429 when the project already has
@@ -112,7 +121,7 @@ async def start_process(project_id: Id, body: ProcessIn, user: CurrentUser, app:
             # create() checks cannot change under it.
             if await visible_project(session, user.user_id, project_id, for_update=True) is None:
                 raise not_found()
-            process = await app.processes.create(
+            process, seq = await app.processes.create(
                 session,
                 project_id,
                 user.user_id,
@@ -127,7 +136,8 @@ async def start_process(project_id: Id, body: ProcessIn, user: CurrentUser, app:
             f"{exc}; retry when one has finished",
             headers={"Retry-After": str(BUSY_RETRY_AFTER)},
         ) from None
-    return {**out, "worker_token": worker_token}
+    tell_seq(response, seq)
+    return {**out, "seq": seq, "worker_token": worker_token}
 
 
 @router.get("", response_model=ProcessPage)
@@ -164,18 +174,22 @@ async def get_process(project_id: Id, process_id: Id, user: CurrentUser, app: Ap
     return process_out(await _visible_process(app, user.user_id, project_id, process_id))
 
 
-@router.delete("/{process_id}", response_model=ProcessOut)
-async def cancel_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
+@router.delete("/{process_id}", response_model=ProcessChanged)
+async def cancel_process(
+    project_id: Id, process_id: Id, user: CurrentUser, app: App, response: Response
+) -> Any:
     """Cancel a queued or running process; answers once it has stopped (``cancelled``).
     409 if it had already finished."""
     await _visible_process(app, user.user_id, project_id, process_id)
     try:
-        await app.processes.cancel(project_id, process_id)
+        seq = await app.processes.cancel(project_id, process_id)
     except NotFound:
         raise not_found("process") from None
     except Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return process_out(await _visible_process(app, user.user_id, project_id, process_id))
+    process = await _visible_process(app, user.user_id, project_id, process_id)
+    tell_seq(response, seq)
+    return {**process_out(process), "seq": seq}
 
 
 @router.get("/{process_id}/result", response_class=FileResponse)
@@ -270,19 +284,22 @@ async def report_progress(project_id: Id, process_id: Id, body: ProgressIn, app:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{process_id}/complete", response_model=ProcessOut, dependencies=[Driver])
-async def complete_process(project_id: Id, process_id: Id, body: CompleteIn, app: App) -> Any:
+@router.post("/{process_id}/complete", response_model=ProcessChanged, dependencies=[Driver])
+async def complete_process(
+    project_id: Id, process_id: Id, body: CompleteIn, app: App, response: Response
+) -> Any:
     """An external worker's end: ``succeeded`` with ``result``, or ``failed`` with ``error``.
     The worker token stops working with it."""
     if body.result is not None and len(orjson.dumps(body.result)) > MAX_RESULT_BYTES:
         raise _invalid(("result",), "result is too large", None)
     error = (body.error or "failed")[:1000] if body.status == "failed" else None
     try:
-        row = await app.processes.complete(
+        row, seq = await app.processes.complete(
             project_id, process_id, Status(body.status), body.result, error
         )
     except NotFound:
         raise not_found("process") from None
     except Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return process_out(row)
+    tell_seq(response, seq)
+    return {**process_out(row), "seq": seq}

@@ -6,13 +6,14 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.access import audience, visible_project, visible_to
-from tidings.api.deps import App, CurrentUser, not_found
+from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.schemas import (
+    MemberAdded,
     MemberIn,
     MemberOut,
     ProjectIn,
@@ -33,10 +34,9 @@ async def _owner_name(session: AsyncSession, project: Project) -> str:
     return name or ""
 
 
-async def record_project_event(
-    app: App, session: AsyncSession, project: Project, type: str
-) -> None:
-    """Log ``project.*`` with the project as it is now; everyone who sees it gets it."""
+async def record_project_event(app: App, session: AsyncSession, project: Project, type: str) -> int:
+    """Log ``project.*`` with the project as it is now; everyone who sees it gets it.
+    Returns its seq."""
     owner = await _owner_name(session, project)
     users = await audience(session, project)
 
@@ -44,11 +44,11 @@ async def record_project_event(
         project.last_seq = seq
         return {"data": project_out(project, owner)}
 
-    await app.eventlog.record(session, project.id, type, body, users)
+    return await app.eventlog.record(session, project.id, type, body, users)
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
-async def create_project(body: ProjectIn, user: CurrentUser, app: App) -> Any:
+async def create_project(body: ProjectIn, user: CurrentUser, app: App, response: Response) -> Any:
     async with app.db.write() as session:
         now = datetime.now(UTC)
         project = Project(
@@ -61,7 +61,7 @@ async def create_project(body: ProjectIn, user: CurrentUser, app: App) -> Any:
         )
         session.add(project)
         await session.flush()
-        await record_project_event(app, session, project, PROJECT_CREATED)
+        tell_seq(response, await record_project_event(app, session, project, PROJECT_CREATED))
     return project_out(project, user.username)
 
 
@@ -87,7 +87,9 @@ async def get_project(project_id: Id, user: CurrentUser, app: App) -> Any:
 
 
 @router.patch("/{project_id}", response_model=ProjectOut)
-async def update_project(project_id: Id, body: ProjectPatch, user: CurrentUser, app: App) -> Any:
+async def update_project(
+    project_id: Id, body: ProjectPatch, user: CurrentUser, app: App, response: Response
+) -> Any:
     async with app.db.write() as session:
         project = await visible_project(session, user.user_id, project_id, for_update=True)
         if project is None:
@@ -98,19 +100,19 @@ async def update_project(project_id: Id, body: ProjectPatch, user: CurrentUser, 
             project.description = body.description
         project.updated_at = datetime.now(UTC)
         await session.flush()
-        await record_project_event(app, session, project, PROJECT_UPDATED)
+        tell_seq(response, await record_project_event(app, session, project, PROJECT_UPDATED))
         return project_out(project, await _owner_name(session, project))
 
 
 @router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_project(project_id: Id, user: CurrentUser, app: App) -> None:
+async def delete_project(project_id: Id, user: CurrentUser, app: App, response: Response) -> None:
     async with app.db.write() as session:
         project = await visible_project(session, user.user_id, project_id, for_update=True)
         if project is None:
             raise not_found()
         if project.owner_id != user.user_id:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner can delete a project")
-        await record_project_event(app, session, project, PROJECT_DELETED)
+        tell_seq(response, await record_project_event(app, session, project, PROJECT_DELETED))
         await app.eventlog.forget_project(session, project.id, keep_from=project.last_seq)
         await session.delete(project)
         after_commit(session, lambda: app.processes.project_deleted(project_id))
@@ -147,8 +149,12 @@ async def list_members(project_id: Id, user: CurrentUser, app: App) -> Any:
         return members
 
 
-@router.post("/{project_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
-async def add_member(project_id: Id, body: MemberIn, user: CurrentUser, app: App) -> Any:
+@router.post(
+    "/{project_id}/members", response_model=MemberAdded, status_code=status.HTTP_201_CREATED
+)
+async def add_member(
+    project_id: Id, body: MemberIn, user: CurrentUser, app: App, response: Response
+) -> Any:
     async with app.db.write() as session:
         project = await _owned_project(session, user.user_id, project_id)
         target = await session.scalar(select(User).where(User.username == body.username))
@@ -160,13 +166,14 @@ async def add_member(project_id: Id, body: MemberIn, user: CurrentUser, app: App
         session.add(Member(project_id=project_id, user_id=target.id))
         await session.flush()
         # The new member's project list learns of the project through this event.
-        await record_project_event(app, session, project, PROJECT_UPDATED)
-    return MemberOut(user_id=target.id, username=target.username, role="member")
+        seq = await record_project_event(app, session, project, PROJECT_UPDATED)
+    tell_seq(response, seq)
+    return MemberAdded(user_id=target.id, username=target.username, role="member", seq=seq)
 
 
 @router.delete("/{project_id}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_member(
-    project_id: Id, username: PathUsername, user: CurrentUser, app: App
+    project_id: Id, username: PathUsername, user: CurrentUser, app: App, response: Response
 ) -> None:
     """The owner removes a member, or a member leaves (``username`` is their own). Their
     subscriptions to the project end at once (``access_revoked``). The owner cannot be
@@ -189,6 +196,6 @@ async def remove_member(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
         await session.delete(member)
         await session.flush()
-        await record_project_event(app, session, project, PROJECT_UPDATED)
+        tell_seq(response, await record_project_event(app, session, project, PROJECT_UPDATED))
         removed = {"project_id": project_id, "user_id": target.id}
         after_commit(session, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))

@@ -103,6 +103,10 @@ class MemberOut(BaseModel):
     role: str
 
 
+class MemberAdded(MemberOut):
+    seq: int = Field(description="seq of the project.updated event the change recorded")
+
+
 class FileOut(BaseModel):
     id: str
     name: str
@@ -112,6 +116,10 @@ class FileOut(BaseModel):
     content_type: str
     sha256: str
     created_at: datetime
+
+
+class FileCreated(FileOut):
+    seq: int = Field(description="seq of the file.uploaded event the upload recorded")
 
 
 class FilePage(BaseModel):

@@ -93,6 +93,7 @@ class Job:
     status: Status = Status.QUEUED
     progress: Progress = field(default_factory=Progress)
     task: asyncio.Task[None] | None = None
+    completed_seq: int | None = None  # the seq of its process.completed, once recorded
 
 
 @dataclass(eq=False)
@@ -168,13 +169,15 @@ class ProcessRunner:
         kind: Kind,
         params: BaseModel,
         worker_token_hash: str | None = None,
-    ) -> Process:
+    ) -> tuple[Process, int | None]:
         """Insert a process in ``session``'s write transaction; it runs after the commit.
 
         The caller must hold the project's lock in that transaction (``visible_project(…,
         for_update=True)``): the count of active processes checked here is then exact even
         under concurrent creates. Raises :class:`Busy` at ``max_active_processes``.
-        An ``external`` process is ``running`` from here and logs ``process.started`` now.
+        An ``external`` process is ``running`` from here and logs ``process.started`` now:
+        the second value is that event's seq (None for a built-in kind, which logs
+        nothing until it runs).
         """
         active = await session.scalar(
             select(func.count())
@@ -204,21 +207,21 @@ class ProcessRunner:
         session.add(process)
         await session.flush()
         if kind.external:
-            await self._record(session, process, PROCESS_STARTED)
-        else:
-            job = Job(process.id, project_id, kind, params)
+            return process, await self._record(session, process, PROCESS_STARTED)
+        job = Job(process.id, project_id, kind, params)
 
-            async def enqueue() -> None:
-                self._enqueue(job)
+        async def enqueue() -> None:
+            self._enqueue(job)
 
-            after_commit(session, enqueue)
-        return process
+        after_commit(session, enqueue)
+        return process, None
 
-    async def cancel(self, project_id: str, process_id: str) -> None:
+    async def cancel(self, project_id: str, process_id: str) -> int | None:
         """Stop a queued or running process; it ends ``cancelled``, its output removed.
 
-        Returns once it has ended (a worker notices within one chunk). Raises NotFound,
-        or Conflict if it had already finished.
+        Returns once it has ended (a worker notices within one chunk), with the seq of its
+        ``process.completed`` (None if another node or a sweep recorded its end). Raises
+        NotFound, or Conflict if it had already finished.
         """
         async with self.db.read() as session:
             current = await session.get(Process, process_id)
@@ -231,11 +234,10 @@ class ProcessRunner:
             if job.task is None:
                 self._queue.remove(job)
                 self._jobs.pop(job.id, None)
-                await self._finish(job, Outcome(Status.CANCELLED))
-            else:
-                job.progress.stop.set()
-                await asyncio.shield(job.task)
-            return
+                return await self._finish(job, Outcome(Status.CANCELLED))
+            job.progress.stop.set()
+            await asyncio.shield(job.task)
+            return job.completed_seq
         # Not held here: external, or held by another node (its lease renewal notices).
         await self._drop_feed(process_id)
         async with self.db.write() as session:
@@ -249,8 +251,9 @@ class ProcessRunner:
             )
             if row is None:
                 raise Conflict("process has already finished")
-            await self._record(session, row, PROCESS_COMPLETED)
+            seq = await self._record(session, row, PROCESS_COMPLETED)
         await self._remove_output(project_id, process_id)
+        return seq
 
     async def project_deleted(self, project_id: str) -> None:
         """The project is gone (its rows too): stop its work, remove its outputs."""
@@ -289,8 +292,9 @@ class ProcessRunner:
 
     async def complete(
         self, project_id: str, process_id: str, status: Status, result: Any, error: str | None
-    ) -> Process:
-        """An external worker's end: ``succeeded`` with a result or ``failed`` with an error."""
+    ) -> tuple[Process, int]:
+        """An external worker's end: ``succeeded`` with a result or ``failed`` with an error.
+        Returns the process and the seq of its ``process.completed``."""
         async with self.db.read() as session:
             await self._external_row(session, project_id, process_id)
         await self._drop_feed(process_id)
@@ -310,8 +314,8 @@ class ProcessRunner:
             )
             if row is None:
                 raise Conflict("process has already finished")
-            await self._record(session, row, PROCESS_COMPLETED)
-        return row
+            seq = await self._record(session, row, PROCESS_COMPLETED)
+        return row, seq
 
     async def _external_row(
         self, session: AsyncSession, project_id: str, process_id: str
@@ -427,12 +431,14 @@ class ProcessRunner:
                 last = now
                 await self._publish_progress(job.project_id, job.id, *now)
 
-    async def _finish(self, job: Job, outcome: Outcome) -> None:
-        """Record the end (if nobody else did), emitting the final 1.0 on success first."""
+    async def _finish(self, job: Job, outcome: Outcome) -> int | None:
+        """Record the end (if nobody else did), emitting the final 1.0 on success first.
+        Returns the seq of the ``process.completed`` it recorded, if it did."""
         if outcome.status is Status.SUCCEEDED:
             await self._publish_progress(job.project_id, job.id, 1.0, "Done")
         else:
             await self._remove_output(job.project_id, job.id)
+        seq: int | None = None
         try:
             async with self.db.write() as session:
                 row = await move(
@@ -449,11 +455,13 @@ class ProcessRunner:
                 )
                 if row is not None:
                     job.status = job.status.to(outcome.status)
-                    await self._record(session, row, PROCESS_COMPLETED)
+                    seq = await self._record(session, row, PROCESS_COMPLETED)
         except LookupError:
-            row = None  # the project was deleted meanwhile
-        if row is None and outcome.status is Status.SUCCEEDED:
+            seq = None  # the project was deleted meanwhile
+        if seq is None and outcome.status is Status.SUCCEEDED:
             await self._remove_output(job.project_id, job.id)
+        job.completed_seq = seq
+        return seq
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -634,9 +642,9 @@ class ProcessRunner:
         out_dir = self._out_dir(project_id, process_id)
         await asyncio.to_thread(shutil.rmtree, out_dir, ignore_errors=True)
 
-    async def _record(self, session: AsyncSession, process: Process, type: str) -> None:
+    async def _record(self, session: AsyncSession, process: Process, type: str) -> int:
         body = {"process_id": process.id, "process": process_out(process)}
-        await self.eventlog.record(session, process.project_id, type, body)
+        return await self.eventlog.record(session, process.project_id, type, body)
 
     async def _publish_progress(
         self, project_id: str, process_id: str, progress: float, message: str

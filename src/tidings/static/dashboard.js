@@ -1,7 +1,9 @@
-// The tidings dashboard: REST for the current state, /ws (through tidings.js) for every
-// change after it. Loading a project reads its seq first, then its files, then subscribes
-// with since=seq, so the events replayed after seq are applied on top of state that may
-// already include them: every update below is idempotent (upsert or delete by id).
+// The tidings dashboard: one subscribe with `snapshot` per project view. The snapshot
+// (the project, its files and processes at a seq) builds the view; the events after it,
+// live or replayed after a reconnect, update it. A resume that cannot recover brings a new
+// snapshot, which replaces the view: no REST read of the project on open or after an
+// outage (only a project with more files than a snapshot holds pages the rest over
+// REST). Every update below is idempotent (upsert or delete by id).
 
 import { TidingsClient } from "./tidings.js";
 
@@ -15,6 +17,7 @@ const view = {
   selected: null,
   files: new Map(),
   renderedFiles: null,
+  gone: new Set(), // files deleted since the snapshot: a page read over REST may predate it
   processes: new Map(),
   processRows: new Map(), // process id -> its <li>, kept so updates happen in place
   connection: { state: "offline" },
@@ -130,6 +133,7 @@ async function start(me) {
   const client = new TidingsClient();
   view.client = client;
   client.addEventListener("status", (e) => setStatus(e.detail));
+  client.addEventListener("snapshot", (e) => onSnapshot(e.detail));
   client.addEventListener("message", (e) => onMessage(e.detail));
   await client.connect();
 }
@@ -177,8 +181,10 @@ function onMessage(message) {
     case "unsubscribed":
       if (message.reason === "access_revoked") dropProject(pid, "Your access to this project was removed.");
       break;
-    case "subscribed":
-      if (message.recovered === false && pid === view.selected) loadProjectState(pid);
+    case "error":
+      if (message.code === "not_found" && pid && pid === view.selected) {
+        dropProject(pid, "This project is not available.");
+      }
       break;
     case "file.uploaded":
       if (pid === view.selected) {
@@ -189,6 +195,7 @@ function onMessage(message) {
     case "file.deleted":
       if (pid === view.selected) {
         view.files.delete(message.file.id);
+        view.gone.add(message.file.id);
         renderFiles();
       }
       break;
@@ -276,37 +283,54 @@ async function selectProject(pid) {
   view.selected = pid;
   notice("");
   renderProjects();
-  const seq = await loadProjectState(pid);
-  if (seq !== null && view.selected === pid) view.client.subscribe(pid, { since: seq });
+  // The state arrives with the `subscribed` reply (onSnapshot), and again should a
+  // reconnect find that events were lost meanwhile.
+  view.client.subscribe(pid, { snapshot: true });
   renderStatus();
 }
 
-/** Fetch a project's state; returns the seq it is at least as new as (null: gone). */
-async function loadProjectState(pid) {
-  const response = await api("GET", `/api/projects/${encodeURIComponent(pid)}`);
-  if (!response.ok) {
-    dropProject(pid, "This project is not available.");
-    return null;
-  }
-  const project = await response.json();
-  view.projects.set(pid, project);
-  const files = new Map();
-  for (let offset = 0; offset !== null; ) {
-    const page = await json("GET", `/api/projects/${encodeURIComponent(pid)}/files?limit=1000&offset=${offset}`);
-    for (const f of page.items) files.set(f.id, f);
-    offset = page.next_offset;
-  }
-  const processes = await loadProcesses(pid).catch(() => new Map());
-  if (view.selected !== pid) return project.seq;
-  view.files = files;
+/** A project's state at a seq: the view, afresh. Events after it follow. */
+function onSnapshot({ project_id: pid, snapshot }) {
+  if (pid !== view.selected) return;
+  view.projects.set(pid, snapshot.project);
+  renderProjects();
+  view.files = new Map(snapshot.files.map((f) => [f.id, f]));
   view.renderedFiles = null;
-  view.processes = processes;
+  view.gone = new Set();
+  view.processes = new Map(snapshot.processes.map((p) => [p.id, p]));
   $("#empty").hidden = true;
   $("#project").hidden = false;
   renderProjectHead();
   renderFiles();
   renderProcesses();
-  return project.seq;
+  if (snapshot.files_truncated) loadMoreFiles(pid, snapshot.files.length);
+  if (snapshot.processes_truncated) loadMoreProcesses(pid);
+}
+
+/** More files than a snapshot holds: page the rest over REST, as the events go on. */
+async function loadMoreFiles(pid, offset) {
+  try {
+    for (let next = offset; next !== null; ) {
+      const page = await json("GET", `/api/projects/${encodeURIComponent(pid)}/files?limit=1000&offset=${next}`);
+      if (view.selected !== pid) return;
+      for (const f of page.items) if (!view.gone.has(f.id) && !view.files.has(f.id)) view.files.set(f.id, f);
+      renderFiles();
+      next = page.next_offset;
+    }
+  } catch (err) {
+    notice(`Could not load every file: ${err.message}`);
+  }
+}
+
+async function loadMoreProcesses(pid) {
+  try {
+    const processes = await loadProcesses(pid);
+    if (view.selected !== pid) return;
+    for (const p of processes.values()) mergeProcess(p);
+    renderProcesses();
+  } catch (err) {
+    // The snapshot's processes stay; the events keep them current.
+  }
 }
 
 function dropProject(pid, why) {

@@ -17,14 +17,22 @@
 //   const client = new TidingsClient();
 //   client.addEventListener("message", (e) => console.log(e.detail));
 //   client.addEventListener("status", (e) => console.log(e.detail.state));
+//   client.addEventListener("snapshot", (e) => render(e.detail.snapshot));
 //   await client.connect();
-//   client.subscribe(projectId, { since: project.seq });
+//   client.subscribe(projectId, { snapshot: true });
+//   const answer = await fetch(...);               // a change of our own, then:
+//   await client.seen(projectId, Number(answer.headers.get("Tidings-Seq")));
 //
 // Events (CustomEvent, payload in `detail`):
 //   "message"     every server message except heartbeats, pongs and duplicates;
 //                 `connection.established` again after each reconnect (refetch what you
 //                 track without a subscription), `subscribed` with `recovered: false`
-//                 when events were lost to retention (refetch that project).
+//                 when events were lost to retention (refetch that project, or subscribe
+//                 with `snapshot: true` and the state comes by itself).
+//   "snapshot"    {project_id, seq, snapshot}: a project's state at `seq` (its project,
+//                 files and processes, as REST shows them), for a subscription made with
+//                 `snapshot: true`: at first, and after a resume that could not recover.
+//                 The events that follow have higher seqs. Sent before its "message".
 //   "unrecovered" {project_id} for each `recovered: false`.
 //   "status"      {state, code, delay, attempt, reason}: state is "connecting", "open",
 //                 "reconnecting" (after `delay` ms; `reason` "closed", "silent",
@@ -62,22 +70,41 @@ export class SeqState {
     this.last = new Map();
     this.subscriptions = new Set();
     this.streaming = new Set();
+    this.snapshots = new Set(); // subscriptions that ask for a snapshot
   }
-  want(projectId, since) {
+  /** With `snapshot` and no `since` the caller holds nothing: start from the state. */
+  want(projectId, since, snapshot = false) {
+    const hasSince = since !== undefined && since !== null;
     this.subscriptions.add(projectId);
     this.streaming.delete(projectId);
-    if (since !== undefined && since !== null) this.last.set(projectId, since);
+    if (snapshot) {
+      this.snapshots.add(projectId);
+      if (!hasSince) this.last.delete(projectId);
+    } else {
+      this.snapshots.delete(projectId);
+    }
+    if (hasSince) this.last.set(projectId, since);
     return this.subscribeMessage(projectId);
   }
   drop(projectId) {
+    this.forget(projectId);
+    return { type: "unsubscribe", project_id: projectId };
+  }
+  forget(projectId) {
     this.subscriptions.delete(projectId);
     this.streaming.delete(projectId);
-    return { type: "unsubscribe", project_id: projectId };
+    this.snapshots.delete(projectId);
   }
   subscribeMessage(projectId) {
     const message = { type: "subscribe", project_id: projectId };
     if (this.last.has(projectId)) message.since = this.last.get(projectId);
+    if (this.snapshots.has(projectId)) message.snapshot = true;
     return message;
+  }
+  /** Whether the view of a project includes its event `seq` (delivered, or covered by a
+   * `subscribed` seq: a snapshot's, or where an unrecovered subscription starts). */
+  seen(projectId, seq) {
+    return (this.last.get(projectId) ?? -1) >= seq;
   }
   resubscribe() {
     this.streaming.clear();
@@ -97,17 +124,13 @@ export class SeqState {
       return true;
     }
     if ((type === "unsubscribed" && message.reason) || (type === "error" && message.code === "not_found")) {
-      this.subscriptions.delete(pid);
-      this.streaming.delete(pid);
+      this.forget(pid);
       return true;
     }
     if (Number.isInteger(seq) && this.subscriptions.has(pid)) {
       if (!this.streaming.has(pid) || seq <= (this.last.get(pid) ?? -1)) return false;
       this.last.set(pid, seq);
-      if (type === "project.deleted") {
-        this.subscriptions.delete(pid);
-        this.streaming.delete(pid);
-      }
+      if (type === "project.deleted") this.forget(pid);
     }
     return true;
   }
@@ -148,6 +171,7 @@ export class TidingsClient extends EventTarget {
         this.reconnectNow("visible");
       }
     };
+    this.waiters = new Map(); // project id -> [{seq, resolve, reject}] of seen() calls
   }
 
   /** Fetch the close-code table, then open the socket (and keep it open). */
@@ -168,12 +192,30 @@ export class TidingsClient extends EventTarget {
     }
   }
 
-  subscribe(projectId, { since } = {}) {
-    this.send(this.state.want(projectId, since));
+  /** Subscribe (resuming after `since` if given). With `snapshot: true` the project's
+   * state comes as a "snapshot" event whenever the subscription does not resume. */
+  subscribe(projectId, { since, snapshot = false } = {}) {
+    this.send(this.state.want(projectId, since, snapshot));
   }
 
   unsubscribe(projectId) {
     this.send(this.state.drop(projectId));
+    this.releaseWaiters(projectId);
+  }
+
+  /** A Promise that resolves once the event `seq` of a subscribed project has been
+   * delivered (or a `subscribed` reply covers it): read-your-writes for a change whose
+   * answer said `Tidings-Seq: seq`. It rejects if the subscription ends first (or there
+   * is none) and if the client stops. */
+  seen(projectId, seq) {
+    if (this.state.seen(projectId, seq)) return Promise.resolve();
+    if (!this.state.subscriptions.has(projectId) || this.stopped) {
+      return Promise.reject(new Error(`not subscribed to ${projectId}`));
+    }
+    return new Promise((resolve, reject) => {
+      if (!this.waiters.has(projectId)) this.waiters.set(projectId, []);
+      this.waiters.get(projectId).push({ seq, resolve, reject });
+    });
   }
 
   /** Seq of the newest event seen for a project (undefined if none). */
@@ -189,6 +231,7 @@ export class TidingsClient extends EventTarget {
     if (typeof document !== "undefined") document.removeEventListener("visibilitychange", this.onVisible);
     if (this.ws) this.ws.close(1000);
     this.status({ state: "closed", code: 1000 });
+    this.rejectWaiters("the client was closed");
   }
 
   // -- internals ------------------------------------------------------------------------
@@ -239,7 +282,33 @@ export class TidingsClient extends EventTarget {
     if (message.type === "subscribed" && message.recovered === false) {
       this.dispatchEvent(new CustomEvent("unrecovered", { detail: { project_id: message.project_id } }));
     }
+    if (message.type === "subscribed" && message.snapshot) {
+      const { project_id, seq, snapshot } = message;
+      this.dispatchEvent(new CustomEvent("snapshot", { detail: { project_id, seq, snapshot } }));
+    }
     this.dispatchEvent(new CustomEvent("message", { detail: message }));
+    if (this.waiters.has(message.project_id)) this.releaseWaiters(message.project_id);
+  }
+
+  /** Settle the seen() calls of a project that its view now covers, or whose
+   * subscription has ended. */
+  releaseWaiters(projectId) {
+    const ended = !this.state.subscriptions.has(projectId);
+    const left = [];
+    for (const waiter of this.waiters.get(projectId) || []) {
+      if (this.state.seen(projectId, waiter.seq)) waiter.resolve();
+      else if (ended) waiter.reject(new Error(`the subscription to ${projectId} ended`));
+      else left.push(waiter);
+    }
+    if (left.length) this.waiters.set(projectId, left);
+    else this.waiters.delete(projectId);
+  }
+
+  rejectWaiters(why) {
+    for (const waiters of this.waiters.values()) {
+      for (const waiter of waiters) waiter.reject(new Error(why));
+    }
+    this.waiters.clear();
   }
 
   /** One timer per silence: it fires when the connection would have been silent for
@@ -299,6 +368,7 @@ export class TidingsClient extends EventTarget {
       this.stopped = true;
       const entry = this.table.close_codes[String(code)];
       this.status({ state: "closed", code, reason: entry.name });
+      this.rejectWaiters(`the connection closed with ${code}`);
       return;
     }
     this.retry(code, "closed", this.backoff.next());
