@@ -69,19 +69,66 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Parametrise a test over both storage backends."""
-    return str(request.param)
+# -- the backend matrix ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The database and broker one run of a test uses."""
+
+    database: str  # "sqlite" | "postgres"
+    broker: str  # "memory" | "redis"
+
+    @property
+    def id(self) -> str:
+        return f"{self.database}-{self.broker}"
+
+
+SQLITE_MEMORY = Stack("sqlite", "memory")
+POSTGRES_REDIS = Stack("postgres", "redis")
+STACKS = [
+    pytest.param(SQLITE_MEMORY, id=SQLITE_MEMORY.id),
+    pytest.param(
+        POSTGRES_REDIS, id=POSTGRES_REDIS.id, marks=[pytest.mark.postgres, pytest.mark.redis]
+    ),
+]
+
+
+@pytest.fixture(params=STACKS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The backend matrix: every test that reaches a database or a server runs once per stack.
+
+    ``database_url``, ``settings``, ``server``, ``make_server`` (and so ``alice``,
+    ``alice_api`` …) depend on it, so a test gets the matrix by using any of them; it never
+    names ``stack`` unless it must know which one it runs on. Restrict a test that only
+    makes sense on some stacks with :func:`on_stacks`.
+    """
+    current: Stack = request.param
+    if current.database == "postgres":
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+    if current.broker == "redis":
+        require_service("Redis", "127.0.0.1", 6379)
+    return current
+
+
+def on_stacks(*ids: str) -> pytest.MarkDecorator:
+    """Run a test (or, as ``pytestmark``, a module) on the named stacks only.
+
+    ``@on_stacks("postgres-redis")`` for what needs PostgreSQL or Redis itself;
+    ``@on_stacks("sqlite-memory")`` for a server test that touches neither storage nor
+    broker (static files, request validation), which would only run twice for nothing.
+    """
+    chosen = [param for param in STACKS if param.id in ids]
+    assert len(chosen) == len(ids), f"unknown stack in {ids}"
+    return pytest.mark.parametrize("stack", chosen, indirect=True)
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
-    if kind == "sqlite":
+def database_url(stack: Stack, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of the stack's kind (PostgreSQL: one per test, dropped after)."""
+    if stack.database == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'tidings.db'}"
         return
-    require_service("PostgreSQL", "127.0.0.1", 5432)
     name = f"tidings_t_{secrets.token_hex(6)}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
@@ -92,13 +139,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, stack: Stack, database_url: str) -> Settings:
+    """A server's settings on the test's stack; with Redis, a channel of the test's own
+    (the machine's Redis is shared), which every server of the test shares."""
+    broker: dict[str, str] = {}
+    if stack.broker == "redis":
+        broker = {
+            "broker_url": REDIS_URL,
+            "broker_channel": f"tidings-test-{secrets.token_hex(6)}",
+        }
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         create_admin=False,
         heartbeat_interval=30,
         login_max_failures=5,
+        **broker,
     )
 
 
@@ -146,7 +202,7 @@ class ServerThread:
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
-            time.sleep(0.01)
+            time.sleep(10 * MS)
 
     def _run(self, config: uvicorn.Config, sock: socket.socket) -> None:
         assert self._server is not None
@@ -399,7 +455,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) ->
     """Poll server-side state that no message announces (a connection being released)."""
     async with asyncio.timeout(timeout):
         while not predicate():
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(20 * MS)
 
 
 # -- REST helpers: look behind the API at the database and the disk ----------------------

@@ -20,6 +20,7 @@ from tests.conftest import (
     create_project,
     create_user,
     db_scalars,
+    on_stacks,
     ws_connect,
 )
 from tidings.auth import authenticate
@@ -31,7 +32,7 @@ from tidings.security import hash_secret
 def cookie_client(server: ServerThread, **headers: str) -> httpx.AsyncClient:
     """A browser-like client: sends the server's own Origin unless told otherwise."""
     return httpx.AsyncClient(
-        base_url=server.url, headers={"Origin": server.url} | headers, timeout=10
+        base_url=server.url, headers={"Origin": server.url} | headers, timeout=TIMEOUT
     )
 
 
@@ -104,6 +105,7 @@ async def test_bad_credentials_share_one_message(server: ServerThread, alice: Te
         ["alice", "x"],
     ],
 )
+@on_stacks("sqlite-memory")  # refused by validation, before any storage
 async def test_login_bad_body_is_422(server: ServerThread, body: object) -> None:
     async with cookie_client(server) as client:
         assert (await client.post("/api/auth/login", json=body)).status_code == 422
@@ -239,6 +241,7 @@ async def test_logout_with_a_bearer_token_revokes_that_token(
         ("DELETE", "/api/projects/x/files/y"),
     ],
 )
+@on_stacks("sqlite-memory")  # refused before any storage is read
 async def test_every_endpoint_needs_authentication(
     server: ServerThread, method: str, path: str
 ) -> None:
@@ -345,9 +348,7 @@ async def test_a_token_cannot_mint_tokens(server: ServerThread, alice: TestUser)
         assert [t["name"] for t in (await bearer.get("/api/auth/tokens")).json()] == ["test"]
 
 
-async def test_an_expiring_token_stops_working(
-    server: ServerThread, alice: TestUser, backend: str
-) -> None:
+async def test_an_expiring_token_stops_working(server: ServerThread, alice: TestUser) -> None:
     async with browser_session(server, alice) as browser:
         created = await browser.post("/api/auth/tokens", json={"name": "brief", "expires_in": 1})
         assert created.status_code == 201, created.text

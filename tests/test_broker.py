@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import redis
+import redis.exceptions
 
-from tests.conftest import REDIS_URL, TIMEOUT, require_service
+from tests.conftest import IN_CI, MS, REDIS_URL, TIMEOUT, require_service
 from tidings.broker import Broker, create_broker
+from tidings.broker.base import Subscription
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -26,67 +34,193 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         await instance.disconnect()
 
 
-async def listening(
-    broker: Broker, channel: str
-) -> tuple[asyncio.Queue[bytes], asyncio.Task[None]]:
-    """Start a listener and return once it is subscribed (proved by a probe message)."""
-    received: asyncio.Queue[bytes] = asyncio.Queue()
+def new_channel() -> str:
+    return f"t-{secrets.token_hex(4)}"  # the machine's Redis is shared
 
-    async def run() -> None:
-        async for message in broker.listen(channel):
-            if message.startswith(b"probe-") and message != probe:
-                continue  # another listener's probe
-            await received.put(message)
 
-    probe = b"probe-" + secrets.token_hex(4).encode()
-    task = asyncio.create_task(run())
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            await broker.publish(channel, probe)
-            try:
-                got = await asyncio.wait_for(received.get(), 0.2)
-            except TimeoutError:
-                continue
-            if got == probe:
-                break
-    await asyncio.sleep(0.3)  # let late copies of our own probe arrive, then drop them
-    while not received.empty():
-        received.get_nowait()
-    probe = b"probe-done"  # from now on every probe is someone else's
-    return received, task
+async def receive(subscription: Subscription, count: int) -> list[bytes]:
+    """The next ``count`` messages; fail if they do not come."""
+    messages = aiter(subscription)
+    return [await asyncio.wait_for(anext(messages), TIMEOUT) for _ in range(count)]
+
+
+async def test_a_message_published_right_after_subscribe_is_received(broker: Broker) -> None:
+    channel = new_channel()
+    subscription = await broker.subscribe(channel)
+    await broker.publish(channel, b"first")  # no sleep: subscribe returned once confirmed
+    assert await receive(subscription, 1) == [b"first"]
+    await subscription.close()
 
 
 async def test_messages_arrive_in_order(broker: Broker) -> None:
-    channel = f"t-{secrets.token_hex(4)}"
-    received, task = await listening(broker, channel)
+    channel = new_channel()
+    subscription = await broker.subscribe(channel)
     sent = [f"m{i}".encode() + b"\n" + bytes(range(256)) for i in range(200)]
     for message in sent:
         await broker.publish(channel, message)
-    got = [await asyncio.wait_for(received.get(), TIMEOUT) for _ in sent]
-    assert got == sent
-    task.cancel()
+    assert await receive(subscription, len(sent)) == sent
+    await subscription.close()
 
 
-async def test_every_listener_gets_every_message(broker: Broker) -> None:
-    channel = f"t-{secrets.token_hex(4)}"
-    first, t1 = await listening(broker, channel)
-    second, t2 = await listening(broker, channel)
+async def test_every_subscriber_gets_every_message(broker: Broker) -> None:
+    channel = new_channel()
+    first = await broker.subscribe(channel)
+    second = await broker.subscribe(channel)
     await broker.publish(channel, b"hello")
-    assert await asyncio.wait_for(first.get(), TIMEOUT) == b"hello"
-    assert await asyncio.wait_for(second.get(), TIMEOUT) == b"hello"
-    t1.cancel()
-    t2.cancel()
+    assert await receive(first, 1) == [b"hello"]
+    assert await receive(second, 1) == [b"hello"]
+    await first.close()
+    await second.close()
 
 
 async def test_channels_are_separate(broker: Broker) -> None:
-    mine = f"t-{secrets.token_hex(4)}"
-    received, task = await listening(broker, mine)
+    mine = new_channel()
+    subscription = await broker.subscribe(mine)
     await broker.publish(mine + "-other", b"not for me")
-    await broker.publish(mine, b"for me")
-    assert await asyncio.wait_for(received.get(), TIMEOUT) == b"for me"
-    task.cancel()
+    await broker.publish(mine, b"for me")  # after the other: it would have come first
+    assert await receive(subscription, 1) == [b"for me"]
+    await subscription.close()
+
+
+async def test_close_ends_iteration_and_delivery(broker: Broker) -> None:
+    channel = new_channel()
+    closing = await broker.subscribe(channel)
+    staying = await broker.subscribe(channel)
+    reading = asyncio.create_task(receive(closing, 1))
+    await closing.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(reading, TIMEOUT)
+    await closing.close()  # idempotent
+    await broker.publish(channel, b"after close")
+    assert await receive(staying, 1) == [b"after close"]
+    with pytest.raises(StopAsyncIteration):
+        await receive(closing, 1)
+    await staying.close()
+
+
+async def test_disconnect_ends_every_subscription(broker: Broker) -> None:
+    subscriptions = [await broker.subscribe(new_channel()) for _ in range(2)]
+    reading = [asyncio.create_task(receive(s, 1)) for s in subscriptions]
+    await broker.disconnect()
+    for task in reading:
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.mark.redis
+async def test_redis_has_the_subscriber_when_subscribe_returns() -> None:
+    """Another node publishes the instant ``subscribe`` returns, before this loop runs again
+    (a blocking client): Redis already counts the subscriber and delivers."""
+    require_service("Redis", "127.0.0.1", 6379)
+    other_node = redis.Redis.from_url(REDIS_URL)
+    other_node.ping()
+    broker = create_broker(REDIS_URL)
+    await broker.connect()
+    try:
+        channel = new_channel()
+        subscription = await broker.subscribe(channel)
+        assert other_node.publish(channel, b"at once") == 1  # receivers
+        assert await receive(subscription, 1) == [b"at once"]
+    finally:
+        await broker.disconnect()
+        other_node.close()
 
 
 def test_unknown_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="memory:// or redis://"):
         create_broker("kafka://localhost")
+
+
+# -- a Redis that goes away and comes back ----------------------------------------------
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` on a free loopback port (never the machine's own)."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert self.proc.poll() is None, "redis-server exited"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(10 * MS)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # a crash, not a shutdown: clients see their connections drop
+            self.proc.wait(TIMEOUT)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed (CI=true requires it)")
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.mark.redis
+async def test_redis_subscription_survives_a_restart(private_redis: PrivateRedis) -> None:
+    broker = create_broker(private_redis.url)
+    await broker.connect()
+    resubscribed = asyncio.Event()
+    subscription = await broker.subscribe("events", on_resubscribed=resubscribed.set)
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for message in subscription:
+            received.put_nowait(message)
+
+    reader = asyncio.create_task(pump())
+    try:
+        await broker.publish("events", b"before")
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == b"before"
+        await asyncio.to_thread(private_redis.kill)
+        assert not resubscribed.is_set()
+        await asyncio.to_thread(private_redis.start)  # same port, empty: no subscribers
+        await asyncio.wait_for(resubscribed.wait(), TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    await broker.publish("events", b"after")
+                    break
+                except redis.exceptions.ConnectionError:
+                    pass  # the publishing connection died with the server; the next reconnects
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == b"after"
+        assert received.empty()
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await broker.disconnect()

@@ -60,7 +60,7 @@ def tidings(settings: Settings, *args: str, stdin: str = "") -> subprocess.Compl
 
 
 async def test_users_and_tokens(
-    settings: Settings, make_server: Callable[..., ServerThread], backend: str
+    settings: Settings, make_server: Callable[..., ServerThread]
 ) -> None:
     created = tidings(settings, "users", "create", "dana", "--password-stdin", stdin="s3cret pw\n")
     assert created.returncode == 0, created.stderr
@@ -159,7 +159,6 @@ async def test_users_passwd_revokes_sessions_on_every_node(
     make_server: Callable[..., ServerThread],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    backend: str,
 ) -> None:
     """The CLI is not a node: it tells the running nodes through the broker, as a logout
     does, and their sockets opened with the revoked sessions close with 4401."""

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
-    REDIS_URL,
     ServerThread,
     TestUser,
     api,
@@ -18,35 +15,22 @@ from tests.conftest import (
     connected,
     create_project,
     create_user,
+    on_stacks,
     recv,
     recv_until,
-    require_service,
     subscribe,
     upload,
 )
 from tidings import Settings
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = on_stacks("postgres-redis")
 
 
 @pytest.fixture
-def backend() -> str:
-    return "postgres"
-
-
-@pytest.fixture
-async def nodes(
-    database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[ServerThread, ServerThread]]:
-    require_service("Redis", "127.0.0.1", 6379)
-    shared = {
-        "database_url": database_url,
-        "broker_url": REDIS_URL,
-        "broker_channel": f"tidings-test-{secrets.token_hex(4)}",
-        "create_admin": False,
-    }
-    a = ServerThread(Settings(data_dir=tmp_path / "data", **shared))
-    b = ServerThread(Settings(data_dir=tmp_path / "data", **shared))
+async def nodes(settings: Settings) -> AsyncIterator[tuple[ServerThread, ServerThread]]:
+    """Two nodes on the test's database and Redis channel."""
+    a = ServerThread(settings)
+    b = ServerThread(settings)
     a.start()
     b.start()
     try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, on_stacks
 from tidings.api.dashboard import STATIC_DIR
 
 
+@on_stacks("sqlite-memory")  # static files: no storage or broker involved
 async def test_dashboard_is_served(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         page = await http.get("/")

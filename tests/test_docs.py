@@ -12,7 +12,7 @@ import jsonschema
 
 from tidings import Settings
 from tidings.codes import CLOSE_CODES, ERROR_CODES
-from tidings.schema import CLIENT_MESSAGES, SERVER_MESSAGES, strict_schema
+from tidings.schema import CLIENT_MESSAGES, CUSTOM_PREFIX, SERVER_MESSAGES, strict_schema
 
 PROTOCOL_MD = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 
@@ -47,9 +47,12 @@ def test_every_message_is_shown_with_every_field() -> None:
         for kind, ref in defs[union]["discriminator"]["mapping"].items()
     }
     assert set(mapping) == set(SERVER_MESSAGES) | set(CLIENT_MESSAGES)
+    mapping[CUSTOM] = "#/$defs/CustomMessage"  # the family of published types
     shown: dict[str, set[str]] = {}
     for example in examples():
         kind = example.get("type")
+        if isinstance(kind, str) and kind.startswith(CUSTOM_PREFIX):
+            kind = CUSTOM
         assert kind in mapping, f"an example of an undeclared message type: {example}"
         _declared(example, _definition(defs, mapping[kind]), defs, kind)
         shown.setdefault(kind, set()).update(example)
@@ -74,18 +77,26 @@ def _declared(
         if key == ELIDED:
             continue
         assert key in properties, f"{at}.{key} is shown but not declared"
-        if "$ref" in properties[key] and isinstance(item, dict):
-            nested = _definition(defs, properties[key]["$ref"])
+        declared = properties[key]
+        if "$ref" in declared.get("items", {}) and isinstance(item, list):
+            nested = _definition(defs, declared["items"]["$ref"])
+            for entry in item:
+                _declared(entry, nested, defs, f"{at}.{key}[]")
+        if "$ref" in declared and isinstance(item, dict):
+            nested = _definition(defs, declared["$ref"])
             _declared(item, nested, defs, f"{at}.{key}")
 
 
 def _elides(value: Any) -> bool:
     if isinstance(value, dict):
         return ELIDED in value or any(_elides(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_elides(v) for v in value)
     return False
 
 
 ELIDED = "…"
+CUSTOM = "custom.*"
 
 
 def test_every_setting_is_in_the_readme() -> None:

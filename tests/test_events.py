@@ -56,7 +56,7 @@ async def custom_events(server: ServerThread, pid: str) -> list[str]:
 
 
 async def test_history_pages_the_socket_frames_in_seq_order(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     for name in ("a", "b", "c"):
@@ -75,7 +75,7 @@ async def test_history_pages_the_socket_frames_in_seq_order(
     assert replayed == first["events"] + second["events"]
 
 
-async def test_history_across_the_retention_boundary_is_410(make_server: Any, backend: str) -> None:
+async def test_history_across_the_retention_boundary_is_410(make_server: Any) -> None:
     server = make_server(event_history=3)
     alice = await create_user(server.settings, "alice")
     bob = await create_user(server.settings, "bob")
@@ -106,9 +106,7 @@ async def test_history_across_the_retention_boundary_is_410(make_server: Any, ba
 # -- read-your-writes --------------------------------------------------------------------
 
 
-async def test_every_change_that_records_an_event_says_its_seq(
-    make_server: Any, backend: str
-) -> None:
+async def test_every_change_that_records_an_event_says_its_seq(make_server: Any) -> None:
     server = make_server(max_concurrent_processes=1)
     alice = await create_user(server.settings, "alice")
     await create_user(server.settings, "bob")
@@ -182,7 +180,6 @@ async def test_published_events_reach_subscribers_and_are_logged_only_if_durable
     alice: TestUser,
     alice_api: httpx.AsyncClient,
     bob_api: httpx.AsyncClient,
-    backend: str,
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, alice)
@@ -262,7 +259,7 @@ async def test_bad_publishes_are_422(alice_api: httpx.AsyncClient, body: dict[st
     assert response.status_code == 422, response.text
 
 
-async def test_data_up_to_64_kib_is_accepted(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_data_up_to_64_kib_is_accepted(alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     data = {"x": ""}
     data["x"] = "y" * (64 * KiB - len(orjson.dumps(data)))
@@ -280,7 +277,7 @@ async def test_data_up_to_64_kib_is_accepted(alice_api: httpx.AsyncClient, backe
 
 
 async def test_a_retry_with_the_same_key_answers_the_first_result(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     other = (await create_project(alice_api))["id"]
@@ -307,9 +304,7 @@ async def test_a_retry_with_the_same_key_answers_the_first_result(
         assert sent.status_code == 422, bad
 
 
-async def test_a_key_is_kept_24_hours(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
-) -> None:
+async def test_a_key_is_kept_24_hours(server: ServerThread, alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     body = {"type": "custom.nightly"}
     key = {"Idempotency-Key": "night-1"}
@@ -336,7 +331,7 @@ async def age_keys(server: ServerThread, pid: str, age: timedelta) -> None:
 
 @pytest.mark.parametrize("durable", [True, False])
 async def test_twenty_identical_requests_racing_publish_once(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str, durable: bool
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, durable: bool
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, alice)
@@ -364,7 +359,7 @@ async def test_twenty_identical_requests_racing_publish_once(
 
 
 async def test_an_ephemeral_retry_is_not_fanned_out_again(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, alice)

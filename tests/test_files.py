@@ -66,9 +66,7 @@ async def assert_nothing_stored(server: ServerThread, client: httpx.AsyncClient,
 # -- success paths -----------------------------------------------------------------------
 
 
-async def test_upload_and_read_back(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
-) -> None:
+async def test_upload_and_read_back(server: ServerThread, alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     content = b"hello, tidings\n"
     response = await upload(alice_api, pid, "notes.txt", content)
@@ -126,7 +124,7 @@ async def test_asset_type_of_uploads(
 
 
 async def test_download_is_byte_identical_and_streamed(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     content = os.urandom(5 * 1024 * 1024 + 17)
@@ -146,7 +144,7 @@ async def test_download_is_byte_identical_and_streamed(
     assert b"".join(chunks) == content
 
 
-async def test_folder_paths_are_normalised(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_folder_paths_are_normalised(alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     cases = {"": "/", "/": "/", "a/b/": "/a/b", "//a//b": "/a/b", "/etc": "/etc"}
     for given, stored in cases.items():
@@ -156,7 +154,7 @@ async def test_folder_paths_are_normalised(alice_api: httpx.AsyncClient, backend
 
 
 async def test_same_name_in_same_path_is_409(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     first = await upload(alice_api, pid, "a.txt", b"one", path="/docs")
@@ -173,7 +171,7 @@ async def test_same_name_in_same_path_is_409(
 
 
 async def test_concurrent_duplicates_keep_exactly_one(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     responses = await asyncio.gather(
@@ -184,7 +182,7 @@ async def test_concurrent_duplicates_keep_exactly_one(
     assert await file_rows(server) == ["same.txt"]
 
 
-async def test_list_files_paginates(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_list_files_paginates(alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     for i in range(5):
         assert (await upload(alice_api, pid, f"{i}.txt")).status_code == 201
@@ -215,9 +213,7 @@ async def test_list_files_paginates(alice_api: httpx.AsyncClient, backend: str) 
     assert bad_path.status_code == 400
 
 
-async def test_delete_a_file(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
-) -> None:
+async def test_delete_a_file(server: ServerThread, alice_api: httpx.AsyncClient) -> None:
     pid = (await create_project(alice_api))["id"]
     keep = (await upload(alice_api, pid, "keep.txt")).json()
     gone = (await upload(alice_api, pid, "gone.txt")).json()
@@ -350,7 +346,7 @@ async def test_upload_to_an_unknown_project_is_404(alice_api: httpx.AsyncClient)
 
 
 async def test_oversized_upload_is_413_and_leaves_nothing(
-    make_server: Callable[..., ServerThread], backend: str
+    make_server: Callable[..., ServerThread],
 ) -> None:
     server = make_server(max_upload_bytes=1000)
     user = await create_user(server.settings, "alice")
@@ -392,7 +388,7 @@ async def test_oversized_chunked_upload_is_413(
 
 
 async def test_interrupted_upload_leaves_nothing(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     head = (
@@ -475,7 +471,7 @@ async def test_a_committed_change_survives_a_broker_outage(
 
 
 async def test_one_name_in_any_unicode_spelling_and_no_hidden_characters(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     composed, decomposed = "caf\u00e9.txt", "cafe\u0301.txt"

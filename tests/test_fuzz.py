@@ -332,7 +332,7 @@ def requests_for(
 
 # A failing example holding a 1 MiB string is still worth printing.
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")
-def test_no_request_makes_a_5xx(server: ServerThread, backend: str) -> None:
+def test_no_request_makes_a_5xx(server: ServerThread) -> None:
     token, world = asyncio.run(build_world(server))
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=TIMEOUT) as client:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-import pytest
 
-from tests.conftest import ServerThread, _pg_admin
+from tests.conftest import ServerThread, _pg_admin, on_stacks
+from tidings.codes import protocol_table
 from tidings.schema import json_schema
 
 
-async def test_healthz_and_readyz(server: ServerThread, backend: str) -> None:
+async def test_healthz_and_readyz(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
@@ -19,10 +19,9 @@ async def test_healthz_and_readyz(server: ServerThread, backend: str) -> None:
         assert ready.json() == {"status": "ok"}
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@on_stacks("postgres-redis")
 async def test_readyz_is_503_when_the_database_is_gone(
-    server: ServerThread, database_url: str, backend: str
+    server: ServerThread, database_url: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         assert (await client.get("/readyz")).status_code == 200
@@ -35,11 +34,12 @@ async def test_readyz_is_503_when_the_database_is_gone(
         assert (await client.get("/healthz")).status_code == 200
 
 
+@on_stacks("sqlite-memory")  # no storage or broker involved
 async def test_protocol_table_and_metrics(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         protocol = await client.get("/api/protocol")
         assert protocol.status_code == 200
-        assert isinstance(protocol.json(), dict)
+        assert protocol.json() == protocol_table()
         schema = await client.get("/api/protocol/schema")
         assert schema.status_code == 200
         assert schema.headers["content-type"] == "application/schema+json"

@@ -27,7 +27,7 @@ async def attempt(client: httpx.AsyncClient, username: str, password: str) -> in
 
 
 async def test_concurrent_guesses_are_not_all_verified(
-    server: ServerThread, alice: TestUser, backend: str
+    server: ServerThread, alice: TestUser
 ) -> None:
     """20 wrong passwords at once: at most login_max_failures reach argon2, the rest are
     429 before any work is done (the attempt is reserved before the check)."""

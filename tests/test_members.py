@@ -17,7 +17,7 @@ from tests.conftest import (
 
 
 async def test_add_list_remove_members(
-    alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient, backend: str
+    alice_api: httpx.AsyncClient, bob_api: httpx.AsyncClient
 ) -> None:
     project = await create_project(alice_api)
     pid = project["id"]
@@ -123,7 +123,6 @@ async def test_a_member_may_leave(
     alice_api: httpx.AsyncClient,
     bob_api: httpx.AsyncClient,
     bob: TestUser,
-    backend: str,
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})

@@ -17,7 +17,7 @@ def _differences(connection: Connection) -> list[Any]:
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_migrations_match_the_models(database_url: str, backend: str) -> None:
+async def test_migrations_match_the_models(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         await migrate(engine)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+
+import pytest
 
 from tidings.outqueue import OutboundQueue
 
@@ -120,3 +123,48 @@ def test_drain_stops_at_a_byte_budget_but_takes_at_least_one() -> None:
     put(q, "y")
     assert drain(q, max_bytes=30) == ["x" * 20, "y"]  # all of it fits: handed over whole
     assert q.nbytes == 0 and len(q) == 0
+
+
+class Model:
+    """The queue's contract in the plainest terms, to check the real one against."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.items: list[Item] = []
+
+    def put(self, item: Item) -> bool:
+        if item.coalesce is not None:  # the older item with the key is dropped in any case
+            self.items = [i for i in self.items if i.coalesce != item.coalesce]
+        size = sum(i.size for i in self.items)
+        if len(self.items) >= self.max_messages or (
+            self.items and size + item.size > self.max_bytes
+        ):
+            return False
+        self.items.append(item)
+        return True
+
+    def drain(self, max_items: int | None) -> list[Item]:
+        n = len(self.items) if max_items is None else max_items
+        out, self.items = self.items[:n], self.items[n:]
+        return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_operations_match_the_model(seed: int) -> None:
+    rng = random.Random(seed)
+    q: OutboundQueue[Item] = OutboundQueue(max_messages=8, max_bytes=40)
+    model = Model(8, 40)
+    for step in range(500):
+        roll = rng.random()
+        if roll < 0.65:
+            key = rng.choice([None, None, "a", "b", "c"])
+            item = Item(f"i{step}", rng.randint(1, 50), key)  # some over the budget
+            assert q.put(item) == model.put(item), step
+        elif roll < 0.95:
+            limit = rng.choice([None, 0, 1, 2, 5])
+            assert q.drain(limit) == model.drain(limit), step
+        else:
+            q.clear()
+            model.items = []
+        assert len(q) == len(model.items)
+        assert q.nbytes == sum(i.size for i in model.items)

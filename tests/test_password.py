@@ -42,7 +42,7 @@ async def change(client: httpx.AsyncClient, current: str, **extra: object) -> ht
 
 
 async def test_password_change_revokes_the_other_sessions(
-    server: ServerThread, alice: TestUser, backend: str
+    server: ServerThread, alice: TestUser
 ) -> None:
     async with (
         browser_session(server, alice) as here,
@@ -74,7 +74,7 @@ async def test_password_change_revokes_the_other_sessions(
 
 
 async def test_password_change_can_revoke_the_tokens_too(
-    server: ServerThread, alice: TestUser, backend: str
+    server: ServerThread, alice: TestUser
 ) -> None:
     async with browser_session(server, alice) as here:
         token_ws = await connected(server, alice)

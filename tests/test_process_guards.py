@@ -58,7 +58,7 @@ async def until(check: Callable[[], Any], timeout: float = TIMEOUT) -> None:
 
 
 async def test_a_worker_token_drives_its_own_process_and_nothing_else(
-    server: ServerThread, alice: TestUser, bob: TestUser, backend: str
+    server: ServerThread, alice: TestUser, bob: TestUser
 ) -> None:
     carol = await create_user(server.settings, "carol")
     async with api(server, alice) as client:
@@ -144,7 +144,7 @@ async def test_a_worker_token_drives_its_own_process_and_nothing_else(
 
 
 async def test_active_processes_per_project_are_capped(
-    server: ServerThread, alice: TestUser, backend: str
+    server: ServerThread, alice: TestUser
 ) -> None:
     limit = server.settings.max_active_processes
     assert limit == 10  # the default
@@ -177,7 +177,7 @@ async def test_active_processes_per_project_are_capped(
 
 
 async def test_results_expire_on_every_node_once(
-    make_server: Callable[..., ServerThread], backend: str, caplog: pytest.LogCaptureFixture
+    make_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two nodes sweep the same database: results go (files and the ``result`` field),
     the rows stay, and the result answers 410."""
@@ -228,7 +228,7 @@ async def test_results_expire_on_every_node_once(
 
 
 async def test_a_silent_external_process_times_out(
-    make_server: Callable[..., ServerThread], backend: str
+    make_server: Callable[..., ServerThread],
 ) -> None:
     server = make_server(external_timeout=1500 * MS, sweep_interval=0.05)
     alice = await create_user(server.settings, "alice")
@@ -266,7 +266,7 @@ async def test_a_silent_external_process_times_out(
 
 
 async def test_two_nodes_time_out_each_process_exactly_once(
-    make_server: Callable[..., ServerThread], backend: str
+    make_server: Callable[..., ServerThread],
 ) -> None:
     a = make_server(external_timeout=0.2, sweep_interval=0.02)
     make_server(external_timeout=0.2, sweep_interval=0.02)  # a second node, sweeping

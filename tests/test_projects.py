@@ -11,7 +11,7 @@ from tests.conftest import ServerThread, create_project, stored_files, upload
 from tidings.settings import MiB
 
 
-async def test_create_and_read_a_project(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_create_and_read_a_project(alice_api: httpx.AsyncClient) -> None:
     response = await alice_api.post("/api/projects", json={"name": "Demo", "description": "d"})
     assert response.status_code == 201
     project = response.json()
@@ -36,7 +36,7 @@ async def test_description_defaults_to_empty(alice_api: httpx.AsyncClient) -> No
     assert project["description"] == ""
 
 
-async def test_description_up_to_one_mebibyte(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_description_up_to_one_mebibyte(alice_api: httpx.AsyncClient) -> None:
     text = "x" * MiB
     response = await alice_api.post("/api/projects", json={"name": "big", "description": text})
     assert response.status_code == 201
@@ -71,7 +71,7 @@ async def test_list_shows_own_and_shared_projects_in_creation_order(
     }
 
 
-async def test_update_a_project(alice_api: httpx.AsyncClient, backend: str) -> None:
+async def test_update_a_project(alice_api: httpx.AsyncClient) -> None:
     project = await create_project(alice_api)
     response = await alice_api.patch(f"/api/projects/{project['id']}", json={"name": "renamed"})
     assert response.status_code == 200
@@ -147,7 +147,7 @@ async def test_other_users_project_is_404_never_403(
 
 
 async def test_delete_a_project_removes_its_files(
-    server: ServerThread, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
     project = await create_project(alice_api)
     other = await create_project(alice_api, "other")

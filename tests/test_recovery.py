@@ -27,8 +27,8 @@ async def commit_unpublished(server: ServerThread, project_id: str, count: int) 
     db = Database(create_engine(server.settings.effective_database_url))
     log = EventLog(db, MemoryBroker(), server.settings.event_history, "nowhere")
     try:
-        for i in range(count):
-            async with db.write() as session:
+        async with db.write() as session:  # one transaction: 1,200 commits take seconds on PG
+            for i in range(count):
                 await log.record(session, project_id, PROJECT_UPDATED, {"data": {"n": i}})
     finally:
         await db.dispose()

@@ -37,6 +37,7 @@ from tidings.schema import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
     ConnectionEstablished,
+    CustomMessage,
     FileUploaded,
     Message,
     Subscribed,
@@ -138,6 +139,15 @@ UPLOADED = {
 }  # fmt: skip
 
 
+PUBLISHED = {
+    "type": "custom.build.finished",
+    "project_id": "c122",
+    "seq": 4,
+    "timestamp": "2026-11-25T16:34:00.000Z",
+    "data": {"build": 42},
+}
+
+
 @pytest.mark.parametrize(
     ("raw", "cls"),
     [
@@ -146,6 +156,9 @@ UPLOADED = {
         ({**HELLO, "heartbeat_interval": "soon"}, UnknownMessage),  # breaks its declaration
         ({k: v for k, v in UPLOADED.items() if k != "file"}, UnknownMessage),
         ({"type": "presence.joined", "project_id": "c122"}, UnknownMessage),  # newer type
+        (PUBLISHED, CustomMessage),
+        ({k: v for k, v in PUBLISHED.items() if k != "seq"}, CustomMessage),  # ephemeral
+        ({**PUBLISHED, "data": [1]}, UnknownMessage),
         ({"no": "type"}, UnknownMessage),
     ],
 )
@@ -291,6 +304,17 @@ async def test_the_server_sends_every_declared_message_and_nothing_else(
         await a.wait_for(of("process.completed"))
         await a.wait_for(lambda m: m.get("data", {}).get("name") == "renamed")
 
+        # A snapshot of a project with a file and a process; published events, both kinds.
+        await upload(http, pid, "b.txt")
+        d = Recorder(await ws_connect(srv, alice))
+        await send(d.ws, {"type": "subscribe", "project_id": pid, "snapshot": True})
+        snapshot = (await d.wait_for(of("subscribed", project_id=pid)))["snapshot"]
+        assert snapshot["files"] and snapshot["processes"]
+        for durable in (True, False):
+            published = {"type": "custom.build.finished", "data": {"n": 1}, "durable": durable}
+            assert (await http.post(f"/api/projects/{pid}/events", json=published)).is_success
+        await a.wait_for(lambda m: m["type"].startswith("custom.") and "seq" not in m)
+
         assert (await http.delete(f"/api/projects/{pid}/members/bob")).is_success
         await b.wait_for(of("unsubscribed", reason="access_revoked"))
         await send(a.ws, {"type": "unsubscribe", "project_id": pid, "id": 3})
@@ -309,7 +333,15 @@ async def test_the_server_sends_every_declared_message_and_nothing_else(
     strict = strict_schema()
     mapping = strict["$defs"]["ServerMessage"]["discriminator"]["mapping"]
     seen: dict[str, set[str]] = {}
-    for message in a.messages + b.messages + c.messages:
+    custom = jsonschema.Draft202012Validator({**strict, "$ref": "#/$defs/CustomMessage"})
+    published = [m for m in a.messages if m["type"].startswith("custom.")]
+    assert [m.get("seq") is not None for m in published] == [True, False]
+    for message in published:
+        assert not [e.message for e in custom.iter_errors(message)], message
+        assert type(parse_server_message(message)) is CustomMessage
+    for message in a.messages + b.messages + c.messages + d.messages:
+        if message in published:
+            continue
         assert message["type"] in mapping, message
         check = jsonschema.Draft202012Validator({**strict, "$ref": mapping[message["type"]]})
         errors = [e.message for e in check.iter_errors(message)]

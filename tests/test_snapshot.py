@@ -96,7 +96,7 @@ async def history_view(http: httpx.AsyncClient, pid: str, upto: int) -> View:
 
 
 async def test_snapshot_has_the_rest_shapes(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api, "Launch"))["id"]
     for name in ("b.txt", "a.txt"):
@@ -116,7 +116,7 @@ async def test_snapshot_has_the_rest_shapes(
 
 
 async def test_a_snapshot_taken_while_writes_race_is_the_state_at_its_seq(
-    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, backend: str
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient
 ) -> None:
     pid = (await create_project(alice_api, "race"))["id"]
     done = 0  # writes finished so far
@@ -179,7 +179,7 @@ async def test_a_snapshot_taken_while_writes_race_is_the_state_at_its_seq(
 
 
 async def test_since_and_snapshot_resume_when_they_can_and_send_the_state_when_not(
-    make_server: Any, backend: str
+    make_server: Any,
 ) -> None:
     server = make_server(event_history=3)
     alice = await create_user(server.settings, "alice")
@@ -205,9 +205,7 @@ async def test_since_and_snapshot_resume_when_they_can_and_send_the_state_when_n
         assert (await recv_until(ws, lambda m: "seq" in m))["seq"] == 6
 
 
-async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(
-    make_server: Any, backend: str
-) -> None:
+async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(make_server: Any) -> None:
     server = make_server(snapshot_max_files=3)
     alice = await create_user(server.settings, "alice")
     async with api(server, alice) as http:
@@ -228,7 +226,7 @@ async def test_snapshot_files_beyond_the_limit_are_paged_over_rest(
 
 
 async def test_snapshot_processes_are_the_active_ones_and_the_newest_others(
-    server: ServerThread, alice_api: httpx.AsyncClient, alice: TestUser, backend: str
+    server: ServerThread, alice_api: httpx.AsyncClient, alice: TestUser
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     url = f"/api/projects/{pid}/processes"
@@ -249,7 +247,7 @@ async def test_snapshot_processes_are_the_active_ones_and_the_newest_others(
     assert snapshot["processes_truncated"] is False
 
 
-async def test_a_snapshot_fits_the_connection_queue(make_server: Any, backend: str) -> None:
+async def test_a_snapshot_fits_the_connection_queue(make_server: Any) -> None:
     """A snapshot larger than what the outbound queue takes would close the connection as
     a slow consumer at every reconnect: it is cut to fit, and says so."""
     server = make_server(ws_max_queue_bytes=8192)
@@ -287,7 +285,6 @@ async def test_no_snapshot_of_a_project_one_cannot_see(
     alice_api: httpx.AsyncClient,
     bob: TestUser,
     fields: dict[str, Any],
-    backend: str,
 ) -> None:
     pid = (await create_project(alice_api))["id"]
     ws = await connected(server, bob)

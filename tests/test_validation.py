@@ -60,7 +60,7 @@ def strings(value: Any) -> list[str]:
 
 
 @pytest.fixture
-async def setup(server: ServerThread, backend: str) -> tuple[TestUser, str, str]:
+async def setup(server: ServerThread) -> tuple[TestUser, str, str]:
     """alice, her project, and an external process in it."""
     alice = await create_user(server.settings, "alice")
     await create_user(server.settings, "bob")

@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from tests.conftest import (
+    MS,
     TIMEOUT,
     ServerThread,
     TestUser,
@@ -146,11 +147,11 @@ async def test_foreign_origin_refused_before_upgrade(server: ServerThread, alice
     assert excinfo.value.response.status_code == 403
 
 
-async def test_own_and_allowed_origins_accepted(make_server, alice: TestUser) -> None:
+async def test_own_and_allowed_origins_accepted(make_server) -> None:
     srv = make_server(allowed_origins=["https://app.example"])
-    await create_user(srv.settings, "carol")
+    carol = await create_user(srv.settings, "carol")
     for origin in (f"http://127.0.0.1:{srv.port}", "https://app.example"):
-        ws = await ws_connect(srv, alice, origin=origin)
+        ws = await ws_connect(srv, carol, origin=origin)
         assert (await recv(ws))["type"] == "connection.established"
         await ws.close()
 
@@ -310,11 +311,12 @@ async def test_resume_past_retention_is_not_recovered(make_server, tmp_path) -> 
 
 
 async def test_heartbeat(make_server) -> None:
-    srv = make_server(heartbeat_interval=1)
+    interval = 200 * MS
+    srv = make_server(heartbeat_interval=interval)
     user = await create_user(srv.settings)
     ws = await ws_connect(srv, user)
     hello = await recv(ws)
-    assert hello["heartbeat_interval"] == 1
+    assert hello["heartbeat_interval"] == interval
     beats = [await recv_until(ws, lambda m: m["type"] == "system.heartbeat") for _ in range(2)]
     assert all(RFC3339_MS.match(b["timestamp"]) for b in beats)
     await ws.close()
@@ -402,18 +404,25 @@ async def test_batch_subprotocol_packs_frames(server, alice, alice_api) -> None:
     assert ws.subprotocol == "tidings.batch.v1"
     import orjson
 
-    first = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-    assert isinstance(first, list) and first[0]["type"] == "connection.established"
+    async def batch() -> list[dict[str, object]]:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert isinstance(frame, list) and frame, frame  # every frame is an array
+        return frame
+
+    assert (await batch())[0]["type"] == "connection.established"
+    await send(ws, {"type": "subscribe", "project_id": project["id"]})
+    assert [m["type"] for m in await batch()] == ["subscribed"]
+    await upload(alice_api, project["id"])
+    assert [m["type"] for m in await batch()] == ["file.uploaded"]
     await ws.close()
     plain = await ws_connect(server, alice, subprotocols=["tidings.v1"])
     assert plain.subprotocol == "tidings.v1"
     assert (await recv(plain))["type"] == "connection.established"
     await plain.close()
-    assert project
 
 
 async def test_silent_peer_is_dropped(make_server) -> None:
-    srv = make_server(ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    srv = make_server(ws_ping_interval=200 * MS, ws_ping_timeout=300 * MS)
     user = await create_user(srv.settings)
     ws = await ws_connect(srv, user, ping_interval=None)
     hello = await recv(ws)

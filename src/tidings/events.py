@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tidings.access import visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
+from tidings import schema
 from tidings.models import Event, Project
 
 # Durable event types.
@@ -34,8 +35,8 @@ PROCESS_COMPLETED = "process.completed"
 # Ephemeral.
 PROCESS_PROGRESS = "process.progress"
 # Published by other services (POST /api/projects/{id}/events), durable or ephemeral.
-CUSTOM_PREFIX = "custom."
-CUSTOM_TYPE = re.compile(r"custom\.[a-z0-9][a-z0-9_.-]{0,63}")
+CUSTOM_TYPE = re.compile(schema.CUSTOM_TYPE)
+CUSTOM_PREFIX = schema.CUSTOM_PREFIX
 # Control messages between nodes (never sent to clients as such).
 SESSION_REVOKED = "control.session_revoked"
 MEMBER_REMOVED = "control.member_removed"

@@ -403,19 +403,16 @@ class Hub:
         broker = self.eventlog.broker
         while True:
             try:
-                stream = broker.listen(self.eventlog.channel)
-                first = asyncio.ensure_future(anext(stream))  # subscribes before ready
-                await asyncio.sleep(0)
-                self._ready.set()
-                raw = await first
-                self.dispatch(raw)
-                async for raw in stream:
-                    self.dispatch(raw)
-                return
+                subscription = await broker.subscribe(self.eventlog.channel)
+                try:
+                    self._ready.set()  # confirmed: every event published from now on arrives
+                    async for raw in subscription:
+                        self.dispatch(raw)
+                    return
+                finally:
+                    await subscription.close()
             except asyncio.CancelledError:
                 raise
-            except StopAsyncIteration:
-                return
             except Exception:
                 logger.exception("broker listener failed; restarting")
                 await asyncio.sleep(1)

@@ -102,8 +102,9 @@ class OutboundQueue(Generic[Q]):
                     continue
                 item: Q = entry.item  # type: ignore[assignment]
                 assert self._by_key is not None
-                if self._by_key.get(item.coalesce) is entry:
-                    del self._by_key[item.coalesce]
+                # A slot that still holds its item is always its key's entry: put() empties
+                # the slot it replaces. A KeyError here means that rule was broken.
+                del self._by_key[item.coalesce]
             else:
                 item = entry  # type: ignore[assignment]
             out.append(item)

@@ -40,6 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 from tidings.codes import CLOSE_CODES, PROTOCOL_VERSION, ErrorCode
 from tidings.messages import MAX_ID_LENGTH, PROJECT_ID
 
+# What follows ``custom.`` in a published event's type (the same rule as the publish API's).
+CUSTOM_PREFIX = "custom."
+CUSTOM_TYPE = r"custom\.[a-z0-9][a-z0-9_.-]{0,63}"
+
 logger = logging.getLogger("tidings.schema")
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -125,6 +129,15 @@ class FileInfo(Record):
     """``image``, ``model``, ``video``, ``document`` … (from the name)."""
 
 
+class StoredFile(FileInfo):
+    """A file as ``GET /api/projects/{id}/files`` lists it."""
+
+    content_type: str
+    sha256: str
+    """Hex SHA-256 of the content."""
+    created_at: datetime
+
+
 class Process(Record):
     """A process as ``GET /api/projects/{id}/processes/{pid}`` returns it."""
 
@@ -143,6 +156,21 @@ class Process(Record):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class Snapshot(Record):
+    """A project's state at the ``seq`` of the ``subscribed`` that carries it, in the REST
+    API's shapes."""
+
+    project: Project
+    files: list[StoredFile]
+    """In path and name order, at most ``TIDINGS_SNAPSHOT_MAX_FILES``."""
+    files_truncated: bool
+    """True if ``files`` is not all of them: page the rest over REST."""
+    processes: list[Process]
+    """The queued and running ones and the most recent others, newest first."""
+    processes_truncated: bool
+    """True if some queued or recent processes did not fit: list them over REST."""
 
 
 # -- server to client ---------------------------------------------------------------------
@@ -179,6 +207,8 @@ class Subscribed(ServerBase):
     recovered: bool | None = None
     """Only when ``since`` was given: true if every event after it follows; false if some
     were lost to retention (refetch the project over REST and carry on from ``seq``)."""
+    snapshot: Snapshot | None = None
+    """Only when asked for with ``snapshot`` and needed: the project's state at ``seq``."""
     id: RequestId | None = None
     """The request's ``id``, if it had one."""
 
@@ -308,7 +338,21 @@ ServerMessage: TypeAlias = (
     | ProcessCompleted
     | SystemHeartbeat
 )
-"""Any message the server sends."""
+"""Any message the server sends of a built-in type."""
+
+
+class CustomMessage(ServerBase):
+    """An event another service published (``POST /api/projects/{id}/events``): ``custom.``
+    and a name. Durable ones have a ``seq`` and are replayed like the built-in events;
+    ephemeral ones have none."""
+
+    type: Annotated[str, Field(pattern=f"^{CUSTOM_TYPE}$")]
+    project_id: str
+    seq: int | None = Field(default=None, ge=1)
+    """Only when durable: numbered with the project's other events."""
+    data: dict[str, Any]
+    """The object the publisher gave."""
+
 
 
 # -- client to server ---------------------------------------------------------------------
@@ -321,6 +365,9 @@ class SubscribeRequest(Message):
     project_id: ProjectId
     since: int | None = Field(default=None, ge=0, lt=2**63)
     """The last seq the client has processed for this project."""
+    snapshot: bool | None = None
+    """Ask for the project's state in the reply (with ``since``: only if it cannot
+    recover)."""
     id: RequestId | None = None
     """Echoed in the reply."""
 
@@ -353,7 +400,7 @@ class UnknownMessage(Message):
     type: str
 
 
-Received: TypeAlias = ServerMessage | UnknownMessage
+Received: TypeAlias = ServerMessage | CustomMessage | UnknownMessage
 """What the Python client hands out."""
 
 
@@ -377,7 +424,7 @@ def parse_server_message(message: dict[str, Any]) -> Received:
     """
     kind = message.get("type")
     kind = kind if isinstance(kind, str) else ""
-    cls = SERVER_MESSAGES.get(kind)
+    cls = CustomMessage if kind.startswith(CUSTOM_PREFIX) else SERVER_MESSAGES.get(kind)
     parsed: Message = UnknownMessage(type=kind)
     try:
         if cls is not None:
@@ -404,10 +451,12 @@ def json_schema() -> dict[str, Any]:
         (name, "validation", TypeAdapter(cast(Any, Annotated[union, Field(discriminator="type")])))
         for name, union in (("ServerMessage", ServerMessage), ("ClientMessage", ClientMessage))
     ]
+    adapters.append(("CustomMessage", "validation", TypeAdapter(CustomMessage)))
     roots, definitions = TypeAdapter.json_schemas(adapters, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = definitions["$defs"]
     for (name, _), root in roots.items():
-        defs[name] = {"description": _UNION_DESCRIPTIONS[name], **root}
+        if name in _UNION_DESCRIPTIONS:
+            defs[name] = {"description": _UNION_DESCRIPTIONS[name], **root}
     defs["CloseCode"] = {
         "description": "Close codes of /ws, and whether a client should reconnect after each.",
         "oneOf": [
@@ -428,9 +477,14 @@ def json_schema() -> dict[str, Any]:
         "description": (
             "Every message of /ws. Each frame carries one message, or with the "
             "tidings.batch.v1 subprotocol a JSON array of server messages. Receivers "
-            "ignore fields they do not know."
+            "ignore fields they do not know. A server message is a built-in one "
+            "(ServerMessage) or a published `custom.*` event (CustomMessage)."
         ),
-        "anyOf": [{"$ref": "#/$defs/ServerMessage"}, {"$ref": "#/$defs/ClientMessage"}],
+        "anyOf": [
+            {"$ref": "#/$defs/ServerMessage"},
+            {"$ref": "#/$defs/CustomMessage"},
+            {"$ref": "#/$defs/ClientMessage"},
+        ],
         "$defs": dict(sorted(defs.items())),
     }
 

@@ -33,6 +33,7 @@ def declarations(schema: dict[str, Any]) -> str:
     order: list[str] = list(UNIONS)
     for union in UNIONS:
         order += [_ref_name(branch) for branch in defs[union]["oneOf"]]
+    order.append("CustomMessage")
     order += sorted(name for name in defs if name not in order)
     return "\n".join(_declaration(name, defs[name]) for name in order)
 
@@ -80,6 +81,8 @@ def _type(schema: dict[str, Any], indent: str = "") -> str:
         if key in schema:
             return _union([_type(branch, indent) for branch in schema[key]])
     kind = schema.get("type")
+    if kind == "string" and "pattern" in schema:
+        return _template(schema["pattern"])
     if isinstance(kind, list):
         return _union([_type({**schema, "type": k}, indent) for k in kind])
     if kind in _SCALARS:
@@ -105,6 +108,17 @@ _SCALARS = {
     "null": "null",
 }
 _ANNOTATIONS = {"description", "title", "default", "examples"}
+
+
+PREFIXED = re.compile(r"\^([a-z]+)\\\.[^`$]*\$")
+
+
+def _template(pattern: str) -> str:
+    """A string pattern the schema uses: a fixed prefix and a dot, then a name
+    (``^custom\\.…$``), as a template literal type; any other pattern is plain ``string``
+    (TypeScript has no regular-expression types)."""
+    match = PREFIXED.fullmatch(pattern)
+    return f"`{match.group(1)}.${{string}}`" if match else "string"
 
 
 def _union(members: list[str]) -> str:

@@ -72,6 +72,23 @@ client.addEventListener("status", (e) => {
 
 client.addEventListener("unrecovered", (e) => refetch(e.detail.project_id, undefined));
 
+client.addEventListener("snapshot", (e) => {
+  const { project, files, files_truncated, processes } = e.detail.snapshot;
+  console.log(project.name, project.seq === e.detail.seq, files.map((f) => f.sha256), files_truncated);
+  for (const process of processes) progress.set(process.id, process.progress);
+  // @ts-expect-error: a snapshot's files are a list
+  console.log(e.detail.snapshot.files.size);
+});
+
+// Published events are messages too, told apart by their `custom.` prefix.
+client.addEventListener("message", (e) => {
+  const message = e.detail;
+  if (message.type.startsWith("custom.") && "data" in message) console.log(message.data);
+  if (message.type === "custom.build.finished") console.log(message.data["build"], message.seq);
+  // @ts-expect-error: a custom type starts with `custom.`
+  if (message.type === "build.finished") console.log("never");
+});
+
 function refetch(projectId: string, seq: number | undefined): void {
   console.log(`refetch ${projectId} from ${seq ?? "the start"}`);
 }
@@ -112,4 +129,6 @@ const unknownCode: CloseCode = 1234;
 
 await client.connect();
 client.subscribe("c122e0eece434383", { since: 41 });
+client.subscribe("5d1e", { snapshot: true });
+await client.seen("c122e0eece434383", 42);
 console.log(onAnyServerMessage, hello, wrong, restart, unknownCode, client.lastSeq("c122e0eece434383"));

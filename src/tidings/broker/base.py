@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
+
+
+class Subscription(Protocol):
+    """The messages of one channel, from the moment :meth:`Broker.subscribe` returned.
+
+    Iterate it for the messages, in order per publisher; iteration ends after
+    :meth:`close` or the broker's ``disconnect()``. A lost broker connection does not end
+    it: the implementation subscribes again by itself.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None:
+        """Unsubscribe and release the subscription's resources; idempotent."""
+        ...
 
 
 class Broker(Protocol):
@@ -20,6 +35,14 @@ class Broker(Protocol):
 
     async def publish(self, channel: str, message: bytes) -> None: ...
 
-    def listen(self, channel: str) -> AsyncIterator[bytes]:
-        """Yield every message published on ``channel`` from now on, until disconnect."""
+    async def subscribe(
+        self, channel: str, on_resubscribed: Callable[[], object] | None = None
+    ) -> Subscription:
+        """Subscribe to ``channel``; return once the broker has confirmed it.
+
+        Every message published on ``channel`` after this returns is delivered to the
+        subscription (at most once). When the broker connection is lost, the subscription
+        subscribes again by itself while it is iterated, and calls ``on_resubscribed``
+        each time the broker has confirmed that; messages published in between are lost.
+        """
         ...

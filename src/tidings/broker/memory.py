@@ -4,34 +4,60 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 _CLOSED = object()
 
 
+class MemorySubscription:
+    """One channel's messages, queued in process. Never loses its "connection"."""
+
+    def __init__(self, registry: set[MemorySubscription]) -> None:
+        self._registry = registry  # the channel's subscriptions, which publish() feeds
+        # Unbounded on purpose: the single reader is the hub, which never awaits a client.
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def __aiter__(self) -> MemorySubscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item = await self._queue.get()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)  # and stays ended for any later call
+            raise StopAsyncIteration
+        assert isinstance(item, bytes)
+        return item
+
+    def deliver(self, message: bytes) -> None:
+        self._queue.put_nowait(message)
+
+    async def close(self) -> None:
+        if self in self._registry:
+            self._registry.discard(self)
+            self._queue.put_nowait(_CLOSED)
+
+
 class MemoryBroker:
     def __init__(self, url: str = "memory://") -> None:
-        self._listeners: defaultdict[str, set[asyncio.Queue[object]]] = defaultdict(set)
+        self._listeners: defaultdict[str, set[MemorySubscription]] = defaultdict(set)
 
     async def connect(self) -> None:
         pass
 
     async def disconnect(self) -> None:
-        for queues in self._listeners.values():
-            for queue in queues:
-                queue.put_nowait(_CLOSED)
+        for subscriptions in list(self._listeners.values()):
+            for subscription in list(subscriptions):
+                await subscription.close()
 
     async def publish(self, channel: str, message: bytes) -> None:
-        # Unbounded on purpose: the single reader is the hub, which never awaits a client.
-        for queue in self._listeners.get(channel, ()):
-            queue.put_nowait(message)
+        for subscription in self._listeners.get(channel, ()):
+            subscription.deliver(message)
 
-    async def listen(self, channel: str) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        self._listeners[channel].add(queue)
-        try:
-            while (item := await queue.get()) is not _CLOSED:
-                assert isinstance(item, bytes)
-                yield item
-        finally:
-            self._listeners[channel].discard(queue)
+    async def subscribe(
+        self, channel: str, on_resubscribed: Callable[[], object] | None = None
+    ) -> MemorySubscription:
+        """Subscribed as soon as this returns; ``on_resubscribed`` is never called."""
+        registry = self._listeners[channel]
+        subscription = MemorySubscription(registry)
+        registry.add(subscription)
+        return subscription

@@ -127,6 +127,11 @@ class ProcessRunner:
         self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = False
 
+    @property
+    def active_count(self) -> int:
+        """How many built-in processes this node holds now, queued or running."""
+        return len(self._jobs)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -404,7 +409,8 @@ class ProcessRunner:
         out_dir = self._out_dir(job.project_id, job.id)
         await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
         assert job.kind.run is not None
-        reporter = asyncio.create_task(self._poll_progress(job))
+        done = asyncio.Event()
+        reporter = asyncio.create_task(self._poll_progress(job, done))
         try:
             result = await asyncio.to_thread(
                 job.kind.run, Work(files, out_dir, job.params, job.progress)
@@ -417,15 +423,22 @@ class ProcessRunner:
             logger.warning("process %s (%s) failed: %r", job.id, job.kind.name, exc)
             return Outcome(Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:1000])
         finally:
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            # Told, not cancelled: a cancel that lands inside a Redis publish can be lost
+            # (redis-py on Python 3.11), and the reporter, and so the process, never ends.
+            done.set()
+            await reporter
         return Outcome(Status.SUCCEEDED, result=result)
 
-    async def _poll_progress(self, job: Job) -> None:
-        """Publish the worker's progress when it changed, once per interval at most."""
+    async def _poll_progress(self, job: Job, done: asyncio.Event) -> None:
+        """Publish the worker's progress when it changed, once per interval at most, until
+        ``done`` is set."""
         last: tuple[float, str] | None = None
         while True:
-            await asyncio.sleep(max(self.interval, MIN_POLL))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(self.interval, MIN_POLL)):
+                    await done.wait()
+            if done.is_set():
+                return
             now = (round(job.progress.fraction, 4), job.progress.message)
             if now != last:
                 last = now

@@ -67,6 +67,8 @@ export interface Subscribed {
    * were lost to retention (refetch the project over REST and carry on from `seq`).
    */
   recovered?: boolean;
+  /** Only when asked for with `snapshot` and needed: the project's state at `seq`. */
+  snapshot?: Snapshot;
   /** The request's `id`, if it had one. */
   id?: string | number;
 }
@@ -215,6 +217,11 @@ export interface SubscribeRequest {
   project_id: string;
   /** The last seq the client has processed for this project. */
   since?: number;
+  /**
+   * Ask for the project's state in the reply (with `since`: only if it cannot
+   * recover).
+   */
+  snapshot?: boolean;
   /** Echoed in the reply. */
   id?: string | number;
 }
@@ -232,6 +239,22 @@ export interface PingRequest {
   type: "ping";
   /** Echoed in the reply. */
   id?: string | number;
+}
+
+/**
+ * An event another service published (`POST /api/projects/{id}/events`): `custom.`
+ * and a name. Durable ones have a `seq` and are replayed like the built-in events;
+ * ephemeral ones have none.
+ */
+export interface CustomMessage {
+  type: `custom.${string}`;
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  /** Only when durable: numbered with the project's other events. */
+  seq?: number;
+  /** The object the publisher gave. */
+  data: Record<string, unknown>;
 }
 
 /** Close codes of /ws, and whether a client should reconnect after each. */
@@ -311,6 +334,38 @@ export interface Project {
   seq: number;
 }
 
+/**
+ * A project's state at the `seq` of the `subscribed` that carries it, in the REST
+ * API's shapes.
+ */
+export interface Snapshot {
+  project: Project;
+  /** In path and name order, at most `TIDINGS_SNAPSHOT_MAX_FILES`. */
+  files: StoredFile[];
+  /** True if `files` is not all of them: page the rest over REST. */
+  files_truncated: boolean;
+  /** The queued and running ones and the most recent others, newest first. */
+  processes: Process[];
+  /** True if some queued or recent processes did not fit: list them over REST. */
+  processes_truncated: boolean;
+}
+
+/** A file as `GET /api/projects/{id}/files` lists it. */
+export interface StoredFile {
+  id: string;
+  name: string;
+  /** The folder, `/` or `/a/b`. */
+  path: string;
+  /** Bytes. */
+  size: number;
+  /** `image`, `model`, `video`, `document` … (from the name). */
+  asset_type: string;
+  content_type: string;
+  /** Hex SHA-256 of the content. */
+  sha256: string;
+  created_at: string;
+}
+
 /** A user, as `connection.established` names the connected one. */
 export interface User {
   id: string;
@@ -319,8 +374,9 @@ export interface User {
 
 // ---- END GENERATED ----
 
-/** What the "message" event carries: every server message but heartbeats and pongs. */
-export type DeliveredMessage = Exclude<ServerMessage, SystemHeartbeat | Pong>;
+/** What the "message" event carries: every server message but heartbeats and pongs,
+ * published `custom.*` events included. */
+export type DeliveredMessage = Exclude<ServerMessage, SystemHeartbeat | Pong> | CustomMessage;
 
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
@@ -348,8 +404,23 @@ export interface UnrecoveredDetail {
   project_id: string;
 }
 
+/** A project's state at `seq` (subscriptions made with `snapshot: true`). */
+export interface SnapshotDetail {
+  project_id: string;
+  seq: number;
+  snapshot: Snapshot;
+}
+
+export interface SubscribeOptions {
+  /** Resume after this seq. */
+  since?: number | null;
+  /** Ask for the project's state whenever the subscription does not resume. */
+  snapshot?: boolean;
+}
+
 export interface TidingsClientEventMap {
   message: CustomEvent<DeliveredMessage>;
+  snapshot: CustomEvent<SnapshotDetail>;
   status: CustomEvent<StatusDetail>;
   unrecovered: CustomEvent<UnrecoveredDetail>;
 }
@@ -386,12 +457,16 @@ export declare class SeqState {
   last: Map<string, number>;
   subscriptions: Set<string>;
   streaming: Set<string>;
-  want(projectId: string, since?: number | null): SubscribeRequest;
+  snapshots: Set<string>;
+  want(projectId: string, since?: number | null, snapshot?: boolean): SubscribeRequest;
   drop(projectId: string): UnsubscribeRequest;
+  forget(projectId: string): void;
   subscribeMessage(projectId: string): SubscribeRequest;
+  /** Whether the view of a project includes its event `seq`. */
+  seen(projectId: string, seq: number): boolean;
   resubscribe(): SubscribeRequest[];
   /** Account for one server message; true if the application should see it. */
-  receive(message: ServerMessage): boolean;
+  receive(message: ServerMessage | CustomMessage): boolean;
 }
 
 /** Heartbeat intervals of silence after which a connection counts as dead (2). */
@@ -419,9 +494,14 @@ export declare class TidingsClient extends EventTarget {
   readonly reconnects: number;
   /** Fetch the close-code table, then open the socket (and keep it open). */
   connect(): Promise<void>;
-  /** Follow a project; with `since`, from the event after that seq. Kept across reconnects. */
-  subscribe(projectId: string, options?: { since?: number | null }): void;
+  /** Follow a project; with `since`, from the event after that seq; with `snapshot`, its
+   * state comes as a "snapshot" event whenever the subscription does not resume. Kept
+   * across reconnects. */
+  subscribe(projectId: string, options?: SubscribeOptions): void;
   unsubscribe(projectId: string): void;
+  /** Resolves once the event `seq` of a subscribed project has been delivered (the
+   * `Tidings-Seq` of a change's answer); rejects if the subscription ends first. */
+  seen(projectId: string, seq: number): Promise<void>;
   /** Seq of the newest event seen for a project (undefined if none). */
   lastSeq(projectId: string): number | undefined;
   close(): void;

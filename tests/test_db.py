@@ -1,0 +1,50 @@
+"""``db.py`` and the migrations, on each database of the matrix."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, inspect
+
+from tidings.db import MIGRATIONS, create_engine, migrate
+from tidings.models import Base
+
+
+def alembic_config(connection: Connection | None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+def downgrade_to_nothing(connection: Connection) -> None:
+    command.downgrade(alembic_config(connection), "base")
+
+
+async def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await migrate(engine)
+        await migrate(engine)  # the newest schema already: nothing to do
+        async with engine.connect() as conn:
+            assert await conn.run_sync(tables) == set(Base.metadata.tables)
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade_to_nothing)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(tables) == set()
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(tables) == set(Base.metadata.tables)
+    finally:
+        await engine.dispose()
+
+
+def test_the_alembic_command_line_is_refused() -> None:
+    with pytest.raises(RuntimeError, match=r"through tidings\.db\.migrate\(\)"):
+        command.upgrade(alembic_config(None), "head")
