@@ -18,10 +18,10 @@ import orjson
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings import schema
 from tidings.access import visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
-from tidings import schema
 from tidings.models import Event, Project
 
 # Durable event types.

@@ -354,7 +354,6 @@ class CustomMessage(ServerBase):
     """The object the publisher gave."""
 
 
-
 # -- client to server ---------------------------------------------------------------------
 
 
