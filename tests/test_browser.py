@@ -442,12 +442,12 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
         "views": [
             {"type": "subscribe", "project_id": "q", "snapshot": True},
             [True, False],
-            [{"type": "subscribe", "project_id": "q", "since": 7, "snapshot": True}],
+            {"type": "subscribe", "projects": [{"project_id": "q", "since": 7, "snapshot": True}]},
             {"type": "subscribe", "project_id": "q", "snapshot": True},
             {"type": "subscribe", "project_id": "q", "since": 2},
         ],
         "out": [True, False, True, False],
-        "resub": [{"type": "subscribe", "project_id": "p", "since": 4}],
+        "resub": {"type": "subscribe", "projects": [{"project_id": "p", "since": 4}]},
         "delays": [100, 200, 400, 400],
         "reconnect": [False, False, True, True, True],
     }

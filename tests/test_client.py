@@ -83,7 +83,7 @@ def test_state_dedupes_by_seq_per_project() -> None:
     assert not s.receive({"type": "system.heartbeat"})
     assert not s.receive({"type": "pong"})
     assert s.receive({"type": "connection.established"})
-    assert s.resubscribe() == [{"type": "subscribe", "project_id": "p", "since": 4}]
+    assert s.resubscribe() == {"type": "subscribe", "projects": [{"project_id": "p", "since": 4}]}
 
 
 def test_state_resume_and_recovery() -> None:
@@ -116,7 +116,7 @@ def test_state_moves_cursors_only_from_the_subscription_stream() -> None:
     assert s.receive({"type": "project.updated", "project_id": "p", "seq": 12})
     assert s.last == {"p": 12}
     # A reconnect starts a new stream: nothing counts until its `subscribed`.
-    assert s.resubscribe() == [{"type": "subscribe", "project_id": "p", "since": 12}]
+    assert s.resubscribe() == {"type": "subscribe", "projects": [{"project_id": "p", "since": 12}]}
     assert not s.receive({"type": "project.updated", "project_id": "p", "seq": 14})
     assert s.receive({"type": "subscribed", "project_id": "p", "seq": 14, "recovered": True})
     assert s.receive({"type": "project.updated", "project_id": "p", "seq": 13})
@@ -137,7 +137,7 @@ def test_state_forgets_ended_subscriptions() -> None:
     assert s.receive({"type": "project.deleted", "project_id": "c", "seq": 5})
     assert s.subscriptions == {"d"}
     assert s.drop("d") == {"type": "unsubscribe", "project_id": "d"}
-    assert s.resubscribe() == []
+    assert s.resubscribe() is None
     # An unsubscribed reply to our own request keeps nothing either.
     assert s.receive({"type": "unsubscribed", "project_id": "d"})
     assert s.receive({"type": "error", "code": "bad_request"})
@@ -156,9 +156,10 @@ def test_state_asks_for_snapshots_and_knows_what_it_has_seen() -> None:
     assert s.receive({"type": "file.uploaded", "project_id": "p", "seq": 7})
     assert s.seen("p", 7)
     # A reconnect resumes from there, and asks for the state should it not recover.
-    assert s.resubscribe() == [
-        {"type": "subscribe", "project_id": "p", "since": 7, "snapshot": True}
-    ]
+    assert s.resubscribe() == {
+        "type": "subscribe",
+        "projects": [{"project_id": "p", "since": 7, "snapshot": True}],
+    }
     # Subscribing afresh with a snapshot and no since starts from the new state …
     assert s.want("p", None, snapshot=True) == {
         "type": "subscribe",
@@ -171,7 +172,11 @@ def test_state_asks_for_snapshots_and_knows_what_it_has_seen() -> None:
     s.want("q", None, snapshot=True)
     assert s.receive({"type": "error", "code": "not_found", "project_id": "q"})
     s.want("q", None)
-    assert s.resubscribe()[1] == {"type": "subscribe", "project_id": "q"}
+    # Every subscription in one message, each entry as its own subscribe would say it.
+    assert s.resubscribe() == {
+        "type": "subscribe",
+        "projects": [{"project_id": "p", "since": 3}, {"project_id": "q"}],
+    }
 
 
 def test_url_and_frames() -> None:

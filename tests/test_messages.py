@@ -10,6 +10,7 @@ from tidings.messages import (
     Close,
     Reply,
     Subscribe,
+    SubscribeMany,
     Unsubscribe,
 )
 
@@ -45,6 +46,71 @@ def test_subscribe_and_unsubscribe() -> None:
     assert s.receive(msg(type="subscribe", project_id="p", id=1), 0) == Subscribe("p", None, 1)
     assert s.receive(msg(type="subscribe", project_id="p", since=4), 0) == Subscribe("p", 4, None)
     assert s.receive(msg(type="unsubscribe", project_id="p"), 0) == Unsubscribe("p", None)
+
+
+def test_subscribe_to_several_projects_keeps_their_order() -> None:
+    action = session().receive(
+        msg(
+            type="subscribe",
+            id="r",
+            projects=[
+                {"project_id": "b", "since": 4, "snapshot": True},
+                {"project_id": "a"},
+                {"project_id": "b", "snapshot": False},
+            ],
+        ),
+        0,
+    )
+    assert action == SubscribeMany(
+        (Subscribe("b", 4, "r", True), Subscribe("a", None, "r"), Subscribe("b", None, "r"))
+    )
+
+
+def test_each_bad_entry_is_answered_in_its_place() -> None:
+    action = session().receive(
+        msg(
+            type="subscribe",
+            projects=[
+                {"project_id": "a"},
+                "b",
+                {"project_id": "a/b"},
+                {"project_id": "c", "since": -1},
+                {"project_id": "d", "snapshot": "yes"},
+                {"project_id": "e", "since": 2},
+            ],
+        ),
+        0,
+    )
+    assert isinstance(action, SubscribeMany)
+    first, *bad, last = action.actions
+    assert first == Subscribe("a", None) and last == Subscribe("e", 2)
+    assert [error_code(a) for a in bad] == ["bad_request"] * 4
+    assert [a.message.get("project_id") for a in bad] == [None, None, "c", "d"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"projects": []},
+        {"projects": None},
+        {"projects": {"project_id": "a"}},
+        {"projects": [{"project_id": "a"}], "project_id": "a"},
+        {"projects": [{"project_id": "a"}], "since": 3},
+        {"projects": [{"project_id": "a"}], "snapshot": True},
+    ],
+)
+def test_a_malformed_project_list_is_refused_whole(fields: dict[str, object]) -> None:
+    assert error_code(session().receive(msg(type="subscribe", id=9, **fields), 0)) == "bad_request"
+
+
+def test_a_project_list_is_bounded_by_the_subscription_limit() -> None:
+    s = session(max_projects=3, max_message_bytes=65536)
+    entries = [{"project_id": f"p{i}"} for i in range(4)]
+    action = s.receive(msg(type="subscribe", projects=entries[:3]), 0)
+    assert isinstance(action, SubscribeMany) and len(action.actions) == 3
+    refused = s.receive(msg(type="subscribe", id=1, projects=entries), 0)
+    assert error_code(refused) == "too_many_subscriptions"
+    assert isinstance(refused, Reply) and refused.message["id"] == 1
 
 
 @pytest.mark.parametrize(

@@ -389,6 +389,78 @@ async def test_subscription_limit(make_server) -> None:
     await ws.close()
 
 
+ANSWERS = frozenset({"subscribed", "error", "pong"})
+
+
+async def test_subscribe_to_several_projects_answers_each_in_order(
+    server, alice, bob, alice_api, bob_api
+) -> None:
+    """One `subscribe` with `projects`: one answer per entry, in the order given, mixing
+    `subscribed`, `not_found` and `bad_request`; later messages wait behind them all."""
+    a = (await create_project(alice_api, "a"))["id"]
+    b = (await create_project(alice_api, "b"))["id"]
+    await upload(alice_api, a, "one.txt")
+    foreign = (await create_project(bob_api, "bob's"))["id"]
+    ws = await connected(server, alice)
+    entries = [
+        {"project_id": a, "since": 1},
+        {"project_id": foreign},
+        {"project_id": "0" * 32, "snapshot": True},
+        {"project_id": b, "snapshot": True},
+        {"project_id": b, "since": "1"},
+        "garbage",
+    ]
+    await send(ws, {"type": "subscribe", "id": "many", "projects": entries})
+    await send(ws, {"type": "ping", "id": "after"})
+    answers = []
+    replayed = []
+    while not answers or answers[-1]["type"] != "pong":
+        message = await recv(ws)
+        if message["type"] in ANSWERS:
+            answers.append(message)
+        elif message.get("project_id") == a:
+            replayed.append(message)
+    got = [(m["type"], m.get("code"), m.get("project_id"), m.get("id")) for m in answers]
+    assert got == [
+        ("subscribed", None, a, "many"),
+        ("error", "not_found", foreign, "many"),
+        ("error", "not_found", "0" * 32, "many"),
+        ("subscribed", None, b, "many"),
+        ("error", "bad_request", b, "many"),
+        ("error", "bad_request", None, "many"),
+        ("pong", None, None, "after"),
+    ]
+    assert (answers[0]["seq"], answers[0]["recovered"]) == (2, True)
+    assert answers[3]["seq"] == 1 and answers[3]["snapshot"]["project"]["id"] == b
+    # Both subscriptions are live: the missed event was replayed, new ones arrive.
+    if not replayed:
+        replayed.append(await recv_until(ws, lambda m: m.get("project_id") == a))
+    assert [(m["type"], m["seq"]) for m in replayed] == [("file.uploaded", 2)]
+    await upload(alice_api, b, "two.txt")
+    event = await recv_until(ws, lambda m: m["type"] == "file.uploaded")
+    assert (event["project_id"], event["seq"]) == (b, 2)
+    await ws.close()
+
+
+async def test_a_project_list_is_bounded_by_the_subscription_limit(make_server) -> None:
+    srv = make_server(ws_max_subscriptions=2)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as client:
+        projects = [(await create_project(client, f"p{i}"))["id"] for i in range(3)]
+    ws = await connected(srv, user)
+    await send(ws, {"type": "subscribe", "projects": [{"project_id": p} for p in projects]})
+    refused = await recv(ws)
+    assert (refused["type"], refused["code"]) == ("error", "too_many_subscriptions")
+    assert "project_id" not in refused
+    assert (await subscribe(ws, projects[0]))["type"] == "subscribed"
+    # Within the list's bound but over the connection's: entries beyond it are refused.
+    await send(ws, {"type": "subscribe", "projects": [{"project_id": p} for p in projects[1:]]})
+    first, second = await recv(ws), await recv(ws)
+    assert (first["type"], first["project_id"]) == ("subscribed", projects[1])
+    assert (second["code"], second["project_id"]) == ("too_many_subscriptions", projects[2])
+    await ws.close()
+
+
 async def test_shutdown_closes_with_1012(make_server) -> None:
     srv = make_server()
     user = await create_user(srv.settings)

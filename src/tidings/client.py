@@ -131,7 +131,7 @@ class ClientState:
     ``subscribed`` seq covers it. One with ``seq <= last[p]`` is a duplicate (a replay
     overlapping what was already seen) and is dropped too. Events of projects the caller
     does not subscribe to (the project-list audience) pass through untouched. After a
-    reconnect, :meth:`resubscribe` lists the ``subscribe`` messages that resume every
+    reconnect, :meth:`resubscribe` gives the one ``subscribe`` message that resumes every
     subscription from its ``last`` seq; those that asked for a snapshot ask again, so the
     server sends the state whenever it cannot resume.
     """
@@ -170,7 +170,10 @@ class ClientState:
         self.snapshots.discard(project_id)
 
     def subscribe_message(self, project_id: str) -> dict[str, Any]:
-        message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
+        return {"type": "subscribe", **self._entry(project_id)}
+
+    def _entry(self, project_id: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"project_id": project_id}
         if project_id in self.last:
             message["since"] = self.last[project_id]
         if project_id in self.snapshots:
@@ -183,10 +186,16 @@ class ClientState:
         subscription without recovery starts)."""
         return self.last.get(project_id, -1) >= seq
 
-    def resubscribe(self) -> list[dict[str, Any]]:
-        """A new connection: every wanted subscription starts a new stream."""
+    def resubscribe(self) -> dict[str, Any] | None:
+        """A new connection: every wanted subscription starts a new stream. Returns the one
+        ``subscribe`` message (``projects``) that asks for all of them (None: none)."""
         self.streaming.clear()
-        return [self.subscribe_message(p) for p in sorted(self.subscriptions)]
+        if not self.subscriptions:
+            return None
+        return {
+            "type": "subscribe",
+            "projects": [self._entry(p) for p in sorted(self.subscriptions)],
+        }
 
     def receive(self, message: dict[str, Any]) -> bool:
         """Account for one server message; True if the caller should see it."""
@@ -461,8 +470,9 @@ class TidingsClient:
         self.heartbeat_interval = _seconds(messages[0].get("heartbeat_interval"))
         # Subscriptions the caller asked for, from where each left off; sent before
         # `connected` is set so that a concurrent subscribe() cannot interleave.
-        for message in self.state.resubscribe():
-            await ws.send(orjson.dumps(message).decode())
+        resubscribe = self.state.resubscribe()
+        if resubscribe is not None:
+            await ws.send(orjson.dumps(resubscribe).decode())
         self._ws = ws
         self.connected.set()
         self.backoff.reset()

@@ -21,7 +21,16 @@ from tidings.codes import CloseCode, ErrorCode
 from tidings.delivery import Delivery, Verdict
 from tidings.events import encode, timestamp
 from tidings.frames import Frame
-from tidings.messages import Action, ClientMessages, Close, Reply, Subscribe, Unsubscribe, error
+from tidings.messages import (
+    Action,
+    ClientMessages,
+    Close,
+    Reply,
+    Subscribe,
+    SubscribeMany,
+    Unsubscribe,
+    error,
+)
 from tidings.sockets import Socket, SocketClosed
 
 logger = logging.getLogger("tidings.ws")
@@ -149,11 +158,20 @@ class Connection(Delivery):
 
         Each message is parsed and rate-limited as it arrives, and a subscribe is
         *requested* at once (so the audience path stops at once), but actions are carried
-        out in arrival order: replies wait behind the subscribes before them.
+        out in arrival order: replies wait behind the subscribes before them. A subscribe
+        naming several projects is carried out as one subscribe per entry, in its order.
         """
         if self.state is not ConnState.OPEN:
             return False
         action = self.messages.receive(data, asyncio.get_running_loop().time())
+        if isinstance(action, SubscribeMany):
+            waiting = False
+            for one in action.actions:
+                waiting = self._take(one)
+            return waiting
+        return self._take(action)
+
+    def _take(self, action: Action) -> bool:
         if isinstance(action, Subscribe) and not self.request(action.project_id):
             action = error(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,

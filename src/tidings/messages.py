@@ -1,7 +1,8 @@
 """What a client's messages ask for: parsing, validation and rate limiting, pure.
 
 :class:`ClientMessages` takes one raw client message and the current monotonic time and
-returns an action: reply, close, subscribe or unsubscribe. It does no I/O, keeps no clock
+returns an action: reply, close, subscribe (one project, or several in one message) or
+unsubscribe. It does no I/O, keeps no clock
 and never touches the database; ``connection.py`` feeds it each message as it arrives and
 carries the actions out in order (subscription limits and delivery are ``delivery.py``'s).
 """
@@ -51,7 +52,16 @@ class Unsubscribe:
     request_id: Any = None
 
 
-Action = Reply | Close | Subscribe | Unsubscribe
+@dataclass(frozen=True, slots=True)
+class SubscribeMany:
+    """A ``subscribe`` naming several projects (``projects``): one action per entry, in
+    the order given, each answered as if it had come in a message of its own (an entry
+    that is not valid is an error :class:`Reply` in its place)."""
+
+    actions: tuple[Subscribe | Reply, ...]
+
+
+Action = Reply | Close | Subscribe | SubscribeMany | Unsubscribe
 
 
 def error(code: ErrorCode, message: str, request_id: Any = None, **extra: Any) -> Reply:
@@ -64,10 +74,29 @@ def error(code: ErrorCode, message: str, request_id: Any = None, **extra: Any) -
 class ClientMessages:
     """Validates, rate-limits and interprets the messages of one connection."""
 
-    __slots__ = ("_last", "_strikes", "_tokens", "burst", "max_message_bytes", "rate")
+    __slots__ = (
+        "_last",
+        "_strikes",
+        "_tokens",
+        "burst",
+        "max_message_bytes",
+        "max_projects",
+        "rate",
+    )
 
-    def __init__(self, *, max_message_bytes: int, rate: float, burst: int, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        rate: float,
+        burst: int,
+        now: float,
+        max_projects: int = 200,
+    ) -> None:
+        """``max_projects``: entries one ``subscribe`` may list (the connection's
+        subscription limit)."""
         self.max_message_bytes = max_message_bytes
+        self.max_projects = max_projects
         self.rate = rate
         self.burst = burst
         self._tokens = float(burst)
@@ -102,19 +131,27 @@ class ClientMessages:
         return error(ErrorCode.BAD_REQUEST, f"unknown message type {kind[:64]!r}", request_id)
 
     def _subscribe(self, message: dict[str, Any], request_id: Any) -> Action:
-        project_id = message.get("project_id")
-        if not _valid_project_id(project_id):
-            return error(ErrorCode.BAD_REQUEST, PROJECT_ID_RULE, request_id)
-        assert isinstance(project_id, str)
-        since = message.get("since")
-        if since is not None and (type(since) is not int or not 0 <= since < 2**63):
-            return error(ErrorCode.BAD_REQUEST, "since must be an integer >= 0", request_id)
-        snapshot = message.get("snapshot")
-        if snapshot is None:
-            snapshot = False
-        elif not isinstance(snapshot, bool):
-            return error(ErrorCode.BAD_REQUEST, "snapshot must be true or false", request_id)
-        return Subscribe(project_id, since, request_id, snapshot)
+        if "projects" not in message:
+            return _subscribe_one(message, request_id)
+        if any(key in message for key in ("project_id", "since", "snapshot")):
+            return error(ErrorCode.BAD_REQUEST, PROJECTS_ALONE, request_id)
+        projects = message["projects"]
+        if not isinstance(projects, list) or not projects:
+            return error(ErrorCode.BAD_REQUEST, PROJECTS_RULE, request_id)
+        if len(projects) > self.max_projects:
+            return error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.max_projects} projects per subscribe",
+                request_id,
+            )
+        return SubscribeMany(
+            tuple(
+                _subscribe_one(entry, request_id)
+                if isinstance(entry, dict)
+                else error(ErrorCode.BAD_REQUEST, ENTRY_RULE, request_id)
+                for entry in projects
+            )
+        )
 
     def _unsubscribe(self, message: dict[str, Any], request_id: Any) -> Action:
         project_id = message.get("project_id")
@@ -140,6 +177,34 @@ class ClientMessages:
         )
 
 
+def _subscribe_one(message: dict[str, Any], request_id: Any) -> Subscribe | Reply:
+    """One project's subscribe: the message itself, or one entry of its ``projects``. An
+    error names the project when the project id at least is valid."""
+    project_id = message.get("project_id")
+    if not _valid_project_id(project_id):
+        return error(ErrorCode.BAD_REQUEST, PROJECT_ID_RULE, request_id)
+    assert isinstance(project_id, str)
+    since = message.get("since")
+    if since is not None and (type(since) is not int or not 0 <= since < 2**63):
+        return error(
+            ErrorCode.BAD_REQUEST,
+            "since must be an integer >= 0",
+            request_id,
+            project_id=project_id,
+        )
+    snapshot = message.get("snapshot")
+    if snapshot is None:
+        snapshot = False
+    elif not isinstance(snapshot, bool):
+        return error(
+            ErrorCode.BAD_REQUEST,
+            "snapshot must be true or false",
+            request_id,
+            project_id=project_id,
+        )
+    return Subscribe(project_id, since, request_id, snapshot)
+
+
 def _with_id(message: dict[str, Any], request_id: Any) -> dict[str, Any]:
     if request_id is not None:
         message["id"] = request_id
@@ -155,6 +220,9 @@ def _valid_id(value: Any) -> bool:
 
 
 PROJECT_ID_RULE = "project_id must be a project id (1 to 64 letters, digits, - or _)"
+PROJECTS_RULE = "projects must be a non-empty list of {project_id, since?, snapshot?} objects"
+PROJECTS_ALONE = "give either project_id (with since, snapshot) or projects, not both"
+ENTRY_RULE = "each entry of projects must be an object {project_id, since?, snapshot?}"
 
 
 def _valid_project_id(value: Any) -> bool:

@@ -35,7 +35,15 @@ from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from tidings.codes import CLOSE_CODES, PROTOCOL_VERSION, ErrorCode
 from tidings.messages import MAX_ID_LENGTH, PROJECT_ID
@@ -357,18 +365,66 @@ class CustomMessage(ServerBase):
 # -- client to server ---------------------------------------------------------------------
 
 
+class SubscribeEntry(Record):
+    """One project of a ``subscribe`` that names several (``projects``)."""
+
+    project_id: ProjectId
+    since: int | None = Field(default=None, ge=0, lt=2**63)
+    """The last seq the client has processed for this project."""
+    snapshot: bool | None = None
+    """Ask for the project's state in its reply (with ``since``: only if it cannot
+    recover)."""
+
+
+# A subscribe names one project (`project_id`, with `since` and `snapshot` beside it) or
+# several (`projects`), never both.
+_ONE_OR_MANY: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["project_id"], "not": {"required": ["projects"]}},
+        {
+            "required": ["projects"],
+            "not": {
+                "anyOf": [
+                    {"required": ["project_id"]},
+                    {"required": ["since"]},
+                    {"required": ["snapshot"]},
+                ]
+            },
+        },
+    ]
+}
+
+
 class SubscribeRequest(Message):
-    """Follow a project's events; with ``since``, first every event after that seq."""
+    """Follow a project's events; with ``since``, first every event after that seq.
+
+    Either ``project_id`` (with ``since`` and ``snapshot``) or ``projects``, a list of
+    such entries: each is answered (``subscribed`` or ``error``) in the order given, as if
+    sent alone. The list holds at most the server's per-connection subscription limit."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_OR_MANY)
 
     type: Literal["subscribe"]
-    project_id: ProjectId
+    project_id: ProjectId | None = None
+    """The project (unless ``projects`` is given)."""
+    projects: list[SubscribeEntry] | None = Field(default=None, min_length=1)
+    """Several projects at once, instead of ``project_id``."""
     since: int | None = Field(default=None, ge=0, lt=2**63)
     """The last seq the client has processed for this project."""
     snapshot: bool | None = None
     """Ask for the project's state in the reply (with ``since``: only if it cannot
     recover)."""
     id: RequestId | None = None
-    """Echoed in the reply."""
+    """Echoed in the reply (in each reply, with ``projects``)."""
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> SubscribeRequest:
+        if self.projects is None:
+            if self.project_id is None:
+                raise ValueError("project_id or projects is required")
+        elif self.project_id is not None or self.since is not None or self.snapshot is not None:
+            raise ValueError("projects goes alone, without project_id, since or snapshot")
+        return self
 
 
 class UnsubscribeRequest(Message):

@@ -69,6 +69,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             rate=settings.ws_rate_limit,
             burst=settings.ws_rate_burst,
             now=asyncio.get_running_loop().time(),
+            max_projects=settings.ws_max_subscriptions,
         ),
         max_subscriptions=settings.ws_max_subscriptions,
         max_queue_messages=settings.ws_max_queue_messages,

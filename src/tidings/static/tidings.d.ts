@@ -211,10 +211,19 @@ export interface SystemHeartbeat {
   timestamp: string;
 }
 
-/** Follow a project's events; with `since`, first every event after that seq. */
+/**
+ * Follow a project's events; with `since`, first every event after that seq.
+ *
+ * Either `project_id` (with `since` and `snapshot`) or `projects`, a list of
+ * such entries: each is answered (`subscribed` or `error`) in the order given, as if
+ * sent alone. The list holds at most the server's per-connection subscription limit.
+ */
 export interface SubscribeRequest {
   type: "subscribe";
-  project_id: string;
+  /** The project (unless `projects` is given). */
+  project_id?: string;
+  /** Several projects at once, instead of `project_id`. */
+  projects?: SubscribeEntry[];
   /** The last seq the client has processed for this project. */
   since?: number;
   /**
@@ -222,7 +231,7 @@ export interface SubscribeRequest {
    * recover).
    */
   snapshot?: boolean;
-  /** Echoed in the reply. */
+  /** Echoed in the reply (in each reply, with `projects`). */
   id?: string | number;
 }
 
@@ -366,6 +375,18 @@ export interface StoredFile {
   created_at: string;
 }
 
+/** One project of a `subscribe` that names several (`projects`). */
+export interface SubscribeEntry {
+  project_id: string;
+  /** The last seq the client has processed for this project. */
+  since?: number;
+  /**
+   * Ask for the project's state in its reply (with `since`: only if it cannot
+   * recover).
+   */
+  snapshot?: boolean;
+}
+
 /** A user, as `connection.established` names the connected one. */
 export interface User {
   id: string;
@@ -462,9 +483,12 @@ export declare class SeqState {
   drop(projectId: string): UnsubscribeRequest;
   forget(projectId: string): void;
   subscribeMessage(projectId: string): SubscribeRequest;
+  /** One entry of a `subscribe` with `projects`: how this project resumes. */
+  entry(projectId: string): SubscribeEntry;
   /** Whether the view of a project includes its event `seq`. */
   seen(projectId: string, seq: number): boolean;
-  resubscribe(): SubscribeRequest[];
+  /** A new connection: one `subscribe` naming every wanted project (null: none). */
+  resubscribe(): SubscribeRequest | null;
   /** Account for one server message; true if the application should see it. */
   receive(message: ServerMessage | CustomMessage): boolean;
 }

@@ -96,19 +96,24 @@ export class SeqState {
     this.snapshots.delete(projectId);
   }
   subscribeMessage(projectId) {
-    const message = { type: "subscribe", project_id: projectId };
-    if (this.last.has(projectId)) message.since = this.last.get(projectId);
-    if (this.snapshots.has(projectId)) message.snapshot = true;
-    return message;
+    return { type: "subscribe", ...this.entry(projectId) };
+  }
+  entry(projectId) {
+    const entry = { project_id: projectId };
+    if (this.last.has(projectId)) entry.since = this.last.get(projectId);
+    if (this.snapshots.has(projectId)) entry.snapshot = true;
+    return entry;
   }
   /** Whether the view of a project includes its event `seq` (delivered, or covered by a
    * `subscribed` seq: a snapshot's, or where an unrecovered subscription starts). */
   seen(projectId, seq) {
     return (this.last.get(projectId) ?? -1) >= seq;
   }
+  /** A new connection: one `subscribe` naming every wanted project (null: none). */
   resubscribe() {
     this.streaming.clear();
-    return [...this.subscriptions].sort().map((p) => this.subscribeMessage(p));
+    if (!this.subscriptions.size) return null;
+    return { type: "subscribe", projects: [...this.subscriptions].sort().map((p) => this.entry(p)) };
   }
   /** Account for one server message; true if the application should see it. */
   receive(message) {
@@ -268,7 +273,8 @@ export class TidingsClient extends EventTarget {
 
   handle(ws, message) {
     if (message.type === "connection.established") {
-      for (const m of this.state.resubscribe()) ws.send(JSON.stringify(m));
+      const resubscribe = this.state.resubscribe();
+      if (resubscribe) ws.send(JSON.stringify(resubscribe));
       this.open = true;
       if (this.established > 0) this.reconnects += 1;
       this.established += 1;
