@@ -423,6 +423,9 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 4}));
             out.push(s.receive({type: "system.heartbeat"}));
             const b = new m.Backoff({base: 100, cap: 400, random: () => 1});
+            const spreads = [b.spread(250), b.spread(5000)];
+            const within = ["service restart; reconnect_within_ms=2500", "bye", null]
+                .map((r) => m.reconnectWithin(r));
             const v = new m.SeqState();
             const views = [v.want("q", undefined, true)];
             v.receive({type: "subscribed", project_id: "q", seq: 6, snapshot: {}});
@@ -434,6 +437,8 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
                 out,
                 resub: s.resubscribe(),
                 delays: [b.next(), b.next(), b.next(), b.next()],
+                spreads,
+                within,
                 reconnect: [4401, 1000, 1012, 4008, 1006].map(c => m.shouldReconnect(table, c)),
             };
         }"""
@@ -449,8 +454,40 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
         "out": [True, False, True, False],
         "resub": {"type": "subscribe", "projects": [{"project_id": "p", "since": 4}]},
         "delays": [100, 200, 400, 400],
+        "spreads": [250, 400],
+        "within": [2500, None, None],
         "reconnect": [False, False, True, True, True],
     }
+
+
+async def test_after_a_restart_the_page_waits_within_the_suggested_spread(
+    browser: Any, make_server: Any
+) -> None:
+    """The server stops with 1012 and `reconnect_within_ms=1500`: tidings.js's first
+    reconnect waits a random part of 1.5 s (here all of it), then it resumes."""
+    server = make_server(ws_reconnect_spread=1.5)
+    alice = await create_user(server.settings, "alice")
+    page = await open_dashboard(browser, server, alice)
+    await page.evaluate(
+        """async () => {
+            const m = await import("/static/tidings.js");
+            window.statuses = [];
+            const client = new m.TidingsClient({backoff: new m.Backoff({random: () => 1})});
+            client.addEventListener("status", (e) => window.statuses.push(e.detail));
+            await client.connect();
+        }"""
+    )
+    opened = "() => window.statuses.filter((s) => s.state === 'open').length"
+    await page.wait_for_function(f"{opened} === 1", timeout=WAIT_MS)
+    await server.stop_async()
+    await page.wait_for_function(
+        "window.statuses.some((s) => s.state === 'reconnecting')", timeout=WAIT_MS
+    )
+    first = await page.evaluate("window.statuses.find((s) => s.state === 'reconnecting')")
+    assert (first["code"], first["reason"], first["delay"]) == (1012, "closed", 1500)
+    server.start()
+    await page.wait_for_function(f"{opened} === 2", timeout=RECONNECT_MS)
+    assert page.errors == []
 
 
 def _png() -> bytes:

@@ -308,6 +308,44 @@ async def test_events_during_restart_arrive_once(
     ]
 
 
+def test_a_restart_spread_is_random_up_to_the_suggestion_and_the_cap() -> None:
+    b = Backoff(base=1.0, cap=8.0, rng=lambda lo, hi: hi)
+    assert (b.spread(2.5), b.spread(60.0)) == (2.5, 8.0)
+    assert Backoff(rng=lambda lo, hi: lo).spread(2.5) == 0.0
+    assert b.attempt == 0  # a restart is not a failure: the back-off is not advanced
+
+
+async def test_after_a_restart_the_first_reconnect_waits_within_the_suggested_spread(
+    make_server: Any,
+) -> None:
+    """The server stops with 1012 and `reconnect_within_ms=1500`: the first reconnect
+    waits a random time in [0, 1.5 s], drawn from the back-off's generator."""
+    srv = make_server(ws_reconnect_spread=1.5)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as http:
+        pid = (await create_project(http))["id"]
+    drawn: list[tuple[float, float]] = []
+
+    def rng(lo: float, hi: float) -> float:
+        drawn.append((lo, hi))
+        return lo + (hi - lo) / 10
+
+    backoff = Backoff(base=20 * MS, cap=5.0, rng=rng)
+    async with TidingsClient(srv.url, token=user.token, backoff=backoff) as client:
+        await client.subscribe(pid)
+        assert drawn == []
+        await srv.stop_async()
+        await eventually(lambda: bool(drawn))
+        assert drawn[0] == (0.0, 1.5)
+        srv.start()
+        resumed = await next_event(
+            client, lambda e: e["type"] == "subscribed" and client.reconnects
+        )
+        assert (resumed["project_id"], resumed["recovered"]) == (pid, True)
+        # Attempts that failed while the server was down backed off as usual.
+        assert all(hi <= 5.0 and lo == hi / 2 for lo, hi in drawn[1:])
+
+
 async def test_subscribe_while_disconnected_is_sent_on_reconnect(
     server: ServerThread, alice: TestUser, alice_api
 ) -> None:

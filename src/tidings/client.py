@@ -38,7 +38,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tidings.codes import CLOSE_CODES, CloseCode
+from tidings.codes import CLOSE_CODES, CloseCode, reconnect_within
 from tidings.schema import ErrorMessage, Received, Subscribed, parse_server_message
 
 logger = logging.getLogger("tidings.client")
@@ -115,6 +115,12 @@ class Backoff:
         ceiling = min(self.cap, self.base * self.factor ** min(self.attempt, 64))
         self.attempt += 1
         return self.rng(ceiling / 2, ceiling)
+
+    def spread(self, within: float) -> float:
+        """The wait before the first reconnect after a restart whose close reason suggests
+        spreading reconnects over ``within`` seconds: a random time in ``[0, within]``
+        (``cap`` at most)."""
+        return self.rng(0.0, min(within, self.cap))
 
     def reset(self) -> None:
         self.attempt = 0
@@ -495,7 +501,12 @@ class TidingsClient:
                 if not should_reconnect(code):
                     self._finish(Closed(code))
                     return
-                ws = await self._reconnect()
+                # A node that stops (1012) suggests spreading the fleet's return over a few
+                # seconds: wait a random part of that before the first attempt.
+                within = None
+                if code == CloseCode.SERVICE_RESTART:
+                    within = reconnect_within(ws.close_reason or "")
+                ws = await self._reconnect(within)
         except (Unauthorized, Closed) as exc:
             self._finish(exc)
         except asyncio.CancelledError:
@@ -561,9 +572,14 @@ class TidingsClient:
             elif ended:
                 future.set_exception(SubscriptionEnded(project_id))
 
-    async def _reconnect(self) -> ClientConnection:
+    async def _reconnect(self, within: float | None = None) -> ClientConnection:
+        """Connect again, after ``backoff.spread(within)`` the first time if given (a
+        restart's suggestion), else (and after each failure) after the back-off."""
         while True:
-            delay = self.backoff.next_delay()
+            if within is not None:
+                delay, within = self.backoff.spread(within), None
+            else:
+                delay = self.backoff.next_delay()
             logger.info("tidings client: reconnecting in %.2fs", delay)
             await asyncio.sleep(delay)
             try:

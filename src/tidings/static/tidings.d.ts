@@ -470,8 +470,14 @@ export declare class Backoff {
   factor: number;
   attempt: number;
   next(): number;
+  /** The wait before the first reconnect after a 1012 whose reason suggests spreading
+   * reconnects over `within` ms: random in [0, min(within, cap)]. */
+  spread(within: number): number;
   reset(): void;
 }
+
+/** Milliseconds a close reason suggests spreading the reconnect over (null: none). */
+export declare function reconnectWithin(reason: string | null | undefined): number | null;
 
 /** Per-project seq bookkeeping and wanted subscriptions; no I/O. */
 export declare class SeqState {

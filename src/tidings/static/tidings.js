@@ -45,6 +45,7 @@ const SILENT = new Set(["system.heartbeat", "pong"]);
 export const DEAD_AFTER_HEARTBEATS = 2;
 // What a dead connection is reported closed with: abnormal closure, as when it drops.
 const ABNORMAL = 1006;
+const RESTART = 1012; // service_restart: its reason may suggest a reconnect spread
 
 /** Exponential back-off with jitter: a random delay in [d/2, d], d = min(cap, base*2^n). */
 export class Backoff {
@@ -56,9 +57,23 @@ export class Backoff {
     this.attempt += 1;
     return ceiling / 2 + this.random() * (ceiling / 2);
   }
+  /** The wait before the first reconnect after a restart that suggests spreading the
+   * reconnects over `within` ms: a random time in [0, within] (`cap` at most). */
+  spread(within) {
+    return this.random() * Math.min(within, this.cap);
+  }
   reset() {
     this.attempt = 0;
   }
+}
+
+const RECONNECT_WITHIN = /\breconnect_within_ms=(\d{1,7})\b/;
+
+/** Milliseconds a close reason suggests spreading the reconnect over (null: none); a
+ * node that stops closes with 1012 and `service restart; reconnect_within_ms=5000`. */
+export function reconnectWithin(reason) {
+  const match = RECONNECT_WITHIN.exec(reason || "");
+  return match ? Number(match[1]) : null;
 }
 
 /** Per-project seq bookkeeping and wanted subscriptions; no I/O (mirrors ClientState).
@@ -268,7 +283,7 @@ export class TidingsClient extends EventTarget {
         if (message && typeof message === "object") this.handle(ws, message);
       }
     };
-    ws.onclose = (event) => this.closed(ws, event.code);
+    ws.onclose = (event) => this.closed(ws, event.code, event.reason);
   }
 
   handle(ws, message) {
@@ -363,7 +378,7 @@ export class TidingsClient extends EventTarget {
     this.retry(code, reason, 0);
   }
 
-  async closed(ws, code) {
+  async closed(ws, code, reason) {
     if (ws !== this.ws) return;
     this.open = false;
     this.ws = null;
@@ -377,7 +392,10 @@ export class TidingsClient extends EventTarget {
       this.rejectWaiters(`the connection closed with ${code}`);
       return;
     }
-    this.retry(code, "closed", this.backoff.next());
+    // A node that stops (1012) suggests spreading the fleet's return: the first attempt
+    // waits a random part of it; later ones back off as usual.
+    const within = code === RESTART ? reconnectWithin(reason) : null;
+    this.retry(code, "closed", within === null ? this.backoff.next() : this.backoff.spread(within));
   }
 
   retry(code, reason, delay) {
