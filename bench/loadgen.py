@@ -147,8 +147,10 @@ class Target:
         self.host: str = config["host"]
         self.port: int = config["port"]
         self.project_id: str = config["project_id"]
-        token = config.get("token")
+        token, cookie = config.get("token"), config.get("cookie")
         self.headers = [("Authorization", f"Bearer {token}")] if token else []
+        if cookie:  # a browser's way: the session cookie instead of the token
+            self.headers = [("Cookie", f"tidings_session={cookie}")]
         self.subprotocols: list[str] = config.get("subprotocols", [])
 
     async def subscribers(
@@ -157,10 +159,13 @@ class Target:
         stats: Stats,
         *,
         concurrency: int = 64,
+        since: int | None = None,
     ) -> list[WSClient]:
         """Connect ``count`` clients and subscribe each; return once all are subscribed."""
         gate = asyncio.Semaphore(concurrency)
-        request = {"type": "subscribe", "project_id": self.project_id}
+        request: dict[str, Any] = {"type": "subscribe", "project_id": self.project_id}
+        if since is not None:
+            request["since"] = since
 
         async def one() -> WSClient:
             async with gate:
@@ -395,12 +400,37 @@ async def resume(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def connect_rate(config: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` connections opened ``concurrency`` at a time, each authenticated (the
+    target's token or cookie) and subscribed (with ``since``, if given) before it counts:
+    connections per second until the last ``subscribed`` arrived. They stay open until the
+    end, as clients coming back after a restart do."""
+    target, stats = Target(config), Stats()
+    since, concurrency = config.get("since"), config.get("concurrency", 64)
+    warm = await target.subscribers(100, stats, since=since)  # caches, JIT, TCP
+    for client in warm:
+        client.close()
+    emit({"phase": "ready"})
+    with Window() as window:
+        clients = await target.subscribers(
+            config["clients"], stats, concurrency=concurrency, since=since
+        )
+    for client in clients:
+        client.close()
+    return {
+        "clients": len(clients),
+        "connects_per_s": round(len(clients) / window.wall),
+        "loadgen_cpu": window.loadgen_cpu,
+    }
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fanout": fanout,
     "e2e": end_to_end,
     "stalled": stalled,
     "idle": idle,
     "resume": resume,
+    "connect": connect_rate,
 }
 
 

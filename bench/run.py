@@ -6,7 +6,8 @@ are taken within a round, then the median over rounds, so a drift in the machine
 cancels. Prints one JSON line per run as it ends, then a markdown table per scenario and
 the targets. Everything is on loopback, bounded in count and in time.
 
-    python bench/run.py [--rounds N] [--only fanout,e2e,idle,stalled,resume] [--ablation]
+    python bench/run.py [--rounds N] [--only fanout,e2e,idle,stalled,resume,connect]
+                        [--ablation]
                         [--quick] [--out FILE]
 """
 
@@ -153,6 +154,28 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
             ),
         ),
         Scenario(
+            "connect",
+            f"Connect rate: {3000 // scale:,} clients, 64 at a time, each connecting, "
+            "authenticating and subscribing with `since` until `subscribed` (naive and "
+            "Node ws: their bare connect + subscribe)",
+            ("tidings", "tidings-pg", "naive", "node"),
+            {
+                f"{auth}": {
+                    "scenario": "connect",
+                    "clients": 3000 // scale,
+                    "since": 1,
+                    "auth": auth,
+                    "servers": ["tidings", "tidings-pg"] + (["naive", "node"] if bare else []),
+                }
+                for auth, bare in (("bearer token", True), ("session cookie", False))
+            },
+            (
+                Figure("connects_per_s", "connections + subscriptions per second"),
+                Figure("server_cpu", "server CPU (share of its core)", 2),
+                Figure("loadgen_cpu", "load generator CPU", 2),
+            ),
+        ),
+        Scenario(
             "idle",
             "Idle memory: connected, subscribed clients with a heartbeat every second",
             ("tidings", "naive", "node"),
@@ -241,6 +264,8 @@ def run_case(
             return idle(server, config, scenario.heartbeat)
         if config["scenario"] == "resume":
             seed(server, 10_000)
+        if config.get("auth") == "session cookie":
+            config = {**config, "cookie": server.login(account.password)}
         return loadgen(server, config)
     finally:
         server.stop()
@@ -462,6 +487,14 @@ def targets(selected: list[Scenario]) -> str:
             lambda v: v <= 1.0,
             " s",
         )
+    if (s := by_name.get("connect")) is not None:
+        for variant in ("tidings", "tidings-pg"):
+            for case in s.cases:
+                check(
+                    f"connect + {case} + subscribe per second, {VARIANTS[variant].label} ≥ 2,500",
+                    s.median(case, variant, "connects_per_s"),
+                    lambda v: v >= 2500,
+                )
     if (s := by_name.get("e2e")) is not None:
         check(
             "end-to-end p99 at 1,000 subscribers ≤ 50 ms",

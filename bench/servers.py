@@ -25,6 +25,9 @@ PYTHON = sys.executable
 TIDINGS_CLI = str(Path(PYTHON).with_name("tidings"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REDIS_URL = os.environ.get("TIDINGS_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+# PostgreSQL for the `tidings-pg` variant: an admin DSN of a server where databases may be
+# created (each run gets a copy of a template database holding the bench user).
+PG_ADMIN = os.environ.get("TIDINGS_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,14 @@ class Variant:
     server: str  # "tidings" (with the bench hooks), "tidings-serve", "naive" or "node"
     args: tuple[str, ...] = ()
     subprotocols: tuple[str, ...] = ()
+    postgres: bool = False  # tidings on PostgreSQL rather than SQLite
 
 
 VARIANTS = {
     v.name: v
     for v in (
         Variant("tidings", "tidings", "tidings"),
+        Variant("tidings-pg", "tidings, PostgreSQL", "tidings", postgres=True),
         Variant(
             "tidings-batch",
             "tidings, batch subprotocol",
@@ -87,7 +92,11 @@ class TidingsAccount:
             text=True,
         ).stdout
         self.token = out.split()[-1]
+        self.password = "bench-password"
         self._copies = 0
+        self._pg_template: str | None = None
+        self.pg_token = ""
+        self._pg_databases: list[str] = []
 
     def data_dir(self) -> Path:
         self._copies += 1
@@ -95,8 +104,72 @@ class TidingsAccount:
         shutil.copytree(self.template, copy)
         return copy
 
+    def postgres_url(self) -> str:
+        """A fresh PostgreSQL database holding the bench user and its token
+        (:attr:`pg_token`): a copy of a template database made with the real CLI on first
+        use."""
+        if self._pg_template is None:
+            name = f"tidings_bench_tpl_{os.getpid()}"
+            _pg_admin(f'CREATE DATABASE "{name}"')
+            self._pg_databases.append(name)
+            env = {
+                **os.environ,
+                "TIDINGS_DATA_DIR": str(self.root / "pg-template"),
+                "TIDINGS_DATABASE_URL": _pg_url(name),
+            }
+            subprocess.run(
+                [TIDINGS_CLI, "users", "create", "bench", "--password-stdin"],
+                input=self.password + "\n",
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            out = subprocess.run(
+                [TIDINGS_CLI, "tokens", "create", "bench"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            self.pg_token = out.split()[-1]
+            self._pg_template = name
+        self._copies += 1
+        name = f"tidings_bench_{os.getpid()}_{self._copies}"
+        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self._pg_template}"')
+        self._pg_databases.append(name)
+        return _pg_url(name)
+
+    def drop(self, database_url: str) -> None:
+        name = database_url.rsplit("/", 1)[1]
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if name in self._pg_databases:
+            self._pg_databases.remove(name)
+
     def cleanup(self) -> None:
+        for name in reversed(self._pg_databases):
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pg_url(name: str) -> str:
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 @dataclass
@@ -107,6 +180,8 @@ class Server:
     project_id: str = "bench"
     token: str | None = None
     data_dir: Path | None = None
+    database_url: str | None = None
+    account: TidingsAccount | None = None
     _cpu_mark: float = field(default=0.0, init=False)
 
     @property
@@ -167,6 +242,17 @@ class Server:
                 self.process.wait()
         if self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.database_url is not None and self.account is not None:
+            self.account.drop(self.database_url)
+
+    def login(self, password: str) -> str:
+        """A session cookie of the bench user (one argon2 check)."""
+        response = httpx.post(
+            f"http://127.0.0.1:{self.port}/api/auth/login",
+            json={"username": "bench", "password": password},
+        )
+        response.raise_for_status()
+        return response.cookies["tidings_session"]
 
 
 def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float = 30.0) -> Server:
@@ -174,11 +260,16 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
     project, created over REST by the bench user."""
     port = free_port()
     data_dir: Path | None = None
-    env = dict(os.environ)
+    database_url: str | None = None
+    # Every bench client is the one bench user: lift the per-user cap on connections.
+    env = {**os.environ, "TIDINGS_WS_MAX_CONNECTIONS_PER_USER": "1000000"}
     if variant.server == "tidings":
         data_dir = account.data_dir()
         argv = [PYTHON, str(BENCH / "tidings_app.py"), str(port), "--data-dir", str(data_dir)]
         argv += ["--heartbeat", str(heartbeat)]
+        if variant.postgres:
+            database_url = account.postgres_url()
+            env["TIDINGS_DATABASE_URL"] = database_url
     elif variant.server == "tidings-serve":  # the real command, as a node is deployed
         data_dir = account.data_dir()
         argv = [TIDINGS_CLI, "serve", "--port", str(port), "--workers", "2"]
@@ -200,7 +291,9 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
             cwd=BENCH,
             env=env,
         )
-    server = Server(variant, process, port, data_dir=data_dir)
+    server = Server(
+        variant, process, port, data_dir=data_dir, database_url=database_url, account=account
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -219,11 +312,11 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
     if variant.server == "tidings-serve":
         time.sleep(2)  # /healthz answered from one worker: let the other finish starting
     if variant.server.startswith("tidings"):
-        server.token = account.token
+        server.token = account.pg_token if variant.postgres else account.token
         response = httpx.post(
             f"{base}/api/projects",
             json={"name": "bench"},
-            headers={"Authorization": f"Bearer {account.token}"},
+            headers={"Authorization": f"Bearer {server.token}"},
         )
         response.raise_for_status()
         server.project_id = response.json()["id"]
