@@ -21,6 +21,7 @@ from tests.conftest import (
     subscribe,
     upload,
 )
+from tests.test_ws import refused_after_removal
 from tidings import Settings
 
 pytestmark = on_stacks("postgres-redis")
@@ -96,3 +97,10 @@ async def test_resume_on_another_node(nodes) -> None:
     reply = await subscribe(ws_b, project["id"], since=2)
     assert reply["recovered"] is True
     assert [(await recv(ws_b))["seq"] for _ in range(4)] == [3, 4, 5, 6]
+
+
+async def test_a_member_removed_on_one_node_is_refused_on_the_other(nodes) -> None:
+    a, b = nodes
+    owner = await create_user(a.settings)
+    member = await create_user(a.settings)
+    await refused_after_removal(a, b, owner, member)

@@ -461,6 +461,70 @@ async def test_a_project_list_is_bounded_by_the_subscription_limit(make_server) 
     await ws.close()
 
 
+async def refused_after_removal(node_a: ServerThread, node_b: ServerThread, owner, member) -> None:
+    """``member`` subscribes on ``node_b`` (the second time from the node's memory); the
+    owner removes them on ``node_a``; once ``node_b`` has ended the subscription, the
+    next subscribe there is refused."""
+    async with api(node_a, owner) as owner_api:
+        pid = (await create_project(owner_api))["id"]
+        added = await owner_api.post(
+            f"/api/projects/{pid}/members", json={"username": member.username}
+        )
+        assert added.status_code == 201
+        ws = await connected(node_b, member)
+        assert (await subscribe(ws, pid))["type"] == "subscribed"
+        await send(ws, {"type": "unsubscribe", "project_id": pid})
+        await recv_until(ws, lambda m: m["type"] == "unsubscribed")
+        assert node_b.services.hub.access.allowed(member.id, pid)  # answered from memory
+        assert (await subscribe(ws, pid, since=2))["recovered"] is True
+        removed = await owner_api.delete(f"/api/projects/{pid}/members/{member.username}")
+        assert removed.status_code == 204
+    revoked = await recv_until(ws, lambda m: m["type"] == "unsubscribed")
+    assert revoked["reason"] == "access_revoked"
+    refused = await subscribe(ws, pid)
+    assert (refused["type"], refused["code"]) == ("error", "not_found")
+    assert not node_b.services.hub.access.allowed(member.id, pid)
+    await ws.close()
+
+
+async def test_a_removed_member_is_refused_on_the_next_subscribe(server, alice, bob) -> None:
+    await refused_after_removal(server, server, alice, bob)
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_subscribes_from_memory_answer_what_the_database_would(make_server, cache) -> None:
+    """With the access cache (and a channel kept open) every subscribe below is answered
+    from the node's memory; without, from the database: the same answers either way."""
+    srv = make_server(access_cache_entries=cache)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as client:
+        pid = (await create_project(client))["id"]
+        for name in ("a", "b", "c"):
+            await upload(client, pid, name)
+    keeper = await connected(srv, user)  # keeps the channel (and what it knows) alive
+    assert (await subscribe(keeper, pid))["seq"] == 4
+    registry = srv.services.hub.metrics.registry
+    answers = {}
+    for since in (None, 0, 2, 4, 5):
+        ws = await connected(srv, user)
+        reply = await subscribe(ws, pid, since=since)
+        replayed = []
+        while (replayed[-1] if replayed else since if since is not None else 4) < 4:
+            replayed.append((await recv_until(ws, lambda m: "seq" in m))["seq"])
+        answers[since] = (reply["seq"], reply.get("recovered"), replayed)
+        await ws.close()
+    assert answers == {
+        None: (4, None, []),
+        0: (4, True, [1, 2, 3, 4]),
+        2: (4, True, [3, 4]),
+        4: (4, True, []),
+        5: (4, False, []),  # past the head: only the database can tell
+    }
+    from_memory = registry.get_sample_value("tidings_ws_subscribes_from_memory_total")
+    assert from_memory == (4 if cache else 0)
+    await keeper.close()
+
+
 async def test_shutdown_closes_with_1012(make_server) -> None:
     srv = make_server()
     user = await create_user(srv.settings)

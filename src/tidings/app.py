@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replay_concurrency=settings.replay_concurrency,
         restart_reason=restart_reason(settings.ws_reconnect_spread),
         snapshot_max_files=settings.snapshot_max_files,
+        access_cache_entries=settings.access_cache_entries,
     )
     services = Services(
         settings=settings,

@@ -22,6 +22,8 @@ from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot
 from tidings.events import (
     CUSTOM_PREFIX,
     MEMBER_REMOVED,
+    PROJECT_DELETED,
+    PROJECT_UPDATED,
     SESSION_REVOKED,
     Envelope,
     EventLog,
@@ -31,7 +33,8 @@ from tidings.events import (
 from tidings.frames import Frame
 from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
-from tidings.snapshot import Snapshots
+from tidings.openings import AccessCache, BoundsReader
+from tidings.snapshot import Opening, Snapshots
 
 logger = logging.getLogger("tidings.hub")
 
@@ -82,13 +85,21 @@ class Expiries:
 
 
 class Channel:
-    """The connections subscribed to one project, and the newest seq seen for it."""
+    """The connections subscribed to one project, and the newest seq seen for it.
 
-    __slots__ = ("head", "subscribers")
+    ``synced``: the log's bounds were read from the database while the channel existed,
+    so ``head`` is at least the log's latest seq then, raised by every event seen since
+    (it may lag the database only by events whose broker message is still on its way,
+    or lost: head sync catches those). ``oldest`` is the oldest seq the log held then.
+    """
+
+    __slots__ = ("head", "oldest", "subscribers", "synced")
 
     def __init__(self) -> None:
         self.subscribers: dict[Connection, None] = {}  # an ordered set
         self.head = 0
+        self.oldest = 0
+        self.synced = False
 
 
 class Hub:
@@ -104,9 +115,12 @@ class Hub:
         replay_concurrency: int = 32,
         restart_reason: str = "service restart",
         snapshot_max_files: int = 10_000,
+        access_cache_entries: int = 100_000,
     ) -> None:
         self.eventlog = eventlog
         self.snapshots = Snapshots(eventlog.db, snapshot_max_files)
+        self.access = AccessCache(access_cache_entries)
+        self.bounds = BoundsReader(eventlog.db)
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
@@ -246,24 +260,31 @@ class Hub:
         await self._start(conn, sub, action.since, action.request_id)
 
     async def _start(
-        self, conn: Connection, sub: Subscription, since: int | None, request_id: Any
+        self,
+        conn: Connection,
+        sub: Subscription,
+        since: int | None,
+        request_id: Any,
+        *,
+        from_memory: bool = True,
     ) -> None:
         project_id = sub.project_id
         channel = self._join(conn, project_id)
-        asked = sub.snapshot
-        try:
-            opening = await self.snapshots.open(
-                project_id,
-                conn.user_id,
-                lambda oldest, latest: snapshot_needed(asked, since, oldest, latest),
-                # What a replayed event may take of the queue (see wait_for_room).
-                conn.queue.max_bytes * 3 // 4,
-            )
-        except Exception:
-            logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
-            opening, failed = None, True
-        else:
-            failed = False
+        opening, failed = None, False
+        if from_memory:
+            opening = self._known_opening(conn, sub, since, channel)
+        if opening is None:
+            generation = self.access.generation
+            try:
+                opening = await self._read_opening(conn, sub, since)
+            except Exception:
+                logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
+                opening, failed = None, True
+            if opening is not None:
+                self.access.grant(conn.user_id, project_id, generation)
+                channel.head = max(channel.head, opening.latest)
+                channel.oldest = max(channel.oldest, opening.oldest)
+                channel.synced = True
         # A large snapshot waits for room in the queue, as replayed events do: a client
         # that resubscribes to many projects at once is paced, not closed as slow.
         if (
@@ -297,6 +318,46 @@ class Hub:
         self.metrics.subscriptions.inc()
         if start.replay:
             self._replay(conn, sub)
+
+    def _known_opening(
+        self, conn: Connection, sub: Subscription, since: int | None, channel: Channel
+    ) -> Opening | None:
+        """The opening from what the node knows, without the database; None if it does
+        not know enough: the channel's bounds were never read, the user's access is not
+        remembered, ``since`` is past the channel's head (the client saw an event whose
+        broker message has not arrived here yet: only the database can say), or a
+        snapshot is needed (it is read with the bounds, in one transaction).
+
+        The latest seq is the channel's head: never below an event this node delivered,
+        and any later event follows (live, or through a replay of the log)."""
+        if not channel.synced or not self.access.allowed(conn.user_id, sub.project_id):
+            return None
+        latest = channel.head
+        if since is not None and since > latest:
+            return None
+        # Retention keeps the newest `history` events of each project.
+        oldest = max(channel.oldest, latest - self.eventlog.history + 1)
+        if snapshot_needed(sub.snapshot, since, oldest, latest):
+            return None
+        self.metrics.subscribes_from_memory.inc()
+        return Opening(oldest, latest)
+
+    async def _read_opening(
+        self, conn: Connection, sub: Subscription, since: int | None
+    ) -> Opening | None:
+        """Access and bounds from the database (batched with other subscribes), and the
+        snapshot in the same transaction when one is needed."""
+        if sub.snapshot:
+            asked = sub.snapshot
+            return await self.snapshots.open(
+                sub.project_id,
+                conn.user_id,
+                lambda oldest, latest: snapshot_needed(asked, since, oldest, latest),
+                # What a replayed event may take of the queue (see wait_for_room).
+                conn.queue.max_bytes * 3 // 4,
+            )
+        bounds = await self.bounds.read(sub.project_id, conn.user_id)
+        return None if bounds is None else Opening(*bounds)
 
     def unsubscribe(self, conn: Connection, action: Unsubscribe) -> None:
         self._end(conn, action.project_id)
@@ -379,6 +440,9 @@ class Hub:
                         await self._restart(conn, sub)
                         return
                     conn.push(Frame(event.frame, event.type, project_id, event.seq))
+                    channel = self.channels.get(project_id)
+                    if channel is not None and event.seq > channel.head:
+                        channel.head = event.seq  # logged: delivered before its broker message
                     if event.type in ENDING_TYPES:
                         self._end(conn, project_id, sub)
                         return
@@ -393,9 +457,10 @@ class Hub:
             conn.close(CloseCode.SERVICE_RESTART, "replay failed; resume")
 
     async def _restart(self, conn: Connection, sub: Subscription) -> None:
-        """Start again from the cursor: the reply says ``recovered: false``."""
+        """Start again from the cursor: the reply says ``recovered: false``. The bounds are
+        read from the database: the log was trimmed further than the node assumed."""
         fresh = conn.begin(sub.project_id, waiting=False, snapshot=sub.snapshot)
-        await self._start(conn, fresh, sub.cursor, None)
+        await self._start(conn, fresh, sub.cursor, None, from_memory=False)
 
     # -- fan-out --------------------------------------------------------------------------
 
@@ -403,7 +468,10 @@ class Hub:
         broker = self.eventlog.broker
         while True:
             try:
-                subscription = await broker.subscribe(self.eventlog.channel)
+                subscription = await broker.subscribe(
+                    self.eventlog.channel, on_resubscribed=self.access.clear
+                )
+                self.access.clear()  # revocations may have been missed while unsubscribed
                 try:
                     self._ready.set()  # confirmed: every event published from now on arrives
                     async for raw in subscription:
@@ -430,6 +498,8 @@ class Hub:
             assert env.data is not None
             self.revoke_access(env.data["project_id"], env.data["user_id"])
         else:
+            if env.project_id is not None and env.type in (PROJECT_UPDATED, PROJECT_DELETED):
+                self.access.forget(env.project_id)  # members or ownership may have changed
             self.fan_out(env)
 
     def fan_out(self, env: Envelope) -> None:
@@ -477,6 +547,7 @@ class Hub:
             conn.close(CloseCode.UNAUTHORIZED, "credentials revoked")
 
     def revoke_access(self, project_id: str, user_id: str) -> None:
+        self.access.forget(project_id, user_id)
         for conn in list(self.by_user.get(user_id, ())):
             self._end(conn, project_id, reason="access_revoked")
 

@@ -43,6 +43,12 @@ class Metrics:
             ["type"],
             registry=registry,
         )
+        self.subscribes_from_memory = Counter(
+            "tidings_ws_subscribes_from_memory_total",
+            "Subscribes answered from the node's memory (access and log bounds) without "
+            "reading the database",
+            registry=registry,
+        )
         self.slow_consumers = Counter(
             "tidings_ws_slow_consumer_closes_total",
             "Connections closed with 4008 (slow consumer)",

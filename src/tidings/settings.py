@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="seconds over which clients should spread their reconnects after this "
         "node stops (suggested in the 1012 close reason)",
     )
+    access_cache_entries: int = Field(
+        default=100_000,
+        ge=0,
+        description="project grants (user, project) a node remembers for 30 s to answer "
+        "subscribes without the database; 0: read every time",
+    )
     event_history: int = Field(default=10_000, gt=0)
     replay_concurrency: int = Field(
         default=32, gt=0, description="replay pages read from the event log at once per node"

@@ -1,0 +1,175 @@
+"""How a subscribe opens without a database round trip when the node already knows.
+
+A subscribe needs two facts: may the user see the project, and what are the bounds of its
+event log (``oldest..latest``, see ``resume.py``). :class:`AccessCache` remembers, per
+node, the (user, project) pairs a database read found visible, for :data:`ACCESS_TTL`
+seconds at most and in a bounded number; the hub forgets a project's entries on its
+``project.updated`` and ``project.deleted`` events and a member's on
+``control.member_removed`` (both reach every node through the broker), and all of them
+when the broker subscription was lost (messages may have been missed). Only grants are
+remembered: a refusal is always read again, so a new member is never refused by the cache.
+
+:class:`BoundsReader` reads access and bounds for the subscribes that miss, coalescing
+those that wait at the same time into one batched query (two statements in one
+transaction), as ``events.log_bounds`` would answer each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+
+from tidings.db import Database
+from tidings.models import Event, Member, Project
+
+ACCESS_TTL = 30.0  # seconds a grant is trusted: bounds a revocation the broker lost
+BATCH = 500  # subscribes answered by one batched read, at most
+
+
+class AccessCache:
+    """(user, project) pairs known visible; least recently used ones evicted beyond
+    ``max_entries`` (0: remember nothing).
+
+    A fill races with invalidations: read :attr:`generation` before the database read and
+    pass it to :meth:`grant`, which ignores the grant if anything was forgotten meanwhile.
+    """
+
+    __slots__ = ("_by_project", "_entries", "clock", "generation", "max_entries", "ttl")
+
+    def __init__(
+        self,
+        max_entries: int,
+        ttl: float = ACCESS_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.clock = clock
+        self.generation = 0
+        self._entries: OrderedDict[tuple[str, str], float] = OrderedDict()  # → expiry
+        self._by_project: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def allowed(self, user_id: str, project_id: str) -> bool:
+        key = (user_id, project_id)
+        expires = self._entries.get(key)
+        if expires is None:
+            return False
+        if expires <= self.clock():
+            self._remove(key)
+            return False
+        self._entries.move_to_end(key)
+        return True
+
+    def grant(self, user_id: str, project_id: str, generation: int) -> None:
+        """Remember a grant read when :attr:`generation` was ``generation``."""
+        if generation != self.generation or not self.max_entries:
+            return
+        key = (user_id, project_id)
+        self._entries[key] = self.clock() + self.ttl
+        self._entries.move_to_end(key)
+        self._by_project.setdefault(project_id, set()).add(user_id)
+        while len(self._entries) > self.max_entries:
+            self._remove(next(iter(self._entries)))
+
+    def forget(self, project_id: str, user_id: str | None = None) -> None:
+        """Forget ``user_id``'s grant to the project, or every grant to it."""
+        self.generation += 1
+        users = self._by_project.get(project_id)
+        if not users:
+            return
+        for user in [user_id] if user_id is not None else list(users):
+            self._remove((user, project_id))
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._by_project.clear()
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        if self._entries.pop(key, None) is None:
+            return
+        user_id, project_id = key
+        users = self._by_project[project_id]
+        users.discard(user_id)
+        if not users:
+            del self._by_project[project_id]
+
+
+Request = tuple[str, str, "asyncio.Future[tuple[int, int] | None]"]
+
+
+class BoundsReader:
+    """Access and log bounds of (project, user) pairs, read in batches.
+
+    :meth:`read` answers what ``events.log_bounds`` would: ``(oldest, latest)``, or None
+    if the user cannot see the project. Reads asked for while another batch is being
+    read wait for it and go together in the next one.
+    """
+
+    def __init__(self, db: Database, batch: int = BATCH) -> None:
+        self.db = db
+        self.batch = batch
+        self.queries = 0  # batched reads made (for tests and metrics)
+        self._waiting: list[Request] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def read(self, project_id: str, user_id: str) -> tuple[int, int] | None:
+        future: asyncio.Future[tuple[int, int] | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((project_id, user_id, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.batch], self._waiting[self.batch :]
+                try:
+                    answers = await self._query(batch)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._task = None
+
+    async def _query(self, batch: list[Request]) -> list[tuple[int, int] | None]:
+        projects = {project_id for project_id, _, _ in batch}
+        users = {user_id for _, user_id, _ in batch}
+        oldest = select(func.min(Event.seq)).where(Event.project_id == Project.id)
+        self.queries += 1
+        async with self.db.snapshot() as session:  # one view of the database for both
+            rows = await session.execute(
+                select(
+                    Project.id, Project.owner_id, Project.last_seq, oldest.scalar_subquery()
+                ).where(Project.id.in_(projects))
+            )
+            found = {pid: (owner, latest, first) for pid, owner, latest, first in rows}
+            members: set[tuple[str, str]] = set()
+            if found:
+                pairs = await session.execute(
+                    select(Member.project_id, Member.user_id).where(
+                        Member.project_id.in_(list(found)), Member.user_id.in_(users)
+                    )
+                )
+                members = {(pid, uid) for pid, uid in pairs}
+        answers: list[tuple[int, int] | None] = []
+        for project_id, user_id, _ in batch:
+            row = found.get(project_id)
+            if row is None or (row[0] != user_id and (project_id, user_id) not in members):
+                answers.append(None)
+                continue
+            _, latest, first = row
+            answers.append((first if first is not None else latest + 1, latest))
+        return answers
