@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         restart_reason=restart_reason(settings.ws_reconnect_spread),
         snapshot_max_files=settings.snapshot_max_files,
         access_cache_entries=settings.access_cache_entries,
+        resume_tail_bytes=settings.resume_tail_bytes,
     )
     services = Services(
         settings=settings,

@@ -27,6 +27,7 @@ from tidings.events import (
     SESSION_REVOKED,
     Envelope,
     EventLog,
+    LoggedEvent,
     encode,
     timestamp,
 )
@@ -35,6 +36,7 @@ from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
 from tidings.openings import AccessCache, BoundsReader
 from tidings.snapshot import Opening, Snapshots
+from tidings.tails import Tails
 
 logger = logging.getLogger("tidings.hub")
 
@@ -116,11 +118,13 @@ class Hub:
         restart_reason: str = "service restart",
         snapshot_max_files: int = 10_000,
         access_cache_entries: int = 100_000,
+        resume_tail_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.eventlog = eventlog
         self.snapshots = Snapshots(eventlog.db, snapshot_max_files)
         self.access = AccessCache(access_cache_entries)
         self.bounds = BoundsReader(eventlog.db)
+        self.tails = Tails(resume_tail_bytes)
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
@@ -400,6 +404,7 @@ class Hub:
             channel.subscribers.pop(conn, None)
             if not channel.subscribers:
                 del self.channels[project_id]
+                self.tails.drop(project_id)  # only active projects keep their tail
                 self.metrics.channels.dec()
 
     # -- replays --------------------------------------------------------------------------
@@ -424,10 +429,14 @@ class Hub:
                 if not await conn.wait_for_room(1):
                     return
                 budget = min(REPLAY_PAGE_BYTES, conn.free_bytes())
-                async with self._replay_slots:
-                    events = await self.eventlog.read_after(
-                        project_id, sub.cursor, REPLAY_PAGE, budget
-                    )
+                events = self.tails.read_after(project_id, sub.cursor, REPLAY_PAGE, budget)
+                if events is not None:
+                    self.metrics.replay_pages_from_memory.inc()
+                else:
+                    async with self._replay_slots:
+                        events = await self.eventlog.read_after(
+                            project_id, sub.cursor, REPLAY_PAGE, budget
+                        )
                 for event in events:
                     if not await conn.wait_for_room(len(event.frame)):
                         return
@@ -510,8 +519,10 @@ class Hub:
         count = 0
         channel = self.channels.get(project_id) if project_id is not None else None
         if channel is not None:
-            if env.seq is not None and env.seq > channel.head:
-                channel.head = env.seq
+            if env.seq is not None and project_id is not None:
+                if env.seq > channel.head:
+                    channel.head = env.seq
+                self.tails.append(project_id, LoggedEvent(env.seq, env.type, frame.text))
             # offer() never changes the channel: no copy of 1,000s of subscribers per event.
             for conn in channel.subscribers:
                 verdict = conn.offer(frame)

@@ -49,6 +49,12 @@ class Metrics:
             "reading the database",
             registry=registry,
         )
+        self.replay_pages_from_memory = Counter(
+            "tidings_ws_replay_pages_from_memory_total",
+            "Replay pages (resumes) read from the node's in-memory tail of recent events "
+            "instead of the event log",
+            registry=registry,
+        )
         self.slow_consumers = Counter(
             "tidings_ws_slow_consumer_closes_total",
             "Connections closed with 4008 (slow consumer)",

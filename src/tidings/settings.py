@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="project grants (user, project) a node remembers for 30 s to answer "
         "subscribes without the database; 0: read every time",
     )
+    resume_tail_bytes: int = Field(
+        default=16 * MiB,
+        ge=0,
+        description="frame characters of the newest events of active projects a node keeps "
+        "in memory to answer resumes without the database; 0: none",
+    )
     event_history: int = Field(default=10_000, gt=0)
     replay_concurrency: int = Field(
         default=32, gt=0, description="replay pages read from the event log at once per node"
