@@ -53,6 +53,7 @@ class Reader:
         self.response = response
         self.lines = response.aiter_lines()
         self.last_id: str | None = None
+        self.comments: list[str] = []  # every comment line so far
 
     async def next(self, timeout: float = TIMEOUT) -> Event:
         async with asyncio.timeout(timeout):
@@ -60,6 +61,7 @@ class Reader:
             async for line in self.lines:
                 if line.startswith(":"):
                     comments.append(line[1:].strip())
+                    self.comments.append(line[1:].strip())
                 elif line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("id: "):
@@ -177,6 +179,19 @@ async def test_cookie_authenticates_and_a_foreign_origin_is_refused(server, alic
         assert response.json() == {"detail": "origin not allowed"}
 
 
+async def test_a_revoked_session_ends_its_stream_with_4401(server, alice) -> None:
+    async with browser_session(server, alice) as browser:
+        async with open_stream(browser) as stream:
+            assert (await stream.next()).type == "connection.established"
+            assert (await browser.post("/api/auth/logout")).status_code == 204
+            with pytest.raises(EOFError):
+                await stream.next()
+            assert stream.comments[-1] == "closed 4401 credentials revoked"
+        # And the revoked cookie opens no new stream.
+        again = await browser.get(PATH)
+        assert again.status_code == 401
+
+
 async def test_no_or_bad_credentials_get_401(server, alice) -> None:
     async with api(server) as anonymous:
         response = await anonymous.get(PATH)
@@ -193,6 +208,8 @@ async def test_no_or_bad_credentials_get_401(server, alice) -> None:
         ([("project", "a"), ("since", "b:1")], "since must be"),
         ([("project", "a"), ("since", "a:-1")], "since must be"),
         ([("project", "a"), ("since", "a")], "since must be"),
+        ([("project", "a"), ("since", "a:²")], "since must be"),
+        ([("project", "a"), ("since", "a:9223372036854775808")], "since must be"),
         ([("project", "a"), ("snapshot", "b")], "snapshot must name"),
         ([("project", str(i)) for i in range(3)], "at most 2 projects"),
     ],

@@ -55,7 +55,11 @@ class Plan:
         self.since: dict[str, int] = {}
         for value in query.getlist("since"):
             project_id, _, seq = value.partition(":")
-            if project_id not in self.projects or not seq.isdigit() or int(seq) > MAX_SEQ:
+            if (
+                project_id not in self.projects
+                or not (seq.isascii() and seq.isdigit())  # isdigit() alone takes "²"
+                or int(seq) > MAX_SEQ
+            ):
                 raise Refused(400, "since must be PROJECT:SEQ for a project of the stream")
             self.since[project_id] = int(seq)
         self.snapshot = set(query.getlist("snapshot"))
