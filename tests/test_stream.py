@@ -33,7 +33,8 @@ from tests.conftest import (
     upload,
 )
 from tidings import Settings
-from tidings.stream import BadCursor, decode_cursor, encode_cursor
+from tidings.frames import Frame
+from tidings.stream import BadCursor, EventStreamSocket, decode_cursor, encode_cursor
 
 PATH = "/api/stream"
 
@@ -122,6 +123,7 @@ def _b64(raw: bytes) -> str:
         _b64(b"not json"),
         _b64(b"[1]"),
         _b64(b'{"v":2,"p":{}}'),
+        _b64(b'{"v":true,"p":{}}'),
         _b64(b'{"v":1,"p":{},"x":1}'),
         _b64(b'{"v":1,"p":[]}'),
         _b64(b'{"v":1,"p":{"a b":1}}'),
@@ -137,6 +139,33 @@ def _b64(raw: bytes) -> str:
 def test_cursor_refuses_what_it_did_not_write(text: str) -> None:
     with pytest.raises(BadCursor):
         decode_cursor(text, 2)
+
+
+def test_frames_become_events_and_move_the_cursor() -> None:
+    socket = EventStreamSocket(["a", "b"], {"a": 3, "z": 9})  # z: not in the stream
+    resumed = '{"type":"subscribed","project_id":"a","seq":7,"recovered":true}'
+    fresh = '{"type":"subscribed","project_id":"b","seq":5}'
+    text = socket.encode(
+        [
+            Frame(resumed, "subscribed"),
+            Frame(fresh, "subscribed"),
+            Frame('{"type":"file.uploaded","seq":4}', "file.uploaded", "a", 4),
+            Frame('{"type":"project.created","seq":1}', "project.created", "other", 1),
+            Frame('{"type":"system.heartbeat"}', "system.heartbeat"),
+            Frame('{"x":\n1}', "custom.odd"),
+        ]
+    ).decode()
+    at_a3 = encode_cursor({"a": 3})  # resuming: a stays at 3 until its replay moves it
+    at_b5 = encode_cursor({"a": 3, "b": 5})
+    at_a4 = encode_cursor({"a": 4, "b": 5})
+    assert text == (
+        f"event: subscribed\nid: {at_a3}\ndata: {resumed}\n\n"
+        f"event: subscribed\nid: {at_b5}\ndata: {fresh}\n\n"
+        f'event: file.uploaded\nid: {at_a4}\ndata: {{"type":"file.uploaded","seq":4}}\n\n'
+        'event: project.created\ndata: {"type":"project.created","seq":1}\n\n'
+        ': heartbeat\nevent: system.heartbeat\ndata: {"type":"system.heartbeat"}\n\n'
+        'event: custom.odd\ndata: {"x":\ndata: 1}\n\n'
+    )
 
 
 # -- one node ------------------------------------------------------------------------------

@@ -61,7 +61,12 @@ def decode_cursor(text: str, max_projects: int) -> dict[str, int]:
         value = orjson.loads(raw)
     except (binascii.Error, ValueError, UnicodeError) as exc:
         raise BadCursor("not base64url JSON") from exc
-    if not isinstance(value, dict) or set(value) != {"v", "p"} or value["v"] != CURSOR_VERSION:
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"v", "p"}
+        or type(value["v"]) is not int
+        or value["v"] != CURSOR_VERSION
+    ):
         raise BadCursor("unknown cursor version")
     positions = value["p"]
     if not isinstance(positions, dict) or len(positions) > max_projects:
