@@ -134,7 +134,8 @@ class EventStreamSocket:
 
     def abort(self) -> None:
         """Stop writing now (a peer that does not read): the response is left unfinished
-        and the server drops the connection."""
+        and the server drops the connection (uvicorn logs "ASGI callable returned without
+        completing response": ASGI offers no other way to drop a stalled HTTP peer)."""
         self._gone = True
         self._space.set()
         if self._pump is not None:
