@@ -22,6 +22,7 @@ from tidings.api import (
     health,
     processes,
     projects,
+    stream,
     validation,
 )
 from tidings.api.deps import Services
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, auth, projects, files, processes, events):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
+    app.router.routes.append(stream.route())
     dashboard.mount(app)
     return app
 

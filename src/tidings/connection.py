@@ -153,7 +153,13 @@ class Connection(Delivery):
         """
         if self.state is not ConnState.OPEN:
             return False
-        action = self.messages.receive(data, asyncio.get_running_loop().time())
+        return self.take(self.messages.receive(data, asyncio.get_running_loop().time()))
+
+    def take(self, action: Action) -> bool:
+        """Carry out ``action`` as if a client message had asked for it, in order with
+        the others (the event stream subscribes this way); returns as :meth:`receive`."""
+        if self.state is not ConnState.OPEN:
+            return False
         if isinstance(action, Subscribe) and not self.request(action.project_id):
             action = error(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,

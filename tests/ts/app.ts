@@ -15,7 +15,11 @@ import {
 const files = new Map<string, { name: string; size: number }>();
 const progress = new Map<string, number>();
 
-const client = new TidingsClient({ backoff: new Backoff({ base: 250, cap: 10_000 }) });
+const client = new TidingsClient({
+  backoff: new Backoff({ base: 250, cap: 10_000 }),
+  fallbackAfter: 2,
+  retryWebSocketAfter: 60_000,
+});
 
 client.addEventListener("message", (e) => {
   const message: DeliveredMessage = e.detail;
@@ -64,8 +68,11 @@ client.addEventListener("message", (e) => {
 });
 
 client.addEventListener("status", (e) => {
-  const { state, reason, delay } = e.detail;
+  const { state, reason, delay, transport } = e.detail;
   if (state === "reconnecting") console.log(`reconnecting in ${delay ?? 0} ms (${reason})`);
+  if (state === "open" && transport === "stream") console.log("live over Server-Sent Events");
+  // @ts-expect-error: no such transport
+  if (transport === "long-polling") console.log("never");
   // @ts-expect-error: no such state
   if (state === "paused") console.log("never");
 });

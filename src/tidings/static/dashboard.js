@@ -151,10 +151,12 @@ function renderStatus() {
   const { state, delay, code } = view.connection;
   const box = $("#status");
   box.dataset.state = state;
+  box.dataset.transport = view.connection.transport ?? "";
   const seq = view.selected && view.client ? view.client.lastSeq(view.selected) : undefined;
   box.dataset.seq = seq ?? "";
   let text = state;
   if (state === "open") text = seq === undefined ? "live" : `live · seq ${seq}`;
+  if (state === "open" && view.connection.transport === "stream") text += " (SSE)";
   else if (state === "reconnecting") {
     const why = RECONNECT_REASONS[view.connection.reason] ?? `closed ${code}`;
     text = `reconnecting in ${(delay / 1000).toFixed(1)} s (${why})`;

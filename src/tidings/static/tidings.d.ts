@@ -387,8 +387,14 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
  */
 export type ReconnectReason = "closed" | "silent" | "online" | "visible";
 
+/** How the client is connected: a WebSocket, or the Server-Sent Events fallback
+ * (GET /api/stream) when WebSocket cannot be opened. */
+export type Transport = "websocket" | "stream";
+
 export interface StatusDetail {
   state: ConnectionState;
+  /** The transport of this connection (attempt). */
+  transport: Transport;
   /** Failed attempts since the last established connection. */
   attempt: number;
   /** The close code ("reconnecting" and "closed"); 1006 for a connection that dropped or
@@ -478,20 +484,53 @@ export declare function shouldReconnect(table: ProtocolTable | null, code: numbe
 /** ws(s)://<this host>/ws */
 export declare function defaultUrl(loc?: Location): string;
 
+/** WebSocket attempts in a row that never reach connection.established before the client
+ * falls back to Server-Sent Events (3). */
+export declare const FALLBACK_AFTER_FAILURES: number;
+
+/** Milliseconds on the stream before a WebSocket is tried again (120000). */
+export declare const RETRY_WEBSOCKET_AFTER_MS: number;
+
+/** GET /api/stream with the wanted subscriptions of `state` (each resuming from its last
+ * seen seq: `since=PROJECT:SEQ`). */
+export declare function streamUrl(base: string, state: SeqState): string;
+
+/** One Server-Sent Events response read with fetch, looking like a WebSocket to the
+ * client: `onmessage({data})` per event, `onclose({code})` once. */
+export declare class EventStreamSocket {
+  constructor(url: string, projects?: string[]);
+  readonly isStream: true;
+  readonly projects: string[];
+  onmessage: ((event: { data: string }) => void) | null;
+  onclose: ((event: { code: number }) => void) | null;
+  close(): void;
+}
+
 export interface TidingsClientOptions {
   /** The socket's URL (default: /ws of this page's host). */
   url?: string;
   /** The close-code table (default: /api/protocol). */
   protocolUrl?: string;
   backoff?: Backoff;
+  /** The Server-Sent Events fallback (default: /api/stream); null: never fall back. */
+  streamUrl?: string | null;
+  /** WebSocket attempts in a row that never reach connection.established before the
+   * fallback (default: FALLBACK_AFTER_FAILURES). */
+  fallbackAfter?: number;
+  /** Milliseconds on the stream before a WebSocket is tried again, beside it (default:
+   * RETRY_WEBSOCKET_AFTER_MS). */
+  retryWebSocketAfter?: number;
 }
 
-/** One logical connection to /ws that reconnects, resumes and drops duplicates. */
+/** One logical connection to /ws (or, where WebSocket cannot be opened, to /api/stream)
+ * that reconnects, resumes and drops duplicates. */
 export declare class TidingsClient extends EventTarget {
   constructor(options?: TidingsClientOptions);
   readonly url: string;
   readonly state: SeqState;
   readonly reconnects: number;
+  /** The current transport: "stream" while on the Server-Sent Events fallback. */
+  readonly transport: Transport;
   /** Fetch the close-code table, then open the socket (and keep it open). */
   connect(): Promise<void>;
   /** Follow a project; with `since`, from the event after that seq; with `snapshot`, its
