@@ -29,6 +29,10 @@ from tests.conftest import (
     serve,
 )
 from tidings import Settings
+from tidings.broker.memory import MemoryBroker, MemoryPresence
+from tidings.db import Database, create_engine
+from tidings.events import Envelope, EventLog
+from tidings.presence import Presence
 
 
 class Watcher:
@@ -290,3 +294,69 @@ async def test_a_killed_nodes_viewers_leave(
             ws.transport.abort()
     finally:
         await doomed.stop()
+
+
+# -- one node's side, on its own ----------------------------------------------------------
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[tuple[Presence, list[tuple[str, str, str]]]]:
+    """A node's :class:`Presence` on the memory store and broker, with what it publishes
+    as ``(type, project, username)``."""
+    broker = MemoryBroker()
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
+    eventlog = EventLog(db, broker, 100, "presence")
+    presence = Presence(MemoryPresence(0.2), eventlog, 0.2, node="n1")
+    published: list[tuple[str, str, str]] = []
+    subscription = await broker.subscribe("presence")
+
+    async def collect() -> None:
+        async for raw in subscription:
+            env = Envelope.decode(raw)
+            frame = orjson.loads(env.frame)
+            published.append((env.type, frame["project_id"], frame["user"]["username"]))
+
+    task = asyncio.create_task(collect())
+    await presence.start()
+    try:
+        yield presence, published
+    finally:
+        await presence.stop()
+        await subscription.close()
+        await task
+        await db.dispose()
+
+
+async def test_a_subscription_that_opens_and_closes_at_once_announces_nothing(
+    node: tuple[Presence, list[tuple[str, str, str]]],
+) -> None:
+    presence, published = node
+    presence.opened("p", "u1", "ann", "c1")
+    presence.closed("p", "u1", "c1")
+    presence.opened("p", "u2", "bob", "c2")
+    presence.opened("p", "u2", "bob", "c3")
+    presence.closed("p", "u2", "c2")
+    presence.closed("p", "u2", "c9")  # never opened: ignored
+    await eventually(lambda: bool(published))
+    assert await presence.viewers("p") == [{"id": "u2", "username": "bob"}]
+    presence.closed("p", "u2", "c3")
+    await eventually(lambda: len(published) == 2)
+    assert published == [("presence.joined", "p", "bob"), ("presence.left", "p", "bob")]
+    assert presence.local_users() == 0
+
+
+async def test_a_node_whose_entries_expired_adds_them_again(
+    node: tuple[Presence, list[tuple[str, str, str]]],
+) -> None:
+    """A node that did not refresh in time (paused, cut off from Redis) lost its entries to
+    another node's expiry check; its next refresh finds out and adds them again."""
+    presence, published = node
+    presence.opened("p", "u1", "ann", "c1")
+    await eventually(lambda: published == [("presence.joined", "p", "ann")])
+    left = await presence.store.forget(presence.node)  # what an expiry check does
+    assert [v.username for v in left.left] == ["ann"]
+    assert await presence.viewers("p") == []
+    await eventually(
+        lambda: published[-1:] == [("presence.joined", "p", "ann")] and len(published) == 2
+    )
+    assert await presence.viewers("p") == [{"id": "u1", "username": "ann"}]
