@@ -675,3 +675,37 @@ async def test_seen_resolves_once_the_event_is_delivered_in_chromium(
         "snapshot": [[pid, 1, 0]],
     }
     assert page.errors == []
+
+
+async def test_dashboard_shows_who_views_the_open_project_live(
+    browser: Any, server: ServerThread, alice: TestUser, bob: TestUser, alice_api
+) -> None:
+    pid = (await create_project(alice_api, "Launch"))["id"]
+    other = (await create_project(alice_api, "Other"))["id"]
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert added.status_code == 201
+    alice_page = await open_dashboard(browser, server, alice)
+    await select(alice_page, pid)
+    await alice_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+
+    bob_page = await open_dashboard(browser, server, bob)
+    await select(bob_page, pid)
+    for page in (alice_page, bob_page):
+        await page.wait_for_selector("#viewers li:text-is('bob')", timeout=WAIT_MS)
+    assert await bob_page.locator("#viewers li").all_text_contents() == ["alice", "bob"]
+    assert await alice_page.locator("#viewer-count").text_content() == "2"
+
+    # Alice opens another project: bob sees her leave; she sees only herself there.
+    await select(alice_page, other)
+    await bob_page.wait_for_selector(
+        "#viewers li:text-is('alice')", state="detached", timeout=WAIT_MS
+    )
+    assert await alice_page.locator("#viewers li").all_text_contents() == ["alice"]
+    await select(alice_page, pid)
+    await bob_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+    # Bob closes his page: gone from alice's.
+    await bob_page.context.close()
+    await alice_page.wait_for_selector(
+        "#viewers li:text-is('bob')", state="detached", timeout=WAIT_MS
+    )
+    assert alice_page.errors == []
