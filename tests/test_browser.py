@@ -421,6 +421,8 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             out.push(s.receive({type: "subscribed", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 4}));
+            out.push(s.receive({type: "presence.joined", project_id: "p", user: {id: "u"}}));
+            out.push(s.receive({type: "presence.left", project_id: "p", user: {id: "u"}}));
             out.push(s.receive({type: "system.heartbeat"}));
             const b = new m.Backoff({base: 100, cap: 400, random: () => 1});
             const v = new m.SeqState();
@@ -446,7 +448,7 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             {"type": "subscribe", "project_id": "q", "snapshot": True},
             {"type": "subscribe", "project_id": "q", "since": 2},
         ],
-        "out": [True, False, True, False],
+        "out": [True, False, True, True, True, False],
         "resub": [{"type": "subscribe", "project_id": "p", "since": 4}],
         "delays": [100, 200, 400, 400],
         "reconnect": [False, False, True, True, True],
