@@ -16,6 +16,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tidings.broker import create_presence_store
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
@@ -484,13 +486,19 @@ class Hub:
 
     def fan_out_presence(self, env: Envelope) -> None:
         """``presence.*``: to the project's subscriptions on this node that have been
-        answered ``subscribed`` (which carries the list these changes apply to)."""
+        answered ``subscribed`` (which carries the list these changes apply to), but those
+        of the user it is about (their own ``subscribed`` lists them; when they leave, they
+        have no subscription left)."""
         channel = self.channels.get(env.project_id) if env.project_id is not None else None
         self.metrics.events_published.labels(env.type).inc()
         if channel is None:
             return
-        frame = Frame(env.frame.decode(), env.type, env.project_id, None, None, time.time())
+        text = env.frame.decode()
+        user_id = orjson.loads(text)["user"]["id"]
+        frame = Frame(text, env.type, env.project_id, None, None, time.time())
         for conn in channel.subscribers:
+            if conn.user_id == user_id:
+                continue
             verdict = conn.offer_presence(frame)
             if verdict:
                 conn.handle(verdict)

@@ -324,7 +324,8 @@ class ProcessProgress(ServerBase):
 
 class PresenceJoined(ServerBase):
     """A user's first subscription to the project opened (on any node): they are viewing
-    it. Ephemeral (no ``seq``, never replayed); sent to the project's subscribers."""
+    it. Ephemeral (no ``seq``, never replayed); sent to the project's subscribers (not to
+    that user's own connections: their ``subscribed`` lists them)."""
 
     type: Literal["presence.joined"]
     project_id: str

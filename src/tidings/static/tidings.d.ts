@@ -215,7 +215,8 @@ export interface ProcessCompleted {
 
 /**
  * A user's first subscription to the project opened (on any node): they are viewing
- * it. Ephemeral (no `seq`, never replayed); sent to the project's subscribers.
+ * it. Ephemeral (no `seq`, never replayed); sent to the project's subscribers (not to
+ * that user's own connections: their `subscribed` lists them).
  */
 export interface PresenceJoined {
   type: "presence.joined";
