@@ -496,13 +496,16 @@ class Hub:
         text = env.frame.decode()
         user_id = orjson.loads(text)["user"]["id"]
         frame = Frame(text, env.type, env.project_id, None, None, time.time())
+        count = 0
         for conn in channel.subscribers:
             if conn.user_id == user_id:
                 continue
             verdict = conn.offer_presence(frame)
             if verdict:
                 conn.handle(verdict)
-        self.metrics.events_delivered.labels(env.type).inc(len(channel.subscribers))
+            count += 1
+        if count:
+            self.metrics.events_delivered.labels(env.type).inc(count)
 
     def _end_channel(self, project_id: str, channel: Channel, seq: int) -> None:
         """After ``project.deleted``: subscriptions that were given it end; replays end
