@@ -7,6 +7,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio
 
 from tests.conftest import MS, REDIS_URL, require_service
 from tidings.broker import PresenceStore, Viewer, create_presence_store
@@ -37,6 +38,14 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
     yield make
     for store in opened:
         await store.disconnect()
+    if request.param == "redis":  # leave nothing behind in the shared Redis
+        client = redis.asyncio.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:presence:*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture
