@@ -421,6 +421,8 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             out.push(s.receive({type: "subscribed", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 4}));
+            out.push(s.receive({type: "presence.joined", project_id: "p", user: {id: "u"}}));
+            out.push(s.receive({type: "presence.left", project_id: "p", user: {id: "u"}}));
             out.push(s.receive({type: "system.heartbeat"}));
             const b = new m.Backoff({base: 100, cap: 400, random: () => 1});
             const v = new m.SeqState();
@@ -446,7 +448,7 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             {"type": "subscribe", "project_id": "q", "snapshot": True},
             {"type": "subscribe", "project_id": "q", "since": 2},
         ],
-        "out": [True, False, True, False],
+        "out": [True, False, True, True, True, False],
         "resub": [{"type": "subscribe", "project_id": "p", "since": 4}],
         "delays": [100, 200, 400, 400],
         "reconnect": [False, False, True, True, True],
@@ -787,3 +789,37 @@ async def test_the_client_goes_back_to_websocket_once_it_works_again(
     assert seen["seqs"] == seqs
     assert seen["established"] == 2  # one per transport: the app refetches what it tracks
     await page.context.close()
+
+
+async def test_dashboard_shows_who_views_the_open_project_live(
+    browser: Any, server: ServerThread, alice: TestUser, bob: TestUser, alice_api
+) -> None:
+    pid = (await create_project(alice_api, "Launch"))["id"]
+    other = (await create_project(alice_api, "Other"))["id"]
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert added.status_code == 201
+    alice_page = await open_dashboard(browser, server, alice)
+    await select(alice_page, pid)
+    await alice_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+
+    bob_page = await open_dashboard(browser, server, bob)
+    await select(bob_page, pid)
+    for page in (alice_page, bob_page):
+        await page.wait_for_selector("#viewers li:text-is('bob')", timeout=WAIT_MS)
+    assert await bob_page.locator("#viewers li").all_text_contents() == ["alice", "bob"]
+    assert await alice_page.locator("#viewer-count").text_content() == "2"
+
+    # Alice opens another project: bob sees her leave; she sees only herself there.
+    await select(alice_page, other)
+    await bob_page.wait_for_selector(
+        "#viewers li:text-is('alice')", state="detached", timeout=WAIT_MS
+    )
+    assert await alice_page.locator("#viewers li").all_text_contents() == ["alice"]
+    await select(alice_page, pid)
+    await bob_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+    # Bob closes his page: gone from alice's.
+    await bob_page.context.close()
+    await alice_page.wait_for_selector(
+        "#viewers li:text-is('bob')", state="detached", timeout=WAIT_MS
+    )
+    assert alice_page.errors == []

@@ -20,13 +20,14 @@ from tidings.api import (
     events,
     files,
     health,
+    presence,
     processes,
     projects,
     stream,
     validation,
 )
 from tidings.api.deps import Services
-from tidings.broker import create_broker
+from tidings.broker import create_broker, create_presence_store
 from tidings.codes import restart_reason
 from tidings.db import Database, create_engine, migrate
 from tidings.events import EventLog
@@ -34,6 +35,7 @@ from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
 from tidings.metrics import Metrics
 from tidings.models import User
+from tidings.presence import Presence as NodePresence
 from tidings.processes import ProcessRunner
 from tidings.security import Passwords, hash_password, new_password
 from tidings.settings import Settings
@@ -62,6 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replay_concurrency=settings.replay_concurrency,
         restart_reason=restart_reason(settings.ws_reconnect_spread),
         snapshot_max_files=settings.snapshot_max_files,
+        presence=NodePresence(
+            create_presence_store(
+                settings.broker_url, settings.broker_channel, settings.presence_expiry
+            ),
+            eventlog,
+            settings.presence_expiry,
+        ),
     )
     services = Services(
         settings=settings,
@@ -109,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     # Starlette answers an unhandled error outside every middleware: give it the header too.
     app.add_exception_handler(Exception, _internal_error)
-    for module in (health, auth, projects, files, processes, events):
+    for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
     app.router.routes.append(stream.route())

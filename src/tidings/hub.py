@@ -16,6 +16,9 @@ import time
 from datetime import datetime
 from typing import Any
 
+import orjson
+
+from tidings.broker import create_presence_store
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
 from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot_needed
@@ -31,6 +34,7 @@ from tidings.events import (
 from tidings.frames import Frame
 from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
+from tidings.presence import PRESENCE_TYPES, Presence
 from tidings.snapshot import Snapshots
 
 logger = logging.getLogger("tidings.hub")
@@ -104,8 +108,13 @@ class Hub:
         replay_concurrency: int = 32,
         restart_reason: str = "service restart",
         snapshot_max_files: int = 10_000,
+        presence: Presence | None = None,
     ) -> None:
         self.eventlog = eventlog
+        # Who views which project (presence.py); in memory unless the app says otherwise.
+        self.presence = presence or Presence(
+            create_presence_store("memory://", eventlog.channel, 30.0), eventlog, 30.0
+        )
         self.snapshots = Snapshots(eventlog.db, snapshot_max_files)
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
@@ -135,6 +144,7 @@ class Hub:
             asyncio.create_task(self._expire(), name="tidings-hub-expiry"),
         ]
         await asyncio.wait_for(self._ready.wait(), 10)
+        await self.presence.start()
 
     async def stop(self) -> None:
         """Close every socket with 1012 so clients reconnect elsewhere and resume; return
@@ -146,6 +156,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *replays, return_exceptions=True)
+        await self.presence.stop()
 
     @property
     def running(self) -> bool:
@@ -272,6 +283,7 @@ class Hub:
             and not await conn.wait_for_room(opening.size)
         ):
             return  # the connection is closing
+        viewers = await self.presence.viewers(project_id) if opening is not None else []
         if opening is None or not conn.current(sub):
             # No access, or it was revoked (or the project deleted) while reading.
             if conn.current(sub):
@@ -293,7 +305,12 @@ class Hub:
             message["snapshot"] = opening.snapshot
         if request_id is not None:
             message["id"] = request_id
+        if not any(v["id"] == conn.user_id for v in viewers):
+            viewers.append({"id": conn.user_id, "username": conn.username})
+            viewers.sort(key=lambda v: (v["username"], v["id"]))
+        message["presence"] = viewers
         conn.send_message(message)
+        self.presence.opened(project_id, conn.user_id, conn.username, conn.client_id)
         self.metrics.subscriptions.inc()
         if start.replay:
             self._replay(conn, sub)
@@ -324,6 +341,7 @@ class Hub:
         ended = conn.end(project_id, sub)
         if ended is None:
             return
+        self.presence.closed(project_id, conn.user_id, conn.client_id)
         conn.stop_replay(project_id)
         if ended.announced:
             self.metrics.subscriptions.dec()
@@ -429,6 +447,8 @@ class Hub:
         elif env.type == MEMBER_REMOVED:
             assert env.data is not None
             self.revoke_access(env.data["project_id"], env.data["user_id"])
+        elif env.type in PRESENCE_TYPES:
+            self.fan_out_presence(env)
         else:
             self.fan_out(env)
 
@@ -463,6 +483,29 @@ class Hub:
         metrics.events_published.labels(label).inc()
         if count:
             metrics.events_delivered.labels(label).inc(count)
+
+    def fan_out_presence(self, env: Envelope) -> None:
+        """``presence.*``: to the project's subscriptions on this node that have been
+        answered ``subscribed`` (which carries the list these changes apply to), but those
+        of the user it is about (their own ``subscribed`` lists them; when they leave, they
+        have no subscription left)."""
+        channel = self.channels.get(env.project_id) if env.project_id is not None else None
+        self.metrics.events_published.labels(env.type).inc()
+        if channel is None:
+            return
+        text = env.frame.decode()
+        user_id = orjson.loads(text)["user"]["id"]
+        frame = Frame(text, env.type, env.project_id, None, None, time.time())
+        count = 0
+        for conn in channel.subscribers:
+            if conn.user_id == user_id:
+                continue
+            verdict = conn.offer_presence(frame)
+            if verdict:
+                conn.handle(verdict)
+            count += 1
+        if count:
+            self.metrics.events_delivered.labels(env.type).inc(count)
 
     def _end_channel(self, project_id: str, channel: Channel, seq: int) -> None:
         """After ``project.deleted``: subscriptions that were given it end; replays end

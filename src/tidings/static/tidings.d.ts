@@ -28,6 +28,8 @@ export type ServerMessage =
   | ProcessStarted
   | ProcessProgress
   | ProcessCompleted
+  | PresenceJoined
+  | PresenceLeft
   | SystemHeartbeat;
 
 /** Any message a client sends, by its type. */
@@ -69,6 +71,13 @@ export interface Subscribed {
   recovered?: boolean;
   /** Only when asked for with `snapshot` and needed: the project's state at `seq`. */
   snapshot?: Snapshot;
+  /**
+   * Who is viewing the project (subscribed to it on any node), the caller included,
+   * each user once, by username; `presence.joined` and `presence.left` update it
+   * (apply them as set operations: one may repeat what the list shows). This server always
+   * sends it; optional so that replies of servers that predate presence still parse.
+   */
+  presence?: User[];
   /** The request's `id`, if it had one. */
   id?: string | number;
 }
@@ -202,6 +211,32 @@ export interface ProcessCompleted {
   seq: number;
   process_id: string;
   process: Process;
+}
+
+/**
+ * A user's first subscription to the project opened (on any node): they are viewing
+ * it. Ephemeral (no `seq`, never replayed); sent to the project's subscribers (not to
+ * that user's own connections: their `subscribed` lists them).
+ */
+export interface PresenceJoined {
+  type: "presence.joined";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  user: User;
+}
+
+/**
+ * A user's last subscription to the project closed: unsubscribed, disconnected, lost
+ * access, or the node that held it stopped (then within 1.25 times
+ * `TIDINGS_PRESENCE_EXPIRY`). Ephemeral, like `presence.joined`.
+ */
+export interface PresenceLeft {
+  type: "presence.left";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  user: User;
 }
 
 /** Sent to every connection every `heartbeat_interval` seconds. */
@@ -366,7 +401,10 @@ export interface StoredFile {
   created_at: string;
 }
 
-/** A user, as `connection.established` names the connected one. */
+/**
+ * A user, as `connection.established` names the connected one (and presence names
+ * viewers).
+ */
 export interface User {
   id: string;
   username: string;
