@@ -58,6 +58,7 @@ class Plan:
             if (
                 project_id not in self.projects
                 or not (seq.isascii() and seq.isdigit())  # isdigit() alone takes "²"
+                or len(seq) > len(str(MAX_SEQ))  # before int(), which refuses 4,300 digits
                 or int(seq) > MAX_SEQ
             ):
                 raise Refused(400, "since must be PROJECT:SEQ for a project of the stream")
