@@ -68,6 +68,26 @@ async def test_lost_last_event_is_found_by_head_sync(make_server) -> None:
     assert event["seq"] == 2 and event["data"] == {"n": 0}
 
 
+async def test_a_lost_last_event_another_subscribe_saw_first_still_arrives(make_server) -> None:
+    """Found by the chaos suite (tests/chaos.py): an event whose broker message was lost
+    (its node was killed after the commit) and that a *new* subscribe read from the log
+    raised the channel's head; head sync then saw nothing new, and the subscribers that
+    were already live never got it. Now a subscribe that finds a newer head sends the
+    live subscribers behind it to the log at once (no head sync needed: it is off here)."""
+    server = make_server(head_sync_interval=3600)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as alice_api:
+        project = await create_project(alice_api)
+    pid = project["id"]
+    live = await connected(server, alice)
+    await subscribe(live, pid)
+    await commit_unpublished(server, pid, 1)  # seq 2: committed, never published
+    late = await connected(server, alice)
+    assert (await subscribe(late, pid))["seq"] == 2  # the channel's head is 2 now
+    event = await recv_until(live, lambda m: "seq" in m)
+    assert event["seq"] == 2 and event["data"] == {"n": 0}
+
+
 async def test_resume_after_restart_gets_what_happened_meanwhile(
     server: ServerThread, alice: TestUser, alice_api
 ) -> None:

@@ -287,7 +287,11 @@ class Hub:
             return
         oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
-        channel.head = max(channel.head, latest)
+        if latest > channel.head:
+            # An event this node never got from the broker: the live subscribers have
+            # not seen it either, and head sync will not tell them (it compares with the
+            # channel's head, which is raised now).
+            self._catch_up(project_id, channel, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
             message["recovered"] = start.recovered
@@ -525,11 +529,16 @@ class Hub:
                 channel = self.channels.get(project_id)
                 if channel is None or head <= channel.head:
                     continue
-                channel.head = head
-                for conn in list(channel.subscribers):
-                    sub = conn.subs.get(project_id)
-                    if sub is not None and conn.behind(sub, head):
-                        self._replay(conn, sub)
+                self._catch_up(project_id, channel, head)
+
+    def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
+        """The log holds events up to ``head``, newer than the channel has seen: the
+        live subscriptions behind it replay what they missed."""
+        channel.head = head
+        for conn in list(channel.subscribers):
+            sub = conn.subs.get(project_id)
+            if sub is not None and conn.behind(sub, head):
+                self._replay(conn, sub)
 
 
 def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:
