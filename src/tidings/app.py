@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 
 from tidings import __version__
@@ -29,7 +30,7 @@ from tidings.api import (
 from tidings.api.deps import Services
 from tidings.broker import create_broker, create_presence_store
 from tidings.codes import restart_reason
-from tidings.db import Database, create_engine, migrate
+from tidings.db import Database, create_engine, migrate, unavailable
 from tidings.events import EventLog
 from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
@@ -118,6 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     # Starlette answers an unhandled error outside every middleware: give it the header too.
     app.add_exception_handler(Exception, _internal_error)
+    # Handled inside the middleware stack (unlike `Exception` above, which Starlette also
+    # re-raises, closing the client's keep-alive connection): a client retrying on the
+    # same connection must not find it closed.
+    for error in (DBAPIError, ConnectionError, TimeoutError):
+        app.add_exception_handler(error, _unavailable)
     for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
@@ -126,9 +132,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+# Seconds a client should wait before retrying a request the database could not serve.
+UNAVAILABLE_RETRY_AFTER = 1
+
+
 async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse:
     return PlainTextResponse(
         "Internal Server Error", 500, headers={"X-Content-Type-Options": "nosniff"}
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> PlainTextResponse:
+    """The database is down or restarting: the change was not made (its transaction
+    rolled back), so 503 and retry; a 500 would say the request itself broke something."""
+    if not unavailable(exc):
+        raise exc  # a statement that failed: the 500 above
+    return PlainTextResponse(
+        "database unavailable; retry",
+        503,
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Retry-After": str(UNAVAILABLE_RETRY_AFTER),
+        },
     )
 
 

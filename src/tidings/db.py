@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +25,42 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant will do: it only has to be the same on every node migrating one database.
 _MIGRATION_LOCK_KEY = 0x7469_6469_6E67
+
+
+# asyncpg's errors for a server that is unreachable, shutting down or starting up; the
+# driver is optional (SQLite needs none), so they are matched by name.
+_UNAVAILABLE_NAMES = frozenset(
+    {
+        "PostgresConnectionError",
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "ConnectionFailureError",
+        "TooManyConnectionsError",
+    }
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (refused, lost, shutting
+    down, starting up) rather than that a statement failed. A transaction cut off this way
+    rolled back, unless the connection was lost during its COMMIT itself."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if isinstance(current, DBAPIError) and (
+            current.connection_invalidated or isinstance(current, OperationalError | InterfaceError)
+        ):
+            return True
+        if any(cls.__name__ in _UNAVAILABLE_NAMES for cls in type(current).__mro__):
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig or current.__cause__ or current.__context__
+    return False
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -59,6 +59,8 @@ class Envelope:
     ``audience``: users who get the frame even without a subscription (``project.*``).
     ``coalesce``: queued frames with the same key replace each other (progress updates).
     ``data``: payload of control messages.
+    ``revoked``: users who may no longer see the project from this event on (a member
+    removed): every node ends their subscriptions as it fans this event out.
     """
 
     type: str
@@ -68,6 +70,7 @@ class Envelope:
     audience: tuple[str, ...] = ()
     coalesce: str | None = None
     data: dict[str, Any] | None = None
+    revoked: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         header = {
@@ -77,6 +80,7 @@ class Envelope:
             "a": self.audience,
             "c": self.coalesce,
             "d": self.data,
+            "r": self.revoked,
         }
         return orjson.dumps(header) + b"\n" + self.frame
 
@@ -92,6 +96,7 @@ class Envelope:
             audience=tuple(h["a"] or ()),
             coalesce=h["c"],
             data=h["d"],
+            revoked=tuple(h.get("r") or ()),
         )
 
 
@@ -136,10 +141,12 @@ class EventLog:
         type: str,
         body: dict[str, Any] | Callable[[int], dict[str, Any]],
         audience: Iterable[str] = (),
+        revoked: Iterable[str] = (),
     ) -> int:
         """Log a durable event in ``session``'s write transaction; publish it after commit.
 
-        ``body`` may be a function of the new seq. Returns the seq. Bumping
+        ``body`` may be a function of the new seq. Returns the seq. ``revoked``: users who
+        lose access to the project with this change (see :class:`Envelope`). Bumping
         ``projects.last_seq`` row-locks the project (PostgreSQL) or holds the write lock
         (SQLite), so concurrent changes get consecutive numbers.
         """
@@ -163,7 +170,12 @@ class EventLog:
                 delete(Event).where(Event.project_id == project_id, Event.seq <= seq - self.history)
             )
         envelope = Envelope(
-            type=type, frame=frame, project_id=project_id, seq=seq, audience=tuple(audience)
+            type=type,
+            frame=frame,
+            project_id=project_id,
+            seq=seq,
+            audience=tuple(audience),
+            revoked=tuple(revoked),
         )
         after_commit(session, lambda: self.publish(envelope))
         return seq
@@ -209,6 +221,27 @@ class EventLog:
     ) -> list[LoggedEvent]:
         """:func:`logged_after`, in a read transaction of its own."""
         async with self.db.read() as session:
+            return await logged_after(session, project_id, after, limit, max_bytes)
+
+    async def read_visible_after(
+        self,
+        project_id: str,
+        user_id: str,
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[LoggedEvent] | None:
+        """:func:`logged_after` for a reader who must still see the project: None if
+        ``user_id`` may no longer see it (a deleted project's tombstone is still read).
+
+        The access check and the page come from one snapshot: a page read after a member
+        was removed holds no event of theirs to see, even when the broker lost the news.
+        """
+        async with self.db.snapshot() as session:
+            if await log_bounds(session, project_id, user_id) is None:
+                exists = await session.scalar(select(Project.id).where(Project.id == project_id))
+                if exists is not None:
+                    return None
             return await logged_after(session, project_id, after, limit, max_bytes)
 
 

@@ -288,16 +288,22 @@ class Hub:
             # No access, or it was revoked (or the project deleted) while reading.
             if conn.current(sub):
                 self._end(conn, project_id, sub)
-            reply = (
-                error(ErrorCode.INTERNAL, "subscription failed; retry", request_id)
-                if failed
-                else error(ErrorCode.NOT_FOUND, "project not found", request_id)
-            )
+            if failed:
+                # The database could not be read (restarting, unreachable). An `error`
+                # reply would leave a subscription that clients resubscribe by themselves
+                # after a reconnect silently dead: closing makes them resume every one.
+                conn.close(CloseCode.INTERNAL_ERROR, "subscription failed; resume")
+                return
+            reply = error(ErrorCode.NOT_FOUND, "project not found", request_id)
             conn.send_message({**reply.message, "project_id": project_id})
             return
         oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
-        channel.head = max(channel.head, latest)
+        if latest > channel.head:
+            # An event this node never got from the broker: the live subscribers have
+            # not seen it either, and head sync will not tell them (it compares with the
+            # channel's head, which is raised now).
+            self._catch_up(project_id, channel, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
             message["recovered"] = start.recovered
@@ -382,9 +388,15 @@ class Hub:
                     return
                 budget = min(REPLAY_PAGE_BYTES, conn.free_bytes())
                 async with self._replay_slots:
-                    events = await self.eventlog.read_after(
-                        project_id, sub.cursor, REPLAY_PAGE, budget
+                    page = await self.eventlog.read_visible_after(
+                        project_id, conn.user_id, sub.cursor, REPLAY_PAGE, budget
                     )
+                if page is None:
+                    # The user lost access and this node missed the news (a broker message
+                    # lost): the gap that started this replay is where the removal was.
+                    self._end(conn, project_id, sub, reason="access_revoked")
+                    return
+                events = page
                 for event in events:
                     if not await conn.wait_for_room(len(event.frame)):
                         return
@@ -470,6 +482,11 @@ class Hub:
             count = len(channel.subscribers)
             if env.type in ENDING_TYPES and project_id is not None and env.seq is not None:
                 self._end_channel(project_id, channel, env.seq)
+        if project_id is not None:
+            # In the event's own envelope, so every node ends them before it offers any
+            # later event; the separate control message can be lost without a trace.
+            for user_id in env.revoked:
+                self.revoke_access(project_id, user_id)
         for user_id in env.audience:
             for conn in self.by_user.get(user_id, ()):
                 verdict = conn.offer_audience(frame)
@@ -555,11 +572,16 @@ class Hub:
                 channel = self.channels.get(project_id)
                 if channel is None or head <= channel.head:
                     continue
-                channel.head = head
-                for conn in list(channel.subscribers):
-                    sub = conn.subs.get(project_id)
-                    if sub is not None and conn.behind(sub, head):
-                        self._replay(conn, sub)
+                self._catch_up(project_id, channel, head)
+
+    def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
+        """The log holds events up to ``head``, newer than the channel has seen: the
+        live subscriptions behind it replay what they missed."""
+        channel.head = head
+        for conn in list(channel.subscribers):
+            sub = conn.subs.get(project_id)
+            if sub is not None and conn.behind(sub, head):
+                self._replay(conn, sub)
 
 
 def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:

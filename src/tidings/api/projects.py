@@ -34,9 +34,11 @@ async def _owner_name(session: AsyncSession, project: Project) -> str:
     return name or ""
 
 
-async def record_project_event(app: App, session: AsyncSession, project: Project, type: str) -> int:
+async def record_project_event(
+    app: App, session: AsyncSession, project: Project, type: str, revoked: tuple[str, ...] = ()
+) -> int:
     """Log ``project.*`` with the project as it is now; everyone who sees it gets it.
-    Returns its seq."""
+    ``revoked``: users who lose access with this change. Returns its seq."""
     owner = await _owner_name(session, project)
     users = await audience(session, project)
 
@@ -44,7 +46,7 @@ async def record_project_event(app: App, session: AsyncSession, project: Project
         project.last_seq = seq
         return {"data": project_out(project, owner)}
 
-    return await app.eventlog.record(session, project.id, type, body, users)
+    return await app.eventlog.record(session, project.id, type, body, users, revoked)
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
@@ -196,6 +198,9 @@ async def remove_member(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
         await session.delete(member)
         await session.flush()
-        tell_seq(response, await record_project_event(app, session, project, PROJECT_UPDATED))
+        seq = await record_project_event(
+            app, session, project, PROJECT_UPDATED, revoked=(target.id,)
+        )
+        tell_seq(response, seq)
         removed = {"project_id": project_id, "user_id": target.id}
         after_commit(session, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))

@@ -304,7 +304,7 @@ export type CloseCode =
   | 1007
   /** message_too_big: A client message exceeded TIDINGS_WS_MAX_MESSAGE_BYTES. Reconnect, but do not resend it. */
   | 1009
-  /** internal_error: The server failed, or the client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`. */
+  /** internal_error: The server failed (a subscribe the database could not serve included), or the client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`. */
   | 1011
   /** service_restart: The node is shutting down. Reconnect (to any node) and resume with `since`, after a random delay up to the reason's `reconnect_within_ms`. */
   | 1012
