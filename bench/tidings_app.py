@@ -7,6 +7,8 @@
   database; the end-to-end scenario measures real REST changes instead.
 - ``POST /bench/seed`` ``{"project_id", "count", "size"}``: records ``count`` durable
   events through ``EventLog.record`` (the real write path), for the resume scenario.
+- ``POST /bench/profile`` ``{"file"}`` starts cProfile on the event loop's thread; the
+  next one stops it and writes its stats to ``file`` (for docs/performance.md).
 - ``POST /bench/users`` ``{"prefix", "count"}``: makes ``count`` users at once (no
   password: nobody logs in as them), for the write scenario's member adds.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 from pathlib import Path
 
 import orjson
@@ -95,6 +98,19 @@ async def users(request: Request) -> JSONResponse:
     return JSONResponse({"users": names})
 
 
+async def profile(request: Request) -> JSONResponse:
+    body = await request.json()
+    profiler: cProfile.Profile | None = getattr(request.app.state, "profiler", None)
+    if profiler is None:
+        request.app.state.profiler = profiler = cProfile.Profile()
+        profiler.enable()
+    else:
+        profiler.disable()
+        profiler.dump_stats(body["file"])
+        request.app.state.profiler = None
+    return JSONResponse({})
+
+
 def _admin(dsn: str, sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
 
@@ -161,6 +177,7 @@ def main() -> None:
     app.router.add_websocket_route("/bench/publish", publish)
     app.router.add_route("/bench/seed", seed, methods=["POST"])
     app.router.add_route("/bench/users", users, methods=["POST"])
+    app.router.add_route("/bench/profile", profile, methods=["POST"])
     options = uvicorn_options(settings)
     if args.plain_asgi:
         options["ws"] = "websockets-sansio"
