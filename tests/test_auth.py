@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.conftest import (
     TIMEOUT,
@@ -25,9 +25,9 @@ from tests.conftest import (
     refused,
     ws_connect,
 )
-from tidings.auth import authenticate
+from tidings.auth import Authenticator, authenticate
 from tidings.db import Database, create_engine
-from tidings.models import AuthSession
+from tidings.models import ApiToken, AuthSession
 from tidings.security import hash_secret
 
 
@@ -420,3 +420,24 @@ async def test_an_expiring_token_stops_working(server: ServerThread, alice: Test
         await db.dispose()
     ws = await ws_connect(server, holder)
     assert await closed_with(ws) == 4401
+
+
+async def test_last_use_is_written_in_a_batch_off_the_request_path(
+    server: ServerThread, alice: TestUser, bob: TestUser
+) -> None:
+    """Not written while authenticating; written by the next flush, in one statement, even
+    when one of the tokens is gone by then (its user deleted)."""
+    db = Database(create_engine(server.settings.effective_database_url))
+    authenticator = Authenticator(db)
+    last_used = select(ApiToken.last_used_at).where(ApiToken.user_id == alice.id)
+    try:
+        assert await authenticator.authenticate(None, f"Bearer {alice.token}") is not None
+        assert await authenticator.authenticate(None, f"Bearer {bob.token}") is not None
+        assert await db_scalars(server.settings, last_used) == [None]
+        async with db.write() as session:
+            await session.execute(delete(ApiToken).where(ApiToken.user_id == bob.id))
+        await authenticator.flush()
+        (when,) = await db_scalars(server.settings, last_used)
+        assert when is not None
+    finally:
+        await db.dispose()

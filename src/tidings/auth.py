@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.authcache import CredentialCache
@@ -193,9 +193,14 @@ async def _find_token(db: Database, secret_hash: str) -> tuple[Principal, dateti
 
 async def _record_use(db: Database, uses: dict[str, datetime]) -> None:
     async with db.write() as session:
+        # Core, not the ORM's bulk update: a token deleted meanwhile (its user removed)
+        # is no error, its row is just not there to update.
+        tokens = ApiToken.metadata.tables[ApiToken.__tablename__]
         await session.execute(
-            update(ApiToken),
-            [{"id": c.partition(":")[2], "last_used_at": at} for c, at in uses.items()],
+            update(tokens)
+            .where(tokens.c.id == bindparam("token_id"))
+            .values(last_used_at=bindparam("used_at")),
+            [{"token_id": c.partition(":")[2], "used_at": at} for c, at in uses.items()],
         )
 
 
