@@ -25,6 +25,7 @@ PYTHON = sys.executable
 TIDINGS_CLI = str(Path(PYTHON).with_name("tidings"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REDIS_URL = os.environ.get("TIDINGS_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+PG_ADMIN_DSN = os.environ.get("TIDINGS_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Variant:
     server: str  # "tidings" (with the bench hooks), "tidings-serve", "naive" or "node"
     args: tuple[str, ...] = ()
     subprotocols: tuple[str, ...] = ()
+    postgres: bool = False  # tidings on a fresh PostgreSQL database instead of SQLite
 
 
 VARIANTS = {
@@ -49,6 +51,7 @@ VARIANTS = {
             subprotocols=("tidings.batch.v1",),
         ),
         Variant("tidings-asgi", "tidings, plain ASGI sends", "tidings", args=("--plain-asgi",)),
+        Variant("tidings-pg", "tidings, PostgreSQL", "tidings", postgres=True),
         Variant("tidings-2w", "tidings serve --workers 2, Redis", "tidings-serve"),
         Variant("naive", "naive (story)", "naive"),
         Variant("naive-queued", "naive + per-client queues", "naive", args=("--queued",)),
@@ -179,6 +182,8 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
         data_dir = account.data_dir()
         argv = [PYTHON, str(BENCH / "tidings_app.py"), str(port), "--data-dir", str(data_dir)]
         argv += ["--heartbeat", str(heartbeat)]
+        if variant.postgres:
+            argv += ["--postgres", PG_ADMIN_DSN, "--token", account.token]
     elif variant.server == "tidings-serve":  # the real command, as a node is deployed
         data_dir = account.data_dir()
         argv = [TIDINGS_CLI, "serve", "--port", str(port), "--workers", "2"]

@@ -28,6 +28,7 @@ from tidings.api import (
     validation,
 )
 from tidings.api.deps import Services
+from tidings.auth import Authenticator
 from tidings.broker import create_broker, create_presence_store
 from tidings.codes import restart_reason
 from tidings.db import Database, create_engine, migrate, unavailable
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     broker = create_broker(settings.broker_url)
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
+    authenticator = Authenticator(db)
 
     metrics = Metrics()
     hub = Hub(
@@ -72,11 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             eventlog,
             settings.presence_expiry,
         ),
+        forget_credential=authenticator.forget,
     )
     services = Services(
         settings=settings,
         metrics=metrics,
         db=db,
+        auth=authenticator,
         eventlog=eventlog,
         storage=storage,
         hub=hub,
@@ -94,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_admin(db)
         await broker.connect()
         await hub.start()
+        await authenticator.start()
         await services.processes.start()
         metrics.watch_queues(
             lambda: sum(c.queue.count for c in hub.connections.values()),
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:
             await services.processes.stop()
+            await authenticator.stop()
             await hub.stop()
             await broker.disconnect()
             await db.dispose()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,11 @@ class Database:
     broker: recorded inside the transaction, published once it is durable). Every callback
     runs even if an earlier one fails, and failures are logged, not raised: the change is
     committed, so the caller must not report it as failed or undo what it placed for it.
-    On SQLite a write takes the database lock up front, so concurrent writers queue
-    instead of failing.
+    On SQLite the writers of this process queue in order for the one write lock (an
+    asyncio lock, held from ``BEGIN IMMEDIATE`` to the commit), so none of them sleeps in
+    SQLite's busy handler; writers of other processes (the CLI, other workers) still meet
+    at ``BEGIN IMMEDIATE``. A write must not open another write inside it: it would wait
+    for itself.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -127,6 +131,11 @@ class Database:
             else engine
         )
         self._snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
+        # PostgreSQL locks rows, not the database: its writers need no queue of ours.
+        self._writers = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    def _turn(self) -> AbstractAsyncContextManager[object]:
+        return self._writers if self._writers is not None else nullcontext()
 
     @property
     def dialect(self) -> str:
@@ -146,7 +155,7 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        async with self._write() as session:
+        async with self._turn(), self._write() as session:
             session.info[AFTER_COMMIT] = []
             async with session.begin():
                 yield session

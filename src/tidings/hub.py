@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,7 @@ class Hub:
         restart_reason: str = "service restart",
         snapshot_max_files: int = 10_000,
         presence: Presence | None = None,
+        forget_credential: Callable[[str], None] = lambda credential: None,
     ) -> None:
         self.eventlog = eventlog
         # Who views which project (presence.py); in memory unless the app says otherwise.
@@ -120,6 +122,7 @@ class Hub:
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
         self.restart_reason = restart_reason
+        self.forget_credential = forget_credential  # the credential cache's, on revocation
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_credential: dict[str, set[Connection]] = {}
@@ -533,6 +536,7 @@ class Hub:
                 self._end(conn, project_id, sub)
 
     def revoke(self, credential: str) -> None:
+        self.forget_credential(credential)
         for conn in list(self.by_credential.get(credential, ())):
             conn.close(CloseCode.UNAUTHORIZED, "credentials revoked")
 
