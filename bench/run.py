@@ -6,9 +6,11 @@ are taken within a round, then the median over rounds, so a drift in the machine
 cancels. Prints one JSON line per run as it ends, then a markdown table per scenario and
 the targets. Everything is on loopback, bounded in count and in time.
 
-    python bench/run.py [--rounds N] [--only fanout,e2e,idle,stalled,resume,connect]
-                        [--ablation]
-                        [--quick] [--out FILE]
+    python bench/run.py [--rounds N]
+                        [--only write,fanout,e2e,idle,stalled,resume,connect]
+                        [--ablation] [--quick] [--out FILE]
+
+``make bench BENCH_ARGS="--only write"`` runs one phase alone.
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ IDLE = (
 )
 
 
+WRITE = (
+    Figure("changes_per_s", "changes/s"),
+    Figure("p50_ms", "latency p50 (ms)", 1),
+    Figure("p99_ms", "latency p99 (ms)", 1),
+    Figure("max_ms", "latency max (ms)", 1),
+    Figure("server_cpu", "server CPU (share of its core)", 2),
+    Figure("errors", "failed changes"),
+)
+WRITE_CHANGES = 3200  # per case: PATCH, upload, member add, custom event in turn
+
+
+def write_cases(scale: int) -> dict[str, dict[str, Any]]:
+    return {
+        f"{writers} writers, {projects} project{'s' if projects > 1 else ''}": {
+            "scenario": "write",
+            "writers": writers,
+            "projects": projects,
+            "changes": WRITE_CHANGES // scale,
+        }
+        for projects in (1, 32)
+        for writers in (8, 32)
+    }
+
+
 def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
     scale = 10 if quick else 1
     burst = f"1,000 subscribers of one project, {200 // scale} events of ~256 B published at once"
@@ -98,6 +124,14 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
             )
         ]
     return [
+        Scenario(
+            "write",
+            "Writes: concurrent REST writers (project PATCH, small file upload, member add, "
+            "custom event, in turn), no subscribers",
+            ("tidings", "tidings-pg"),
+            write_cases(scale),
+            WRITE,
+        ),
         Scenario(
             "fanout",
             f"Fan-out: {burst}",
@@ -213,9 +247,11 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
 MAX_CLIENTS_PER_LOADGEN = 10_000  # one process may open 20,000 files here (ulimit -Hn)
 
 
-def spawn(server: Server, config: dict[str, Any]) -> subprocess.Popen[str]:
+def spawn(
+    server: Server, config: dict[str, Any], script: str = "loadgen.py"
+) -> subprocess.Popen[str]:
     """A load generator against ``server``, pinned to its core."""
-    argv = ["taskset", "-c", LOAD_CPU, PYTHON, str(BENCH / "loadgen.py")]
+    argv = ["taskset", "-c", LOAD_CPU, PYTHON, str(BENCH / script)]
     argv.append(json.dumps({**server.target(), **config}))
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -230,9 +266,9 @@ def until(proc: subprocess.Popen[str], phase: str) -> dict[str, Any]:
     raise RuntimeError(f"load generator exited ({proc.wait()}) before {phase!r}")
 
 
-def loadgen(server: Server, config: dict[str, Any]) -> dict[str, Any]:
+def loadgen(server: Server, config: dict[str, Any], script: str = "loadgen.py") -> dict[str, Any]:
     """Run one load generator; sample the server's CPU and memory around its window."""
-    proc = spawn(server, config)
+    proc = spawn(server, config, script)
     until(proc, "ready")
     server.reset_peak()
     rss = server.rss_kib() / 1024
@@ -264,6 +300,8 @@ def run_case(
             return idle(server, config, scenario.heartbeat)
         if config["scenario"] == "resume":
             seed(server, 10_000)
+        if config["scenario"] == "write":
+            return loadgen(server, write_setup(server, config), "writes.py")
         if config.get("auth") == "session cookie":
             config = {**config, "cookie": server.login(account.password)}
         return loadgen(server, config)
@@ -313,6 +351,24 @@ def seed(server: Server, count: int) -> None:
         timeout=300,
     )
     response.raise_for_status()
+
+
+def write_setup(server: Server, config: dict[str, Any]) -> dict[str, Any]:
+    """The write case's projects (the server's own and more, made over REST) and a user
+    for every member add."""
+    import httpx
+
+    base = f"http://127.0.0.1:{server.port}"
+    auth = {"Authorization": f"Bearer {server.token}"}
+    projects = [server.project_id]
+    with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
+        while len(projects) < config["projects"]:
+            response = client.post("/api/projects", json={"name": f"bench {len(projects)}"})
+            response.raise_for_status()
+            projects.append(response.json()["id"])
+        response = client.post("/bench/users", json={"prefix": "m", "count": config["changes"]})
+        response.raise_for_status()
+    return {**config, "projects": projects, "users": "m"}
 
 
 def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
@@ -404,6 +460,28 @@ def targets(selected: list[Scenario]) -> str:
         shown = "–" if measured is None else f"{measured:,.2f}{unit}"
         checks.append((name, shown, None if measured is None else ok(measured)))
 
+    if (s := by_name.get("write")) is not None:
+        for variant in s.variants:
+            label = VARIANTS[variant].label
+            for case, config in s.cases.items():
+                check(
+                    f"write {case}, {label}: changes/s ≥ 1,000",
+                    s.median(case, variant, "changes_per_s"),
+                    lambda v: v >= 1000,
+                )
+                if config["writers"] == 8:
+                    check(
+                        f"write {case}, {label}: p99 ≤ 50 ms",
+                        s.median(case, variant, "p99_ms"),
+                        lambda v: v <= 50,
+                        " ms",
+                    )
+                    check(
+                        f"write {case}, {label}: max ≤ 200 ms",
+                        s.median(case, variant, "max_ms"),
+                        lambda v: v <= 200,
+                        " ms",
+                    )
     if (s := by_name.get("fanout")) is not None:
         for variant in ("tidings", "tidings-batch"):
             label = VARIANTS[variant].label

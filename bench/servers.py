@@ -54,6 +54,7 @@ VARIANTS = {
             subprotocols=("tidings.batch.v1",),
         ),
         Variant("tidings-asgi", "tidings, plain ASGI sends", "tidings", args=("--plain-asgi",)),
+        Variant("tidings-pg", "tidings, PostgreSQL", "tidings", postgres=True),
         Variant("tidings-2w", "tidings serve --workers 2, Redis", "tidings-serve"),
         Variant("naive", "naive (story)", "naive"),
         Variant("naive-queued", "naive + per-client queues", "naive", args=("--queued",)),

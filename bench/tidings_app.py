@@ -7,9 +7,14 @@
   database; the end-to-end scenario measures real REST changes instead.
 - ``POST /bench/seed`` ``{"project_id", "count", "size"}``: records ``count`` durable
   events through ``EventLog.record`` (the real write path), for the resume scenario.
+- ``POST /bench/profile`` ``{"file"}`` starts cProfile on the event loop's thread; the
+  next one stops it and writes its stats to ``file`` (for docs/performance.md).
+- ``POST /bench/users`` ``{"prefix", "count"}``: makes ``count`` users at once (no
+  password: nobody logs in as them), for the write scenario's member adds.
 
 Users and tokens come from the real CLI (``tidings users create``, ``tokens create``), run
-by ``run.py`` before this starts.
+by ``run.py`` before this starts, into the data dir's SQLite or, for the PostgreSQL
+variant, into a fresh database that ``TIDINGS_DATABASE_URL`` names (``servers.py``).
 
     python bench/tidings_app.py PORT --data-dir DIR [--heartbeat S] [--plain-asgi]
 """
@@ -17,16 +22,20 @@ by ``run.py`` before this starts.
 from __future__ import annotations
 
 import argparse
+import cProfile
 from pathlib import Path
 
 import orjson
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
+from sqlalchemy import insert
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from tidings import Settings, create_app
+from tidings.db import Database
 from tidings.events import FILE_UPLOADED, Envelope, EventLog, encode, timestamp
+from tidings.models import User, new_id
 from tidings.server import uvicorn_options
 
 SEED_BATCH = 1000
@@ -74,6 +83,30 @@ async def seed(request: Request) -> JSONResponse:
     return JSONResponse({"seq": seq})
 
 
+async def users(request: Request) -> JSONResponse:
+    body = await request.json()
+    db: Database = request.app.state.services.db
+    names = [f"{body['prefix']}{i}" for i in range(int(body["count"]))]
+    async with db.write() as session:
+        await session.execute(
+            insert(User), [{"id": new_id(), "username": n, "password_hash": "!"} for n in names]
+        )
+    return JSONResponse({"users": names})
+
+
+async def profile(request: Request) -> JSONResponse:
+    body = await request.json()
+    profiler: cProfile.Profile | None = getattr(request.app.state, "profiler", None)
+    if profiler is None:
+        request.app.state.profiler = profiler = cProfile.Profile()
+        profiler.enable()
+    else:
+        profiler.disable()
+        profiler.dump_stats(body["file"])
+        request.app.state.profiler = None
+    return JSONResponse({})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
@@ -85,7 +118,7 @@ def main() -> None:
         help="uvicorn's own WebSocket protocol: every frame an awaited ASGI send",
     )
     args = parser.parse_args()
-    settings = Settings(
+    settings = Settings(  # TIDINGS_DATABASE_URL, if set, picks PostgreSQL (servers.py)
         data_dir=args.data_dir,
         create_admin=False,
         heartbeat_interval=args.heartbeat,
@@ -93,6 +126,8 @@ def main() -> None:
     app: FastAPI = create_app(settings)
     app.router.add_websocket_route("/bench/publish", publish)
     app.router.add_route("/bench/seed", seed, methods=["POST"])
+    app.router.add_route("/bench/users", users, methods=["POST"])
+    app.router.add_route("/bench/profile", profile, methods=["POST"])
     options = uvicorn_options(settings)
     if args.plain_asgi:
         options["ws"] = "websockets-sansio"

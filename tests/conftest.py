@@ -536,3 +536,35 @@ async def serve(data_dir: Path, port: int | None = None, **settings: str) -> Ser
         env=env,
     )
     return Serve(proc, f"http://127.0.0.1:{port}")
+
+
+def credential_headers(token: str | None = None, cookie: str | None = None) -> dict[str, str]:
+    """The headers of a request with this bearer token or session cookie."""
+    if token is not None:
+        return {"Authorization": f"Bearer {token}"}
+    assert cookie is not None
+    return {"Cookie": f"tidings_session={cookie}"}
+
+
+async def accepted(
+    server: ServerThread, *, token: str | None = None, cookie: str | None = None
+) -> None:
+    """A request and a /ws connect with the credential are let in (and so it is cached)."""
+    headers = credential_headers(token, cookie)
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=TIMEOUT) as client:
+        response = await client.get("/api/auth/me")
+        assert response.status_code == 200, response.text
+    ws = await ws_connect(server, additional_headers=headers)
+    assert (await recv(ws))["type"] == "connection.established"
+    await ws.close()
+
+
+async def refused(
+    server: ServerThread, *, token: str | None = None, cookie: str | None = None
+) -> None:
+    """The next request and the next /ws connect with the credential are refused."""
+    headers = credential_headers(token, cookie)
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=TIMEOUT) as client:
+        assert (await client.get("/api/auth/me")).status_code == 401
+    ws = await ws_connect(server, additional_headers=headers)
+    assert await closed_with(ws) == 4401

@@ -23,9 +23,9 @@ class Link:
 
 
 class SilencingProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, port: int = 0) -> None:
         self.target_port = target_port
-        self.port = 0
+        self.port = port  # 0: the kernel chooses
         self.links: list[Link] = []
         self._server: asyncio.Server | None = None
 
@@ -39,7 +39,9 @@ class SilencingProxy:
         return len(self.links)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     def silence(self) -> None:

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select
 
 from tests.conftest import (
     TIMEOUT,
     ServerThread,
     TestUser,
+    accepted,
     api,
     browser_session,
     closed_with,
@@ -21,11 +22,12 @@ from tests.conftest import (
     create_user,
     db_scalars,
     on_stacks,
+    refused,
     ws_connect,
 )
-from tidings.auth import authenticate
+from tidings.auth import Authenticator, authenticate
 from tidings.db import Database, create_engine
-from tidings.models import AuthSession
+from tidings.models import ApiToken, AuthSession
 from tidings.security import hash_secret
 
 
@@ -177,8 +179,10 @@ async def test_tokens_create_list_delete(
         anonymous.headers["Authorization"] = f"Bearer {token['token']}"
         assert (await anonymous.get("/api/auth/me")).json()["username"] == "alice"
         async with api(server, alice) as client:
-            listed = (await client.get("/api/auth/tokens")).json()
-            assert listed[1]["last_used_at"] is not None  # recorded on use
+            # Recorded on use, off the request path: within a second or so.
+            async with asyncio.timeout(TIMEOUT):
+                while (await client.get("/api/auth/tokens")).json()[1]["last_used_at"] is None:
+                    await asyncio.sleep(0.05)
 
         # Someone else cannot see or revoke it.
         async with api(server, bob) as other:
@@ -322,18 +326,50 @@ async def test_logout_stands_when_the_broker_is_down(server: ServerThread, alice
         eventlog.broker = broker
 
 
-async def test_an_expired_session_is_401(server: ServerThread, alice: TestUser) -> None:
+async def test_an_expired_session_is_refused_to_the_second(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Accepted (and so cached) until it expires; the first request and connect after
+    its expiry are refused, cache or not."""
+    server = make_server(session_max_age=4)
+    alice = await create_user(server.settings, "alice")
     async with cookie_client(server) as client:
         await login(client, alice)
-        assert (await client.get("/api/auth/me")).status_code == 200
-        db = Database(create_engine(server.settings.effective_database_url))
-        try:
-            async with db.write() as session:
-                past = datetime.now(UTC) - timedelta(seconds=1)
-                await session.execute(update(AuthSession).values(expires_at=past))
-        finally:
-            await db.dispose()
-        assert (await client.get("/api/auth/me")).status_code == 401
+        cookie = client.cookies["tidings_session"]
+    (expires,) = await db_scalars(
+        server.settings,
+        select(AuthSession.expires_at).where(AuthSession.secret_hash == hash_secret(cookie)),
+    )
+    await accepted(server, cookie=cookie)
+    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.01)
+    await refused(server, cookie=cookie)
+
+
+async def test_a_cached_credential_is_refused_once_revoked(
+    server: ServerThread, alice: TestUser
+) -> None:
+    """A revoked token, a logged-out session and the sessions a password change revokes
+    are refused on the very next request and connect, though each was just cached."""
+    async with browser_session(server, alice) as browser:
+        token = (await browser.post("/api/auth/tokens", json={})).json()
+        await accepted(server, token=token["token"])
+        assert (await browser.delete(f"/api/auth/tokens/{token['id']}")).status_code == 204
+        await refused(server, token=token["token"])
+
+        async with browser_session(server, alice) as other:
+            elsewhere = other.cookies["tidings_session"]
+        await accepted(server, cookie=elsewhere)
+        changed = await browser.post(
+            "/api/auth/password",
+            json={"current_password": alice.password, "new_password": "a-new-password-1"},
+        )
+        assert changed.status_code == 200, changed.text
+        await refused(server, cookie=elsewhere)
+
+        cookie = browser.cookies["tidings_session"]
+        await accepted(server, cookie=cookie)
+        assert (await browser.post("/api/auth/logout")).status_code == 204
+        await refused(server, cookie=cookie)
 
 
 # -- minting and expiring tokens ---------------------------------------------------------
@@ -384,3 +420,24 @@ async def test_an_expiring_token_stops_working(server: ServerThread, alice: Test
         await db.dispose()
     ws = await ws_connect(server, holder)
     assert await closed_with(ws) == 4401
+
+
+async def test_last_use_is_written_in_a_batch_off_the_request_path(
+    server: ServerThread, alice: TestUser, bob: TestUser
+) -> None:
+    """Not written while authenticating; written by the next flush, in one statement, even
+    when one of the tokens is gone by then (its user deleted)."""
+    db = Database(create_engine(server.settings.effective_database_url))
+    authenticator = Authenticator(db)
+    last_used = select(ApiToken.last_used_at).where(ApiToken.user_id == alice.id)
+    try:
+        assert await authenticator.authenticate(None, f"Bearer {alice.token}") is not None
+        assert await authenticator.authenticate(None, f"Bearer {bob.token}") is not None
+        assert await db_scalars(server.settings, last_used) == [None]
+        async with db.write() as session:
+            await session.execute(delete(ApiToken).where(ApiToken.user_id == bob.id))
+        await authenticator.flush()
+        (when,) = await db_scalars(server.settings, last_used)
+        assert when is not None
+    finally:
+        await db.dispose()

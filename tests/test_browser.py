@@ -421,6 +421,8 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             out.push(s.receive({type: "subscribed", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 3}));
             out.push(s.receive({type: "file.uploaded", project_id: "p", seq: 4}));
+            out.push(s.receive({type: "presence.joined", project_id: "p", user: {id: "u"}}));
+            out.push(s.receive({type: "presence.left", project_id: "p", user: {id: "u"}}));
             out.push(s.receive({type: "system.heartbeat"}));
             const b = new m.Backoff({base: 100, cap: 400, random: () => 1});
             const spreads = [b.spread(250), b.spread(5000)];
@@ -451,7 +453,7 @@ async def test_browser_client_core_in_chromium(browser: Any, server: ServerThrea
             {"type": "subscribe", "project_id": "q", "snapshot": True},
             {"type": "subscribe", "project_id": "q", "since": 2},
         ],
-        "out": [True, False, True, False],
+        "out": [True, False, True, True, True, False],
         "resub": {"type": "subscribe", "projects": [{"project_id": "p", "since": 4}]},
         "delays": [100, 200, 400, 400],
         "spreads": [250, 400],
@@ -712,3 +714,149 @@ async def test_seen_resolves_once_the_event_is_delivered_in_chromium(
         "snapshot": [[pid, 1, 0]],
     }
     assert page.errors == []
+
+
+class BlockedSockets:
+    """Refuses the page's first ``blocked`` WebSockets (each closes before the server
+    answers, as behind a proxy that breaks WebSocket); later ones reach the server."""
+
+    def __init__(self, blocked: int) -> None:
+        self.blocked = blocked
+        self.refused = 0
+        self.passed = 0
+
+    async def route(self, ws: Any) -> None:
+        if self.refused < self.blocked:
+            self.refused += 1
+            await ws.close()
+            return
+        self.passed += 1
+        ws.connect_to_server()
+
+
+async def test_with_websocket_blocked_the_dashboard_goes_live_over_sse(
+    browser: Any, server: ServerThread, alice: TestUser, alice_api: Any
+) -> None:
+    pid = await share(alice_api, "Launch campaign")
+    sockets = BlockedSockets(blocked=1_000_000)
+    context = await browser.new_context(viewport={"width": 1280, "height": 760})
+    page = await context.new_page()
+    await page.route_web_socket("**/ws", sockets.route)
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/api/stream" in r.url else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
+    await page.goto(server.url + "/")
+    await page.fill("#login input[name=username]", alice.username)
+    await page.fill("#login input[name=password]", alice.password)
+    await page.click("#login button[type=submit]")
+    await page.wait_for_selector(
+        "#status[data-state=open][data-transport=stream]", timeout=RECONNECT_MS
+    )
+    assert sockets.refused >= 3 and sockets.passed == 0
+    await select(page, pid)
+    # Selecting a project subscribes: the stream is opened again with it.
+    await eventually(lambda: any(f"project={pid}" in url for url in streams))
+    assert (await upload(alice_api, pid, "live.txt", b"over SSE")).is_success
+    await wait_file(page, "live.txt")
+    assert await page.get_attribute("#status", "data-seq") == "2"
+    assert "(SSE)" in (await page.text_content("#status-text") or "")
+    assert errors == []
+    # A stream keeps its request open: a server stopping now would wait for it (up to
+    # uvicorn's graceful shutdown timeout), so the page goes first.
+    await context.close()
+
+
+async def test_the_client_goes_back_to_websocket_once_it_works_again(
+    browser: Any, server: ServerThread, alice: TestUser, alice_api: Any
+) -> None:
+    """Three refused sockets: the client falls back to the stream, keeps the project's
+    events flowing, tries a WebSocket again later and moves to it, missing nothing."""
+    pid = await share(alice_api, "Launch campaign")
+    page = await open_dashboard(browser, server, alice)  # logged in: the cookie is set
+    sockets = BlockedSockets(blocked=3)
+    await page.route_web_socket("**/ws", sockets.route)
+    await page.evaluate(
+        """async (pid) => {
+            const { TidingsClient } = await import("/static/tidings.js");
+            const client = new TidingsClient({ retryWebSocketAfter: 1500 });
+            window.seen = { seqs: [], transports: [], established: 0 };
+            client.addEventListener("message", (e) => {
+                if (e.detail.project_id === pid && e.detail.type === "custom.tick") {
+                    window.seen.seqs.push(e.detail.seq);
+                }
+                if (e.detail.type === "connection.established") window.seen.established += 1;
+            });
+            client.addEventListener("status", (e) => {
+                if (e.detail.state === "open") window.seen.transports.push(e.detail.transport);
+            });
+            window.client = client;
+            await client.connect();
+            client.subscribe(pid, { since: 1 });  // from the project's creation on
+        }""",
+        pid,
+    )
+
+    async def transports() -> list[str]:
+        return list((await page.evaluate("window.seen"))["transports"])
+
+    seqs = []
+    for n in range(40):
+        response = await alice_api.post(
+            f"/api/projects/{pid}/events", json={"type": "custom.tick", "data": {"n": n}}
+        )
+        assert response.status_code == 201
+        seqs.append(response.json()["seq"])
+        if n >= 20 and (await transports())[-1:] == ["websocket"]:
+            break
+        await asyncio.sleep(100 * MS)
+    deadline = time.monotonic() + RECONNECT_MS / 1000
+    while (await transports())[-1:] != ["websocket"] and time.monotonic() < deadline:
+        await asyncio.sleep(50 * MS)
+    last = await alice_api.post(f"/api/projects/{pid}/events", json={"type": "custom.tick"})
+    seqs.append(last.json()["seq"])
+    await page.wait_for_function(
+        "(seq) => window.seen.seqs.includes(seq)", arg=seqs[-1], timeout=WAIT_MS
+    )
+    seen = await page.evaluate("window.seen")
+    assert seen["transports"] == ["stream", "websocket"]
+    assert sockets.refused == 3 and sockets.passed == 1
+    # Every event once, in order, across the move from the stream to the socket.
+    assert seen["seqs"] == seqs
+    assert seen["established"] == 2  # one per transport: the app refetches what it tracks
+    await page.context.close()
+
+
+async def test_dashboard_shows_who_views_the_open_project_live(
+    browser: Any, server: ServerThread, alice: TestUser, bob: TestUser, alice_api
+) -> None:
+    pid = (await create_project(alice_api, "Launch"))["id"]
+    other = (await create_project(alice_api, "Other"))["id"]
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert added.status_code == 201
+    alice_page = await open_dashboard(browser, server, alice)
+    await select(alice_page, pid)
+    await alice_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+
+    bob_page = await open_dashboard(browser, server, bob)
+    await select(bob_page, pid)
+    for page in (alice_page, bob_page):
+        await page.wait_for_selector("#viewers li:text-is('bob')", timeout=WAIT_MS)
+    assert await bob_page.locator("#viewers li").all_text_contents() == ["alice", "bob"]
+    assert await alice_page.locator("#viewer-count").text_content() == "2"
+
+    # Alice opens another project: bob sees her leave; she sees only herself there.
+    await select(alice_page, other)
+    await bob_page.wait_for_selector(
+        "#viewers li:text-is('alice')", state="detached", timeout=WAIT_MS
+    )
+    assert await alice_page.locator("#viewers li").all_text_contents() == ["alice"]
+    await select(alice_page, pid)
+    await bob_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
+    # Bob closes his page: gone from alice's.
+    await bob_page.context.close()
+    await alice_page.wait_for_selector(
+        "#viewers li:text-is('bob')", state="detached", timeout=WAIT_MS
+    )
+    assert alice_page.errors == []

@@ -80,6 +80,10 @@ def test_state_dedupes_by_seq_per_project() -> None:
     assert s.receive({"type": "file.uploaded", "project_id": "q", "seq": 1})  # own counter
     assert s.receive({"type": "process.progress", "project_id": "p", "progress": 0.5})
     assert s.receive({"type": "process.progress", "project_id": "p", "progress": 0.5})
+    # Presence is ephemeral: every one is passed on, and the position is untouched.
+    user = {"id": "u", "username": "bob"}
+    for kind in ("presence.joined", "presence.left", "presence.joined"):
+        assert s.receive({"type": kind, "project_id": "p", "user": user})
     assert not s.receive({"type": "system.heartbeat"})
     assert not s.receive({"type": "pong"})
     assert s.receive({"type": "connection.established"})

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import (
     ServerThread,
     TestUser,
+    accepted,
     api,
     browser_session,
     closed_with,
     connected,
     create_project,
     create_user,
+    db_scalars,
     on_stacks,
     recv,
     recv_until,
+    refused,
     subscribe,
     upload,
+    ws_connect,
 )
 from tests.test_ws import refused_after_removal
 from tidings import Settings
+from tidings.models import AuthSession
+from tidings.security import hash_secret
 
 pytestmark = on_stacks("postgres-redis")
 
@@ -56,8 +65,6 @@ async def test_change_on_one_node_reaches_subscribers_on_the_other(nodes) -> Non
 
 
 async def test_concurrent_changes_on_both_nodes_get_consecutive_seqs(nodes) -> None:
-    import asyncio
-
     a, b = nodes
     user = await create_user(a.settings)
     async with api(a, user) as client_a, api(b, user) as client_b:
@@ -104,3 +111,50 @@ async def test_a_member_removed_on_one_node_is_refused_on_the_other(nodes) -> No
     owner = await create_user(a.settings)
     member = await create_user(a.settings)
     await refused_after_removal(a, b, owner, member)
+
+
+async def test_credentials_revoked_on_one_node_are_refused_on_the_other(nodes) -> None:
+    """Node b has the token and the session cached; revoked on a, they are refused on b's
+    next request and connect as soon as b has the broker's notice (which its open socket
+    of the same credential shows: closed with 4401)."""
+    a, b = nodes
+    user = await create_user(a.settings)
+    async with browser_session(a, user) as browser:
+        token = (await browser.post("/api/auth/tokens", json={})).json()
+        holder = TestUser(user.id, user.username, user.password, token["token"])
+        await accepted(b, token=token["token"])
+        watcher = await connected(b, holder)
+        assert (await browser.delete(f"/api/auth/tokens/{token['id']}")).status_code == 204
+        assert await closed_with(watcher) == 4401
+        await refused(b, token=token["token"])
+
+        cookie = browser.cookies["tidings_session"]
+        await accepted(b, cookie=cookie)
+        watcher = await ws_connect(b, additional_headers={"Cookie": f"tidings_session={cookie}"})
+        assert (await recv(watcher))["type"] == "connection.established"
+        assert (await browser.post("/api/auth/logout")).status_code == 204
+        assert await closed_with(watcher) == 4401
+        await refused(b, cookie=cookie)
+
+
+async def test_an_expired_session_is_refused_on_every_node(settings: Settings) -> None:
+    short = settings.model_copy(update={"session_max_age": 4})
+    a, b = ServerThread(short), ServerThread(short)
+    a.start()
+    b.start()
+    try:
+        user = await create_user(a.settings)
+        async with browser_session(a, user) as browser:
+            cookie = browser.cookies["tidings_session"]
+        (expires,) = await db_scalars(
+            a.settings,
+            select(AuthSession.expires_at).where(AuthSession.secret_hash == hash_secret(cookie)),
+        )
+        await accepted(a, cookie=cookie)
+        await accepted(b, cookie=cookie)
+        await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.01)
+        await refused(a, cookie=cookie)
+        await refused(b, cookie=cookie)
+    finally:
+        await a.stop_async()
+        await b.stop_async()

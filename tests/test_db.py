@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
-from tidings.db import MIGRATIONS, create_engine, migrate
+from tidings.db import MIGRATIONS, Database, create_engine, migrate
 from tidings.models import Base
 
 
@@ -48,3 +51,23 @@ async def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> 
 def test_the_alembic_command_line_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"through tidings\.db\.migrate\(\)"):
         command.upgrade(alembic_config(None), "head")
+
+
+async def test_sqlite_writers_of_a_node_take_turns_in_arrival_order(tmp_path: Path) -> None:
+    """Queued in the process, in order: not retrying ``BEGIN IMMEDIATE`` in SQLite's busy
+    handler, where whoever retries at the right moment goes next."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'order.db'}"))
+    try:
+        await migrate(db.engine)
+        order: list[int] = []
+
+        async def writer(i: int) -> None:
+            async with db.write() as session:
+                await session.execute(text("UPDATE projects SET last_seq = last_seq + 1"))
+                await asyncio.sleep(0.005)  # hold the lock a while: the others queue
+                order.append(i)
+
+        await asyncio.gather(*(writer(i) for i in range(40)))
+        assert order == list(range(40))
+    finally:
+        await db.dispose()

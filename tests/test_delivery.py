@@ -82,6 +82,22 @@ def test_offers_wait_while_not_live(seq: int | None) -> None:
     assert d.queue.count == 0
 
 
+def test_presence_once_the_subscription_is_announced_live_or_replaying() -> None:
+    d = delivery()
+    assert d.offer_presence(F("p")) is Verdict.NONE  # not subscribed
+    assert d.request("p")
+    assert d.offer_presence(F("p")) is Verdict.NONE  # requested
+    sub = d.begin("p")
+    assert d.offer_presence(F("p")) is Verdict.NONE  # pending: `subscribed` not sent yet
+    d.start(sub, 1, 1, 9, 9)
+    assert sub.state is SubState.RECOVERING
+    assert d.offer_presence(F("p")) is Verdict.FLUSH  # replaying: still delivered
+    live(d, "q")
+    assert d.offer_presence(F("q")) is Verdict.NONE  # queued behind the first
+    assert d.queue.count == 2
+    assert d.offer_presence(F("other")) is Verdict.NONE
+
+
 def test_only_an_empty_queue_asks_for_a_flush() -> None:
     d = delivery()
     live(d)

@@ -95,6 +95,42 @@ async def test_concurrent_changes_get_consecutive_seqs(
     assert [e.seq for e in await events_of(server, other)] == [1]
 
 
+async def test_many_concurrent_writers_of_every_kind_get_gap_free_seqs(
+    server: ServerThread, alice_api: httpx.AsyncClient
+) -> None:
+    """64 writers at once on one project, of the four hot kinds of change: each gets its
+    own seq, the log holds exactly 1…N, and every answer's seq is the logged one."""
+    pid = (await create_project(alice_api))["id"]
+    for i in range(16):
+        await create_user(server.settings, f"m{i}")
+    changes = [upload(alice_api, pid, f"f{i}.txt") for i in range(16)]
+    changes += [
+        alice_api.patch(f"/api/projects/{pid}", json={"description": str(i)}) for i in range(16)
+    ]
+    changes += [
+        alice_api.post(f"/api/projects/{pid}/members", json={"username": f"m{i}"})
+        for i in range(16)
+    ]
+    changes += [
+        alice_api.post(f"/api/projects/{pid}/events", json={"type": "custom.n", "data": {"i": i}})
+        for i in range(16)
+    ]
+    responses = await asyncio.gather(*changes)
+    assert all(r.is_success for r in responses), [r.text for r in responses if not r.is_success]
+    told = sorted(int(r.headers["Tidings-Seq"]) for r in responses)
+    assert told == list(range(2, 2 + len(changes)))
+    logged = await events_of(server, pid)
+    assert [e.seq for e in logged] == list(range(1, 2 + len(changes)))
+    # Each frame carries its own seq, and PATCH's project data the seq it was given.
+    for event in logged:
+        frame = orjson.loads(event.frame)
+        assert frame["seq"] == event.seq
+        if event.type == "project.updated":
+            assert frame["data"]["seq"] == event.seq
+    last = await db_scalars(server.settings, select(Project.last_seq).where(Project.id == pid))
+    assert last == [len(logged)]
+
+
 async def test_retention_keeps_the_newest_events(make_server: Callable[..., ServerThread]) -> None:
     server = make_server(event_history=3)
     user = await create_user(server.settings, "alice")

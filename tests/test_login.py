@@ -45,6 +45,7 @@ async def test_healthz_answers_during_a_burst_of_logins(
     user = await create_user(server.settings)
     async with client_from(server) as logins, client_from(server) as probe:
         assert (await probe.get("/healthz")).status_code == 200  # connection is warm
+        started = time.perf_counter()
         burst = [
             asyncio.create_task(attempt(logins, user.username, user.password)) for _ in range(16)
         ]
@@ -55,10 +56,12 @@ async def test_healthz_answers_during_a_burst_of_logins(
             latencies.append(time.perf_counter() - began)
             await asyncio.sleep(5 * MS)
         assert await asyncio.gather(*burst) == [200] * 16
+        duration = time.perf_counter() - started
     assert len(latencies) >= 5, latencies  # the probes really overlapped the burst
-    # The promise is 100 ms; the bound is generous for a loaded machine, and far below
-    # what one argon2 verification on the loop costs (it would queue behind all 16).
-    assert max(latencies) < 250 * MS, sorted(latencies)[-5:]
+    # The promise is 100 ms on an idle machine. Were the verifications on the event loop,
+    # a probe would wait behind all 16 of them, about the whole burst: the bound is far
+    # below that, and generous enough for a loaded machine (where the burst is slow too).
+    assert max(latencies) < max(250 * MS, duration / 3), (sorted(latencies)[-5:], duration)
 
 
 async def test_failures_from_one_address_do_not_lock_out_another(

@@ -181,7 +181,7 @@ async def test_results_expire_on_every_node_once(
 ) -> None:
     """Two nodes sweep the same database: results go (files and the ``result`` field),
     the rows stay, and the result answers 410."""
-    retention = 2000 * MS
+    retention = 4000 * MS  # long enough to see the result first on a loaded machine
     a = make_server(result_retention=retention, sweep_interval=0.05)
     make_server(result_retention=retention, sweep_interval=0.05)  # a second node, sweeping
     alice = await create_user(a.settings, "alice")
@@ -195,14 +195,14 @@ async def test_results_expire_on_every_node_once(
             ws, lambda m: m["type"] == "process.completed" and m["process_id"] == export["id"]
         )
         assert done["process"]["status"] == "succeeded"
+        result = f"/api/projects/{pid}/processes/{export['id']}/result"
+        assert (await client.get(result)).status_code == 200  # kept until the retention ends
         externals = []
         for i in range(5):
             process = await start(client, pid, "external")
             base = f"/api/projects/{pid}/processes/{process['id']}"
             await client.post(f"{base}/complete", json={"status": "succeeded", "result": {"n": i}})
             externals.append(base)
-        result = f"/api/projects/{pid}/processes/{export['id']}/result"
-        assert (await client.get(result)).status_code == 200
         out_dir = a.settings.results_dir / pid / export["id"]
         assert out_dir.is_dir()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import delete
+
 from tests.conftest import (
     ServerThread,
     TestUser,
@@ -20,6 +22,7 @@ from tests.conftest import (
 from tidings.broker.memory import MemoryBroker
 from tidings.db import Database, create_engine
 from tidings.events import PROJECT_UPDATED, EventLog
+from tidings.models import Member
 
 
 async def commit_unpublished(server: ServerThread, project_id: str, count: int) -> None:
@@ -62,6 +65,26 @@ async def test_lost_last_event_is_found_by_head_sync(make_server) -> None:
     await subscribe(ws, pid)
     await commit_unpublished(server, pid, 1)
     event = await recv_until(ws, lambda m: "seq" in m)
+    assert event["seq"] == 2 and event["data"] == {"n": 0}
+
+
+async def test_a_lost_last_event_another_subscribe_saw_first_still_arrives(make_server) -> None:
+    """Found by the chaos suite (tests/chaos.py): an event whose broker message was lost
+    (its node was killed after the commit) and that a *new* subscribe read from the log
+    raised the channel's head; head sync then saw nothing new, and the subscribers that
+    were already live never got it. Now a subscribe that finds a newer head sends the
+    live subscribers behind it to the log at once (no head sync needed: it is off here)."""
+    server = make_server(head_sync_interval=3600)
+    alice = await create_user(server.settings, "alice")
+    async with api(server, alice) as alice_api:
+        project = await create_project(alice_api)
+    pid = project["id"]
+    live = await connected(server, alice)
+    await subscribe(live, pid)
+    await commit_unpublished(server, pid, 1)  # seq 2: committed, never published
+    late = await connected(server, alice)
+    assert (await subscribe(late, pid))["seq"] == 2  # the channel's head is 2 now
+    event = await recv_until(live, lambda m: "seq" in m)
     assert event["seq"] == 2 and event["data"] == {"n": 0}
 
 
@@ -116,3 +139,39 @@ async def test_replays_beyond_the_concurrency_wait_their_turn(make_server) -> No
         assert reply["type"] == "subscribed" and reply["recovered"] is True
         got = [await recv(ws) for _ in range(1201)]
         assert seqs(got) == list(range(1, 1202))
+
+
+async def test_a_removal_whose_broker_messages_were_lost_still_ends_the_subscription(
+    server: ServerThread, alice: TestUser, alice_api
+) -> None:
+    """Found by the chaos suite (tests/chaos.py): Redis was down when a member was removed,
+    so neither the removal's event nor the control message ending their subscriptions
+    reached any node, and the removed member kept receiving the project's events. Now the
+    replay that fills the gap reads the log only in a snapshot where the reader still sees
+    the project; otherwise the subscription ends with ``access_revoked``."""
+    bob = await create_user(server.settings, "bob")
+    project = await create_project(alice_api)
+    pid = project["id"]
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    assert added.status_code == 201
+    ws = await connected(server, bob)
+    await subscribe(ws, pid)
+
+    db = Database(create_engine(server.settings.effective_database_url))
+    log = EventLog(db, MemoryBroker(), server.settings.event_history, "nowhere")
+    try:
+        async with db.write() as session:  # the removal commits; its broker messages are lost
+            await session.execute(
+                delete(Member).where(Member.project_id == pid, Member.user_id == bob.id)
+            )
+            await log.record(session, pid, PROJECT_UPDATED, {"data": {"removed": "bob"}})
+    finally:
+        await db.dispose()
+    secret = await alice_api.patch(f"/api/projects/{pid}", json={"description": "secret"})
+    assert secret.status_code == 200  # published: bob's subscription sees a gap before it
+
+    received: list[dict[str, Any]] = []
+    while not received or received[-1]["type"] != "unsubscribed":
+        received.append(await recv_until(ws, lambda m: m.get("project_id") == pid))
+    assert received[-1]["reason"] == "access_revoked"
+    assert all(m.get("seq", 0) < int(secret.headers["Tidings-Seq"]) for m in received), received

@@ -299,6 +299,7 @@ async def test_the_server_sends_every_declared_message_and_nothing_else(
         await send(a.ws, {"type": "subscribe", "project_id": "nope", "id": 2})
         await a.wait_for(of("subscribed", id=1, recovered=True))
         await b.wait_for(of("subscribed", project_id=pid))
+        await a.wait_for(lambda m: of("presence.joined")(m) and m["user"]["id"] == bob.id)
         await a.wait_for(of("error", code="not_found", id=2))
 
         file = (await upload(http, pid, "a.txt")).json()
@@ -329,6 +330,7 @@ async def test_the_server_sends_every_declared_message_and_nothing_else(
 
         assert (await http.delete(f"/api/projects/{pid}/members/bob")).is_success
         await b.wait_for(of("unsubscribed", reason="access_revoked"))
+        await a.wait_for(lambda m: of("presence.left")(m) and m["user"]["id"] == bob.id)
         await send(a.ws, {"type": "unsubscribe", "project_id": pid, "id": 3})
         await a.wait_for(of("unsubscribed", id=3))
         assert (await http.delete(f"/api/projects/{pid}")).is_success

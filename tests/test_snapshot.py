@@ -105,7 +105,7 @@ async def test_snapshot_has_the_rest_shapes(
     assert external.status_code == 202
     ws = await connected(server, alice)
     reply = await subscribe(ws, pid, snapshot=True, id="s1")
-    assert set(reply) == {"type", "project_id", "seq", "snapshot", "id", "timestamp"}
+    assert set(reply) == {"type", "project_id", "seq", "snapshot", "presence", "id", "timestamp"}
     assert reply["seq"] == 4 and reply["id"] == "s1"
     rest = await rest_state(alice_api, pid)
     assert reply["snapshot"] == {**rest, "files_truncated": False, "processes_truncated": False}

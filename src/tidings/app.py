@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 
 from tidings import __version__
@@ -20,19 +21,23 @@ from tidings.api import (
     events,
     files,
     health,
+    presence,
     processes,
     projects,
+    stream,
     validation,
 )
 from tidings.api.deps import Services
-from tidings.broker import create_broker
+from tidings.auth import Authenticator
+from tidings.broker import create_broker, create_presence_store
 from tidings.codes import restart_reason
-from tidings.db import Database, create_engine, migrate
+from tidings.db import Database, create_engine, migrate, unavailable
 from tidings.events import EventLog
 from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
 from tidings.metrics import Metrics
 from tidings.models import User
+from tidings.presence import Presence as NodePresence
 from tidings.processes import ProcessRunner
 from tidings.security import Passwords, hash_password, new_password
 from tidings.settings import Settings
@@ -51,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     broker = create_broker(settings.broker_url)
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
+    authenticator = Authenticator(db)
 
     metrics = Metrics()
     hub = Hub(
@@ -63,11 +69,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         snapshot_max_files=settings.snapshot_max_files,
         access_cache_entries=settings.access_cache_entries,
         resume_tail_bytes=settings.resume_tail_bytes,
+        presence=NodePresence(
+            create_presence_store(
+                settings.broker_url, settings.broker_channel, settings.presence_expiry
+            ),
+            eventlog,
+            settings.presence_expiry,
+        ),
+        forget_credential=authenticator.forget,
     )
     services = Services(
         settings=settings,
         metrics=metrics,
         db=db,
+        auth=authenticator,
         eventlog=eventlog,
         storage=storage,
         hub=hub,
@@ -85,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_admin(db)
         await broker.connect()
         await hub.start()
+        await authenticator.start()
         await services.processes.start()
         metrics.watch_queues(
             lambda: sum(c.queue.count for c in hub.connections.values()),
@@ -94,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:
             await services.processes.stop()
+            await authenticator.stop()
             await hub.stop()
             await broker.disconnect()
             await db.dispose()
@@ -110,16 +127,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     # Starlette answers an unhandled error outside every middleware: give it the header too.
     app.add_exception_handler(Exception, _internal_error)
-    for module in (health, auth, projects, files, processes, events):
+    # Handled inside the middleware stack (unlike `Exception` above, which Starlette also
+    # re-raises, closing the client's keep-alive connection): a client retrying on the
+    # same connection must not find it closed.
+    for error in (DBAPIError, ConnectionError, TimeoutError):
+        app.add_exception_handler(error, _unavailable)
+    for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
     app.router.add_websocket_route("/ws", websocket_endpoint)
+    app.router.routes.append(stream.route())
     dashboard.mount(app)
     return app
+
+
+# Seconds a client should wait before retrying a request the database could not serve.
+UNAVAILABLE_RETRY_AFTER = 1
 
 
 async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse:
     return PlainTextResponse(
         "Internal Server Error", 500, headers={"X-Content-Type-Options": "nosniff"}
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> PlainTextResponse:
+    """The database is down or restarting: the change was not made (its transaction
+    rolled back), so 503 and retry; a 500 would say the request itself broke something."""
+    if not unavailable(exc):
+        raise exc  # a statement that failed: the 500 above
+    return PlainTextResponse(
+        "database unavailable; retry",
+        503,
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Retry-After": str(UNAVAILABLE_RETRY_AFTER),
+        },
     )
 
 

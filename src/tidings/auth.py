@@ -3,18 +3,25 @@ and revoking credentials."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings.authcache import CredentialCache
 from tidings.db import Database, after_commit
 from tidings.events import SESSION_REVOKED, EventLog
 from tidings.models import ApiToken, AuthSession, User
 from tidings.security import hash_secret
+
+logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "tidings_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -31,26 +38,137 @@ class Principal:
 
 
 LAST_USED_PRECISION = timedelta(minutes=1)
+# A cached credential is believed this long at most without asking the database again:
+# the bound on a revocation whose broker notice this node missed.
+CACHE_TTL = 10.0
+CACHE_ENTRIES = 10_000
+LAST_USED_FLUSH = 1.0  # seconds between writes of the tokens' last use
 
 
 async def authenticate(
     db: Database, cookie: str | None, authorization: str | None
 ) -> Principal | None:
-    """The caller behind a bearer API token (preferred when given) or a session cookie.
+    """The caller behind a bearer API token (preferred when given) or a session cookie,
+    straight from the database (no cache; see :class:`Authenticator`).
 
     Revoked or expired credentials are None. So is a process's worker token: it is a
     credential for that process's reports only (see ``api/processes.py``).
     """
     if authorization:
         token = bearer_token(authorization)
-        return None if token is None else await _bearer(db, token)
+        if token is None:
+            return None
+        found = await _find_token(db, hash_secret(token))
+        if found is None:
+            return None
+        principal, last_used = found
+        now = datetime.now(UTC)
+        if last_used is None or now - last_used >= LAST_USED_PRECISION:
+            await _record_use(db, {principal.credential: now})
+        return principal
     if cookie:
-        return await _session(db, cookie)
+        return await _find_session(db, hash_secret(cookie))
     return None
 
 
-async def _bearer(db: Database, token: str) -> Principal | None:
-    now = datetime.now(UTC)
+class Authenticator:
+    """:func:`authenticate` for every request and connect, mostly without the database.
+
+    Accepted credentials are cached (``authcache.py``) for :data:`CACHE_TTL` seconds;
+    :meth:`forget` drops one at once (a revocation notice from the broker, on every node;
+    :meth:`forget_user` after a password change on this one). Expiry is checked on every
+    use, to the second. An API token's last use is written in batches, by a task, at most
+    once a :data:`LAST_USED_PRECISION` per token: no write on the request path.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        ttl: float = CACHE_TTL,
+        max_entries: int = CACHE_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.cache: CredentialCache[Principal] = CredentialCache(ttl=ttl, max_entries=max_entries)
+        self._clock = clock
+        # Token credential → its last use as stored (or queued to be): pruned to the
+        # last LAST_USED_PRECISION at every flush, so bounded by the tokens in use.
+        self._recorded: dict[str, datetime] = {}
+        self._pending: dict[str, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def authenticate(self, cookie: str | None, authorization: str | None) -> Principal | None:
+        if authorization:
+            token = bearer_token(authorization)
+            if token is None:
+                return None
+            key = "t" + hash_secret(token)
+        elif cookie:
+            key = "s" + hash_secret(cookie)
+        else:
+            return None
+        now = datetime.now(UTC)
+        principal = self.cache.get(key, self._clock())
+        if principal is None:
+            generation = self.cache.generation
+            if key[0] == "t":
+                found = await _find_token(self.db, key[1:])
+                if found is None:
+                    return None
+                principal, last_used = found
+                if last_used is not None:
+                    self._recorded.setdefault(principal.credential, last_used)
+            else:
+                principal = await _find_session(self.db, key[1:])
+                if principal is None:
+                    return None
+            self.cache.put(key, principal, self._clock(), generation)
+        if principal.expires_at is not None and principal.expires_at <= now:
+            return None
+        if principal.via == "bearer":
+            last = self._recorded.get(principal.credential)
+            if last is None or now - last >= LAST_USED_PRECISION:
+                self._recorded[principal.credential] = self._pending[principal.credential] = now
+        return principal
+
+    def forget(self, credential: str) -> None:
+        self.cache.forget(credential)
+
+    def forget_user(self, user_id: str) -> None:
+        self.cache.forget_user(user_id)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_every(LAST_USED_FLUSH))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the queued last uses (one statement for all of them)."""
+        pending, self._pending = self._pending, {}
+        cutoff = datetime.now(UTC) - LAST_USED_PRECISION
+        self._recorded = {c: t for c, t in self._recorded.items() if t > cutoff}
+        if pending:
+            await _record_use(self.db, pending)
+
+    async def _flush_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except Exception:
+                # Bookkeeping only: a token's last use may be a little older than it was.
+                logger.exception("recording API tokens' last use failed")
+
+
+async def _find_token(db: Database, secret_hash: str) -> tuple[Principal, datetime | None] | None:
+    """The principal of a live token with this hash, and its stored last use."""
     async with db.read() as session:
         row = (
             await session.execute(
@@ -62,31 +180,38 @@ async def _bearer(db: Database, token: str) -> Principal | None:
                     ApiToken.expires_at,
                 )
                 .join(User, User.id == ApiToken.user_id)
-                .where(ApiToken.secret_hash == hash_secret(token), ApiToken.revoked_at.is_(None))
+                .where(ApiToken.secret_hash == secret_hash, ApiToken.revoked_at.is_(None))
             )
         ).first()
     if row is None:
         return None
     token_id, user_id, username, last_used, expires_at = row
-    if expires_at is not None and expires_at <= now:
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         return None
-    if last_used is None or now - last_used >= LAST_USED_PRECISION:
-        # Recorded at most once a minute per token: not a write per request.
-        async with db.write() as session:
-            await session.execute(
-                update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
-            )
-    return Principal(user_id, username, f"token:{token_id}", "bearer", expires_at)
+    return Principal(user_id, username, f"token:{token_id}", "bearer", expires_at), last_used
 
 
-async def _session(db: Database, cookie: str) -> Principal | None:
+async def _record_use(db: Database, uses: dict[str, datetime]) -> None:
+    async with db.write() as session:
+        # Core, not the ORM's bulk update: a token deleted meanwhile (its user removed)
+        # is no error, its row is just not there to update.
+        tokens = ApiToken.metadata.tables[ApiToken.__tablename__]
+        await session.execute(
+            update(tokens)
+            .where(tokens.c.id == bindparam("token_id"))
+            .values(last_used_at=bindparam("used_at")),
+            [{"token_id": c.partition(":")[2], "used_at": at} for c, at in uses.items()],
+        )
+
+
+async def _find_session(db: Database, secret_hash: str) -> Principal | None:
     async with db.read() as session:
         row = (
             await session.execute(
                 select(AuthSession.id, AuthSession.expires_at, User.id, User.username)
                 .join(User, User.id == AuthSession.user_id)
                 .where(
-                    AuthSession.secret_hash == hash_secret(cookie),
+                    AuthSession.secret_hash == secret_hash,
                     AuthSession.revoked_at.is_(None),
                 )
             )

@@ -54,8 +54,9 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     ),
     CloseCode.INTERNAL_ERROR: CloseInfo(
         "internal_error",
-        "The server failed, or the client did not answer pings within "
-        "TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`.",
+        "The server failed (a subscribe the database could not serve included), or the "
+        "client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume "
+        "with `since`.",
         reconnect=True,
     ),
     CloseCode.SERVICE_RESTART: CloseInfo(

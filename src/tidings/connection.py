@@ -167,11 +167,15 @@ class Connection(Delivery):
         if isinstance(action, SubscribeMany):
             waiting = False
             for one in action.actions:
-                waiting = self._take(one)
+                waiting = self.take(one)
             return waiting
-        return self._take(action)
+        return self.take(action)
 
-    def _take(self, action: Action) -> bool:
+    def take(self, action: Action) -> bool:
+        """Carry out ``action`` as if a client message had asked for it, in order with
+        the others (the event stream subscribes this way); returns as :meth:`receive`."""
+        if self.state is not ConnState.OPEN:
+            return False
         if isinstance(action, Subscribe) and not self.request(action.project_id):
             action = error(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,

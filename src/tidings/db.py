@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +26,42 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant will do: it only has to be the same on every node migrating one database.
 _MIGRATION_LOCK_KEY = 0x7469_6469_6E67
+
+
+# asyncpg's errors for a server that is unreachable, shutting down or starting up; the
+# driver is optional (SQLite needs none), so they are matched by name.
+_UNAVAILABLE_NAMES = frozenset(
+    {
+        "PostgresConnectionError",
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "ConnectionFailureError",
+        "TooManyConnectionsError",
+    }
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (refused, lost, shutting
+    down, starting up) rather than that a statement failed. A transaction cut off this way
+    rolled back, unless the connection was lost during its COMMIT itself."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if isinstance(current, DBAPIError) and (
+            current.connection_invalidated or isinstance(current, OperationalError | InterfaceError)
+        ):
+            return True
+        if any(cls.__name__ in _UNAVAILABLE_NAMES for cls in type(current).__mro__):
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig or current.__cause__ or current.__context__
+    return False
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -70,8 +108,11 @@ class Database:
     broker: recorded inside the transaction, published once it is durable). Every callback
     runs even if an earlier one fails, and failures are logged, not raised: the change is
     committed, so the caller must not report it as failed or undo what it placed for it.
-    On SQLite a write takes the database lock up front, so concurrent writers queue
-    instead of failing.
+    On SQLite the writers of this process queue in order for the one write lock (an
+    asyncio lock, held from ``BEGIN IMMEDIATE`` to the commit), so none of them sleeps in
+    SQLite's busy handler; writers of other processes (the CLI, other workers) still meet
+    at ``BEGIN IMMEDIATE``. A write must not open another write inside it: it would wait
+    for itself.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -90,6 +131,11 @@ class Database:
             else engine
         )
         self._snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
+        # PostgreSQL locks rows, not the database: its writers need no queue of ours.
+        self._writers = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    def _turn(self) -> AbstractAsyncContextManager[object]:
+        return self._writers if self._writers is not None else nullcontext()
 
     @property
     def dialect(self) -> str:
@@ -109,7 +155,7 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        async with self._write() as session:
+        async with self._turn(), self._write() as session:
             session.info[AFTER_COMMIT] = []
             async with session.begin():
                 yield session

@@ -18,6 +18,8 @@ write, start a replay, or close a slow consumer. The rules, each decided here on
   no longer holds what follows it): the state read in the same transaction as the log
   bounds, so its seq is the latest one and the cursor starts there, as without a snapshot.
   One that can resume gets the missed events instead, as without a snapshot.
+- Presence changes (``presence.*``, no ``seq``) reach a subscription once its
+  ``subscribed`` reply (which lists the viewers) is queued, whether it is live or replaying.
 - A live event past the cursor + 1 reveals a gap (a lost broker message, two nodes
   publishing out of order): the subscription goes back to recovering. A replay that finds
   the log no longer holds the event after its cursor (trimmed by retention meanwhile) asks
@@ -170,6 +172,15 @@ class Delivery:
         """A ``project.*`` event for a user who can see the project (project lists)."""
         if frame.project_id in self.subs:
             return Verdict.NONE  # its subscription (requested or active) delivers it
+        return self.enqueue(frame)
+
+    def offer_presence(self, frame: Item) -> Verdict:
+        """A ``presence.*`` change of a project: queued once the subscription has been
+        answered ``subscribed`` (the list it applies to), live or still replaying: presence
+        is not ordered with the project's events, and a replay must not hide it."""
+        sub = self.subs.get(frame.project_id)  # type: ignore[arg-type]
+        if sub is None or not sub.announced:
+            return Verdict.NONE
         return self.enqueue(frame)
 
     def enqueue(self, frame: Item) -> Verdict:

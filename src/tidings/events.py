@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
@@ -42,6 +42,11 @@ SESSION_REVOKED = "control.session_revoked"
 MEMBER_REMOVED = "control.member_removed"
 
 
+# ``values(last_seq=NEXT_SEQ)``: the next seq of the project, taken in the statement that
+# row-locks it (see EventLog.append).
+NEXT_SEQ = Project.last_seq + 1
+
+
 def timestamp(moment: datetime | None = None) -> str:
     """RFC 3339, UTC, milliseconds, ``Z``: ``2026-11-25T16:28:35.123Z``."""
     moment = (moment or datetime.now(UTC)).astimezone(UTC)
@@ -59,6 +64,8 @@ class Envelope:
     ``audience``: users who get the frame even without a subscription (``project.*``).
     ``coalesce``: queued frames with the same key replace each other (progress updates).
     ``data``: payload of control messages.
+    ``revoked``: users who may no longer see the project from this event on (a member
+    removed): every node ends their subscriptions as it fans this event out.
     """
 
     type: str
@@ -68,6 +75,7 @@ class Envelope:
     audience: tuple[str, ...] = ()
     coalesce: str | None = None
     data: dict[str, Any] | None = None
+    revoked: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         header = {
@@ -77,6 +85,7 @@ class Envelope:
             "a": self.audience,
             "c": self.coalesce,
             "d": self.data,
+            "r": self.revoked,
         }
         return orjson.dumps(header) + b"\n" + self.frame
 
@@ -92,6 +101,7 @@ class Envelope:
             audience=tuple(h["a"] or ()),
             coalesce=h["c"],
             data=h["d"],
+            revoked=tuple(h.get("r") or ()),
         )
 
 
@@ -111,6 +121,20 @@ async def log_bounds(
         return None
     latest, first = row
     return (first if first is not None else latest + 1, latest)
+
+
+async def next_seq(
+    session: AsyncSession, project_id: str, *where: ColumnElement[bool]
+) -> int | None:
+    """Take the project's next seq (for :meth:`EventLog.append`) if it exists and matches
+    ``where`` (an access check), in one statement that also row-locks it; else None."""
+    seq = await session.scalar(
+        update(Project)
+        .where(Project.id == project_id, *where)
+        .values(last_seq=NEXT_SEQ)
+        .returning(Project.last_seq)
+    )
+    return None if seq is None else int(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,34 +160,59 @@ class EventLog:
         type: str,
         body: dict[str, Any] | Callable[[int], dict[str, Any]],
         audience: Iterable[str] = (),
+        revoked: Iterable[str] = (),
     ) -> int:
         """Log a durable event in ``session``'s write transaction; publish it after commit.
 
-        ``body`` may be a function of the new seq. Returns the seq. Bumping
+        ``body`` may be a function of the new seq. Returns the seq. ``revoked``: users who
+        lose access to the project with this change (see :class:`Envelope`). Bumping
         ``projects.last_seq`` row-locks the project (PostgreSQL) or holds the write lock
         (SQLite), so concurrent changes get consecutive numbers.
         """
-        seq = await session.scalar(
-            update(Project)
-            .where(Project.id == project_id)
-            .values(last_seq=Project.last_seq + 1)
-            .returning(Project.last_seq)
-        )
+        seq = await next_seq(session, project_id)
         if seq is None:
             raise LookupError(f"project {project_id} does not exist")
-        seq = int(seq)
+        return await self.append(session, project_id, seq, type, body, audience, revoked)
+
+    async def append(
+        self,
+        session: AsyncSession,
+        project_id: str,
+        seq: int,
+        type: str,
+        body: dict[str, Any] | Callable[[int], dict[str, Any]],
+        audience: Iterable[str] = (),
+        revoked: Iterable[str] = (),
+    ) -> int:
+        """:meth:`record` for a caller that has bumped ``projects.last_seq`` to ``seq``
+        itself, in this transaction (``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING
+        that makes its change): one statement, and one round trip, fewer. Returns ``seq``.
+        """
         if callable(body):
             body = body(seq)
         frame = encode(
             {"type": type, "project_id": project_id, "seq": seq, "timestamp": timestamp(), **body}
         )
-        session.add(Event(project_id=project_id, seq=seq, type=type, frame=frame.decode()))
+        await session.execute(
+            insert(Event).values(
+                project_id=project_id,
+                seq=seq,
+                type=type,
+                frame=frame.decode(),
+                created_at=datetime.now(UTC),
+            )
+        )
         if seq > self.history:
             await session.execute(
                 delete(Event).where(Event.project_id == project_id, Event.seq <= seq - self.history)
             )
         envelope = Envelope(
-            type=type, frame=frame, project_id=project_id, seq=seq, audience=tuple(audience)
+            type=type,
+            frame=frame,
+            project_id=project_id,
+            seq=seq,
+            audience=tuple(audience),
+            revoked=tuple(revoked),
         )
         after_commit(session, lambda: self.publish(envelope))
         return seq
@@ -209,6 +258,27 @@ class EventLog:
     ) -> list[LoggedEvent]:
         """:func:`logged_after`, in a read transaction of its own."""
         async with self.db.read() as session:
+            return await logged_after(session, project_id, after, limit, max_bytes)
+
+    async def read_visible_after(
+        self,
+        project_id: str,
+        user_id: str,
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[LoggedEvent] | None:
+        """:func:`logged_after` for a reader who must still see the project: None if
+        ``user_id`` may no longer see it (a deleted project's tombstone is still read).
+
+        The access check and the page come from one snapshot: a page read after a member
+        was removed holds no event of theirs to see, even when the broker lost the news.
+        """
+        async with self.db.snapshot() as session:
+            if await log_bounds(session, project_id, user_id) is None:
+                exists = await session.scalar(select(Project.id).where(Project.id == project_id))
+                if exists is not None:
+                    return None
             return await logged_after(session, project_id, after, limit, max_bytes)
 
 

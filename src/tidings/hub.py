@@ -13,9 +13,13 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
+
+from tidings.broker import create_presence_store
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
 from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot_needed
@@ -35,6 +39,7 @@ from tidings.frames import Frame
 from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
 from tidings.openings import AccessCache, BoundsReader
+from tidings.presence import PRESENCE_TYPES, Presence
 from tidings.snapshot import Opening, Snapshots
 from tidings.tails import Tails
 
@@ -119,8 +124,14 @@ class Hub:
         snapshot_max_files: int = 10_000,
         access_cache_entries: int = 100_000,
         resume_tail_bytes: int = 16 * 1024 * 1024,
+        presence: Presence | None = None,
+        forget_credential: Callable[[str], None] = lambda credential: None,
     ) -> None:
         self.eventlog = eventlog
+        # Who views which project (presence.py); in memory unless the app says otherwise.
+        self.presence = presence or Presence(
+            create_presence_store("memory://", eventlog.channel, 30.0), eventlog, 30.0
+        )
         self.snapshots = Snapshots(eventlog.db, snapshot_max_files)
         self.access = AccessCache(access_cache_entries)
         self.bounds = BoundsReader(eventlog.db)
@@ -129,6 +140,7 @@ class Hub:
         self.heartbeat_interval = heartbeat_interval
         self.head_sync_interval = head_sync_interval
         self.restart_reason = restart_reason
+        self.forget_credential = forget_credential  # the credential cache's, on revocation
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_credential: dict[str, set[Connection]] = {}
@@ -153,6 +165,7 @@ class Hub:
             asyncio.create_task(self._expire(), name="tidings-hub-expiry"),
         ]
         await asyncio.wait_for(self._ready.wait(), 10)
+        await self.presence.start()
 
     async def stop(self) -> None:
         """Close every socket with 1012 so clients reconnect elsewhere and resume; return
@@ -164,6 +177,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *replays, return_exceptions=True)
+        await self.presence.stop()
 
     @property
     def running(self) -> bool:
@@ -297,20 +311,27 @@ class Hub:
             and not await conn.wait_for_room(opening.size)
         ):
             return  # the connection is closing
+        viewers = await self.presence.viewers(project_id) if opening is not None else []
         if opening is None or not conn.current(sub):
             # No access, or it was revoked (or the project deleted) while reading.
             if conn.current(sub):
                 self._end(conn, project_id, sub)
-            reply = (
-                error(ErrorCode.INTERNAL, "subscription failed; retry", request_id)
-                if failed
-                else error(ErrorCode.NOT_FOUND, "project not found", request_id)
-            )
+            if failed:
+                # The database could not be read (restarting, unreachable). An `error`
+                # reply would leave a subscription that clients resubscribe by themselves
+                # after a reconnect silently dead: closing makes them resume every one.
+                conn.close(CloseCode.INTERNAL_ERROR, "subscription failed; resume")
+                return
+            reply = error(ErrorCode.NOT_FOUND, "project not found", request_id)
             conn.send_message({**reply.message, "project_id": project_id})
             return
         oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
-        channel.head = max(channel.head, latest)
+        if latest > channel.head:
+            # An event this node never got from the broker: the live subscribers have
+            # not seen it either, and head sync will not tell them (it compares with the
+            # channel's head, which is raised now).
+            self._catch_up(project_id, channel, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
             message["recovered"] = start.recovered
@@ -318,7 +339,12 @@ class Hub:
             message["snapshot"] = opening.snapshot
         if request_id is not None:
             message["id"] = request_id
+        if not any(v["id"] == conn.user_id for v in viewers):
+            viewers.append({"id": conn.user_id, "username": conn.username})
+            viewers.sort(key=lambda v: (v["username"], v["id"]))
+        message["presence"] = viewers
         conn.send_message(message)
+        self.presence.opened(project_id, conn.user_id, conn.username, conn.client_id)
         self.metrics.subscriptions.inc()
         if start.replay:
             self._replay(conn, sub)
@@ -389,6 +415,7 @@ class Hub:
         ended = conn.end(project_id, sub)
         if ended is None:
             return
+        self.presence.closed(project_id, conn.user_id, conn.client_id)
         conn.stop_replay(project_id)
         if ended.announced:
             self.metrics.subscriptions.dec()
@@ -434,9 +461,17 @@ class Hub:
                     self.metrics.replay_pages_from_memory.inc()
                 else:
                     async with self._replay_slots:
-                        events = await self.eventlog.read_after(
-                            project_id, sub.cursor, REPLAY_PAGE, budget
+                        page = await self.eventlog.read_visible_after(
+                            project_id, conn.user_id, sub.cursor, REPLAY_PAGE, budget
                         )
+                    if page is None:
+                        # The user lost access and this node missed the news (a broker
+                        # message lost): the gap that started this replay is where the
+                        # removal was. (The memory tail never spans such a gap: it starts
+                        # again after a missing event.)
+                        self._end(conn, project_id, sub, reason="access_revoked")
+                        return
+                    events = page
                 for event in events:
                     if not await conn.wait_for_room(len(event.frame)):
                         return
@@ -506,6 +541,8 @@ class Hub:
         elif env.type == MEMBER_REMOVED:
             assert env.data is not None
             self.revoke_access(env.data["project_id"], env.data["user_id"])
+        elif env.type in PRESENCE_TYPES:
+            self.fan_out_presence(env)
         else:
             if env.project_id is not None and env.type in (PROJECT_UPDATED, PROJECT_DELETED):
                 self.access.forget(env.project_id)  # members or ownership may have changed
@@ -531,6 +568,11 @@ class Hub:
             count = len(channel.subscribers)
             if env.type in ENDING_TYPES and project_id is not None and env.seq is not None:
                 self._end_channel(project_id, channel, env.seq)
+        if project_id is not None:
+            # In the event's own envelope, so every node ends them before it offers any
+            # later event; the separate control message can be lost without a trace.
+            for user_id in env.revoked:
+                self.revoke_access(project_id, user_id)
         for user_id in env.audience:
             for conn in self.by_user.get(user_id, ()):
                 verdict = conn.offer_audience(frame)
@@ -545,6 +587,29 @@ class Hub:
         if count:
             metrics.events_delivered.labels(label).inc(count)
 
+    def fan_out_presence(self, env: Envelope) -> None:
+        """``presence.*``: to the project's subscriptions on this node that have been
+        answered ``subscribed`` (which carries the list these changes apply to), but those
+        of the user it is about (their own ``subscribed`` lists them; when they leave, they
+        have no subscription left)."""
+        channel = self.channels.get(env.project_id) if env.project_id is not None else None
+        self.metrics.events_published.labels(env.type).inc()
+        if channel is None:
+            return
+        text = env.frame.decode()
+        user_id = orjson.loads(text)["user"]["id"]
+        frame = Frame(text, env.type, env.project_id, None, None, time.time())
+        count = 0
+        for conn in channel.subscribers:
+            if conn.user_id == user_id:
+                continue
+            verdict = conn.offer_presence(frame)
+            if verdict:
+                conn.handle(verdict)
+            count += 1
+        if count:
+            self.metrics.events_delivered.labels(env.type).inc(count)
+
     def _end_channel(self, project_id: str, channel: Channel, seq: int) -> None:
         """After ``project.deleted``: subscriptions that were given it end; replays end
         when they reach it."""
@@ -554,6 +619,7 @@ class Hub:
                 self._end(conn, project_id, sub)
 
     def revoke(self, credential: str) -> None:
+        self.forget_credential(credential)
         for conn in list(self.by_credential.get(credential, ())):
             conn.close(CloseCode.UNAUTHORIZED, "credentials revoked")
 
@@ -594,11 +660,16 @@ class Hub:
                 channel = self.channels.get(project_id)
                 if channel is None or head <= channel.head:
                     continue
-                channel.head = head
-                for conn in list(channel.subscribers):
-                    sub = conn.subs.get(project_id)
-                    if sub is not None and conn.behind(sub, head):
-                        self._replay(conn, sub)
+                self._catch_up(project_id, channel, head)
+
+    def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
+        """The log holds events up to ``head``, newer than the channel has seen: the
+        live subscriptions behind it replay what they missed."""
+        channel.head = head
+        for conn in list(channel.subscribers):
+            sub = conn.subs.get(project_id)
+            if sub is not None and conn.behind(sub, head):
+                self._replay(conn, sub)
 
 
 def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:

@@ -112,10 +112,12 @@ class OutboundQueue(Generic[Q]):
             budget -= item.size
         del items[:taken]
         self.count -= len(out)
-        if not self.count:
-            items.clear()  # only emptied slots can be left
         if not self._by_key:
+            # No item waits under a key, so any slot left is an emptied one: drop them, as
+            # the fast path above hands the list over whole.
             self._by_key = None
+            if self.count < len(items):
+                items[:] = [entry for entry in items if type(entry) is not _Slot]
         return out
 
     def clear(self) -> None:

@@ -104,7 +104,8 @@ class Record(BaseModel):
 
 
 class User(Record):
-    """A user, as ``connection.established`` names the connected one."""
+    """A user, as ``connection.established`` names the connected one (and presence names
+    viewers)."""
 
     id: str
     username: str
@@ -217,6 +218,11 @@ class Subscribed(ServerBase):
     were lost to retention (refetch the project over REST and carry on from ``seq``)."""
     snapshot: Snapshot | None = None
     """Only when asked for with ``snapshot`` and needed: the project's state at ``seq``."""
+    presence: list[User] | None = None
+    """Who is viewing the project (subscribed to it on any node), the caller included,
+    each user once, by username; ``presence.joined`` and ``presence.left`` update it
+    (apply them as set operations: one may repeat what the list shows). This server always
+    sends it; optional so that replies of servers that predate presence still parse."""
     id: RequestId | None = None
     """The request's ``id``, if it had one."""
 
@@ -324,6 +330,26 @@ class ProcessProgress(ServerBase):
     message: str
 
 
+class PresenceJoined(ServerBase):
+    """A user's first subscription to the project opened (on any node): they are viewing
+    it. Ephemeral (no ``seq``, never replayed); sent to the project's subscribers (not to
+    that user's own connections: their ``subscribed`` lists them)."""
+
+    type: Literal["presence.joined"]
+    project_id: str
+    user: User
+
+
+class PresenceLeft(ServerBase):
+    """A user's last subscription to the project closed: unsubscribed, disconnected, lost
+    access, or the node that held it stopped (then within 1.25 times
+    ``TIDINGS_PRESENCE_EXPIRY``). Ephemeral, like ``presence.joined``."""
+
+    type: Literal["presence.left"]
+    project_id: str
+    user: User
+
+
 class SystemHeartbeat(ServerBase):
     """Sent to every connection every ``heartbeat_interval`` seconds."""
 
@@ -344,6 +370,8 @@ ServerMessage: TypeAlias = (
     | ProcessStarted
     | ProcessProgress
     | ProcessCompleted
+    | PresenceJoined
+    | PresenceLeft
     | SystemHeartbeat
 )
 """Any message the server sends of a built-in type."""

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="seconds between checks of subscribed projects' newest seq against the "
         "log, which find events whose broker message was lost",
     )
+    presence_expiry: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds a node's viewers outlive its last presence refresh (every "
+        "quarter of this): a dead node's viewers leave within 1.25 times this",
+    )
 
     # Processes
     progress_interval: float = Field(default=0.25, ge=0)

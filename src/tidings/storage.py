@@ -6,6 +6,7 @@ and folder paths live only in the database, so no name can reach outside the dat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -230,7 +231,8 @@ class Storage:
             if out is None:
                 raise UploadError(400, "missing form field: file")
             out.flush()
-            os.fsync(out.fileno())
+            # A disk flush takes milliseconds: in a worker thread, not on the event loop.
+            await asyncio.to_thread(os.fsync, out.fileno())
         except FormParserError as exc:
             if out is not None:
                 out.close()

@@ -42,6 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from tidings.db import unavailable
 from tidings.frames import Frame as EventFrame
 from tidings.frames import batch_text, frame_text
 from tidings.sockets import EXTENSION, Receiver, SocketClosed
@@ -274,9 +275,12 @@ class WebSocketTransport(asyncio.Protocol):
             await self._config.loaded_app(scope, self._asgi_receive, self._asgi_send)
         except SocketClosed:
             pass  # the peer left while the app was talking to it
-        except Exception:
+        except Exception as exc:
             logger.exception("WebSocket application failed")
-            if self._phase < Phase.OPEN:
+            if self._phase < Phase.OPEN and unavailable(exc):
+                # The database is down or restarting (authentication needs it): retry.
+                self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "database unavailable\n")
+            elif self._phase < Phase.OPEN:
                 self._refuse(http.HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             else:
                 self._close(1011, "internal error")

@@ -17,7 +17,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from tidings.api.deps import Services
-from tidings.auth import COOKIE_NAME, authenticate, origin_allowed
+from tidings.auth import COOKIE_NAME, origin_allowed
 from tidings.codes import PROTOCOL_VERSION, CloseCode
 from tidings.connection import Connection
 from tidings.events import timestamp
@@ -41,8 +41,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     ):
         await websocket.close(1008)  # before accept: the server answers HTTP 403
         return
-    principal = await authenticate(
-        services.db, websocket.cookies.get(COOKIE_NAME), websocket.headers.get("authorization")
+    principal = await services.auth.authenticate(
+        websocket.cookies.get(COOKIE_NAME), websocket.headers.get("authorization")
     )
     offered = websocket.scope.get("subprotocols", [])
     chosen = next((p for p in (BATCH_SUBPROTOCOL, SUBPROTOCOL) if p in offered), None)

@@ -14,8 +14,13 @@ import {
 
 const files = new Map<string, { name: string; size: number }>();
 const progress = new Map<string, number>();
+const viewers = new Map<string, string>(); // who is viewing the project: id -> username
 
-const client = new TidingsClient({ backoff: new Backoff({ base: 250, cap: 10_000 }) });
+const client = new TidingsClient({
+  backoff: new Backoff({ base: 250, cap: 10_000 }),
+  fallbackAfter: 2,
+  retryWebSocketAfter: 60_000,
+});
 
 client.addEventListener("message", (e) => {
   const message: DeliveredMessage = e.detail;
@@ -25,6 +30,13 @@ client.addEventListener("message", (e) => {
       break;
     case "subscribed":
       if (message.recovered === false) refetch(message.project_id, message.seq);
+      for (const user of message.presence ?? []) viewers.set(user.id, user.username);
+      break;
+    case "presence.joined":
+      viewers.set(message.user.id, message.user.username);
+      break;
+    case "presence.left":
+      viewers.delete(message.user.id);
       break;
     case "file.uploaded":
       files.set(message.file.id, { name: message.file.name, size: message.file.size });
@@ -64,8 +76,11 @@ client.addEventListener("message", (e) => {
 });
 
 client.addEventListener("status", (e) => {
-  const { state, reason, delay } = e.detail;
+  const { state, reason, delay, transport } = e.detail;
   if (state === "reconnecting") console.log(`reconnecting in ${delay ?? 0} ms (${reason})`);
+  if (state === "open" && transport === "stream") console.log("live over Server-Sent Events");
+  // @ts-expect-error: no such transport
+  if (transport === "long-polling") console.log("never");
   // @ts-expect-error: no such state
   if (state === "paused") console.log("never");
 });
@@ -113,6 +128,9 @@ function onAnyServerMessage(message: ServerMessage): string {
       return `event ${message.seq}`;
     case "process.progress":
       return "progress";
+    case "presence.joined":
+    case "presence.left":
+      return `${message.user.username} ${message.type === "presence.joined" ? "joined" : "left"}`;
     default: {
       const unhandled: never = message;
       return unhandled;

@@ -95,6 +95,8 @@ async def login(body: LoginIn, request: Request, response: Response, app: App) -
 async def logout(user: CurrentUser, response: Response, app: App) -> None:
     """Revoke the current session (or token) server side; its sockets close with 4401."""
     await revoke(app.db, app.eventlog, [user.credential])
+    # This node at once; the others (and this one again) by the broker's notice.
+    app.auth.forget(user.credential)
     response.delete_cookie(COOKIE_NAME, path="/")
 
 
@@ -127,6 +129,7 @@ async def change_password(body: PasswordIn, request: Request, user: CurrentUser,
         keep=user.credential,
         revoke_tokens=body.revoke_tokens,
     )
+    app.auth.forget_user(user.user_id)
     logger.info(
         "password changed user=%s client=%s revoked_sessions=%d revoked_tokens=%d",
         user.username,
@@ -193,3 +196,4 @@ async def delete_token(token_id: Id, user: CurrentUser, app: App) -> None:
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "token not found")
     await revoke(app.db, app.eventlog, [f"token:{token_id}"])
+    app.auth.forget(f"token:{token_id}")

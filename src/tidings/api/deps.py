@@ -10,8 +10,8 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from tidings.auth import (
     COOKIE_NAME,
     UNSAFE_METHODS,
+    Authenticator,
     Principal,
-    authenticate,
     request_source,
     request_source_allowed,
 )
@@ -36,6 +36,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     db: Database
+    auth: Authenticator
     eventlog: EventLog
     storage: Storage
     hub: Hub
@@ -64,8 +65,8 @@ def same_site(request: Request, services: Services, *, required: bool) -> bool:
 
 
 async def current_user(request: Request, services: App) -> Principal:
-    principal = await authenticate(
-        services.db, request.cookies.get(COOKIE_NAME), request.headers.get("authorization")
+    principal = await services.auth.authenticate(
+        request.cookies.get(COOKIE_NAME), request.headers.get("authorization")
     )
     if principal is None:
         raise HTTPException(

@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from tidings.access import visible_project
+from tidings.access import visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.schemas import Body
 from tidings.api.validation import INT64_MAX, Id
 from tidings.db import after_commit
-from tidings.events import CUSTOM_TYPE, log_bounds, logged_after
+from tidings.events import CUSTOM_TYPE, log_bounds, logged_after, next_seq
 from tidings.idempotency import KEY_PATTERN, KeyReused, claim, fingerprint, settle
 from tidings.settings import KiB
 
@@ -153,41 +153,47 @@ async def publish(
                 raise not_found()
         await app.eventlog.publish_ephemeral(project_id, body.type, event)
         return {}
+    if idempotency_key is None:  # the hot path: one statement takes the seq, one logs
+        async with app.db.write() as session:
+            taken = await next_seq(session, project_id, visible_to(user.user_id))
+            if taken is None:
+                raise not_found()
+            seq = await app.eventlog.append(session, project_id, taken, body.type, event)
+        tell_seq(response, seq)
+        return {"seq": seq}
     async with app.db.write() as session:
         if await visible_project(session, user.user_id, project_id, for_update=True) is None:
             raise not_found()
-        if idempotency_key is not None:
-            request = fingerprint([body.type, body.durable, body.data])
-            try:
-                first = await claim(
-                    session,
-                    app.db.dialect,
-                    project_id,
-                    idempotency_key,
-                    request,
-                    answer,
-                    datetime.now(UTC),
-                )
-            except KeyReused:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    "this Idempotency-Key was used for a different request",
-                ) from None
-            if first is not None:
-                response.status_code = first.status
-                response.headers[REPLAYED_HEADER] = "true"
-                tell_seq(response, first.seq)
-                return {"seq": first.seq}
+        request = fingerprint([body.type, body.durable, body.data])
+        try:
+            first = await claim(
+                session,
+                app.db.dialect,
+                project_id,
+                idempotency_key,
+                request,
+                answer,
+                datetime.now(UTC),
+            )
+        except KeyReused:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "this Idempotency-Key was used for a different request",
+            ) from None
+        if first is not None:
+            response.status_code = first.status
+            response.headers[REPLAYED_HEADER] = "true"
+            tell_seq(response, first.seq)
+            return {"seq": first.seq}
+        logged: int | None = None
         if body.durable:
-            seq = await app.eventlog.record(session, project_id, body.type, event)
-            if idempotency_key is not None:
-                await settle(session, project_id, idempotency_key, seq)
+            logged = await app.eventlog.record(session, project_id, body.type, event)
+            await settle(session, project_id, idempotency_key, logged)
         else:
-            seq = None
 
             async def fan_out() -> None:
                 await app.eventlog.publish_ephemeral(project_id, body.type, event)
 
             after_commit(session, fan_out)
-    tell_seq(response, seq)
-    return {"seq": seq}
+    tell_seq(response, logged)
+    return {"seq": logged}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import select
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.access import audience, visible_project, visible_to
@@ -23,7 +23,13 @@ from tidings.api.schemas import (
 )
 from tidings.api.validation import Id, PathUsername
 from tidings.db import after_commit
-from tidings.events import MEMBER_REMOVED, PROJECT_CREATED, PROJECT_DELETED, PROJECT_UPDATED
+from tidings.events import (
+    MEMBER_REMOVED,
+    NEXT_SEQ,
+    PROJECT_CREATED,
+    PROJECT_DELETED,
+    PROJECT_UPDATED,
+)
 from tidings.models import Member, Project, User
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
@@ -34,9 +40,11 @@ async def _owner_name(session: AsyncSession, project: Project) -> str:
     return name or ""
 
 
-async def record_project_event(app: App, session: AsyncSession, project: Project, type: str) -> int:
+async def record_project_event(
+    app: App, session: AsyncSession, project: Project, type: str, revoked: tuple[str, ...] = ()
+) -> int:
     """Log ``project.*`` with the project as it is now; everyone who sees it gets it.
-    Returns its seq."""
+    ``revoked``: users who lose access with this change. Returns its seq."""
     owner = await _owner_name(session, project)
     users = await audience(session, project)
 
@@ -44,7 +52,42 @@ async def record_project_event(app: App, session: AsyncSession, project: Project
         project.last_seq = seq
         return {"data": project_out(project, owner)}
 
-    return await app.eventlog.record(session, project.id, type, body, users)
+    return await app.eventlog.record(session, project.id, type, body, users, revoked)
+
+
+# What a change's UPDATE … RETURNING hands back: the project as ``project_out`` reads it
+# and its owner's name, so that the change, its seq and its event need no other query.
+_CHANGED = (
+    Project.id,
+    Project.name,
+    Project.description,
+    Project.owner_id,
+    Project.created_at,
+    Project.updated_at,
+    Project.last_seq,
+    select(User.username).where(User.id == Project.owner_id).scalar_subquery().label("owner"),
+)
+
+
+async def _change(
+    session: AsyncSession, project_id: str, allowed: Any, values: dict[str, Any]
+) -> Row[Any] | None:
+    """Apply ``values`` to the project if ``allowed`` (a WHERE clause) and take its next
+    seq, in one statement, which is also the one that row-locks it (PostgreSQL): the lock
+    is held from here to the commit only. None: no such project, or not allowed."""
+    statement = (
+        update(Project)
+        .where(Project.id == project_id, allowed)
+        .values(last_seq=NEXT_SEQ, **values)
+        .returning(*_CHANGED)
+    )
+    return (await session.execute(statement)).first()
+
+
+async def _members(session: AsyncSession, project_id: str) -> list[str]:
+    return list(
+        await session.scalars(select(Member.user_id).where(Member.project_id == project_id))
+    )
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
@@ -90,18 +133,22 @@ async def get_project(project_id: Id, user: CurrentUser, app: App) -> Any:
 async def update_project(
     project_id: Id, body: ProjectPatch, user: CurrentUser, app: App, response: Response
 ) -> Any:
+    values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
+    if body.name is not None:
+        values["name"] = body.name
+    if body.description is not None:
+        values["description"] = body.description
     async with app.db.write() as session:
-        project = await visible_project(session, user.user_id, project_id, for_update=True)
-        if project is None:
+        row = await _change(session, project_id, visible_to(user.user_id), values)
+        if row is None:
             raise not_found()
-        if body.name is not None:
-            project.name = body.name
-        if body.description is not None:
-            project.description = body.description
-        project.updated_at = datetime.now(UTC)
-        await session.flush()
-        tell_seq(response, await record_project_event(app, session, project, PROJECT_UPDATED))
-        return project_out(project, await _owner_name(session, project))
+        out = project_out(row, row.owner)
+        audience = [row.owner_id, *await _members(session, project_id)]
+        seq = await app.eventlog.append(
+            session, project_id, row.last_seq, PROJECT_UPDATED, {"data": out}, audience
+        )
+    tell_seq(response, seq)
+    return out
 
 
 @router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -156,17 +203,31 @@ async def add_member(
     project_id: Id, body: MemberIn, user: CurrentUser, app: App, response: Response
 ) -> Any:
     async with app.db.write() as session:
-        project = await _owned_project(session, user.user_id, project_id)
-        target = await session.scalar(select(User).where(User.username == body.username))
+        target = (
+            await session.execute(
+                select(User.id, User.username).where(User.username == body.username)
+            )
+        ).first()
+        row = await _change(session, project_id, Project.owner_id == user.user_id, {})
+        if row is None:
+            await _owned_project(session, user.user_id, project_id)  # raises 404 or 403
+            raise not_found()  # it was deleted meanwhile
         if target is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
-        already = await session.get(Member, (project_id, target.id))
-        if target.id == project.owner_id or already is not None:
+        members = await _members(session, project_id)
+        if target.id == row.owner_id or target.id in members:
             raise HTTPException(status.HTTP_409_CONFLICT, "already a member")
-        session.add(Member(project_id=project_id, user_id=target.id))
-        await session.flush()
+        await session.execute(
+            insert(Member).values(
+                project_id=project_id, user_id=target.id, created_at=datetime.now(UTC)
+            )
+        )
         # The new member's project list learns of the project through this event.
-        seq = await record_project_event(app, session, project, PROJECT_UPDATED)
+        audience = [row.owner_id, *members, target.id]
+        body_out = {"data": project_out(row, row.owner)}
+        seq = await app.eventlog.append(
+            session, project_id, row.last_seq, PROJECT_UPDATED, body_out, audience
+        )
     tell_seq(response, seq)
     return MemberAdded(user_id=target.id, username=target.username, role="member", seq=seq)
 
@@ -196,6 +257,9 @@ async def remove_member(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
         await session.delete(member)
         await session.flush()
-        tell_seq(response, await record_project_event(app, session, project, PROJECT_UPDATED))
+        seq = await record_project_event(
+            app, session, project, PROJECT_UPDATED, revoked=(target.id,)
+        )
+        tell_seq(response, seq)
         removed = {"project_id": project_id, "user_id": target.id}
         after_commit(session, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import Row
 
 from tidings.api.validation import check_json
 from tidings.models import File, Project
@@ -128,7 +129,8 @@ class FilePage(BaseModel):
     next_offset: int | None
 
 
-def project_out(project: Project, owner: str) -> dict[str, Any]:
+def project_out(project: Project | Row[Any], owner: str) -> dict[str, Any]:
+    """A project as the API shows it, from its ORM object or a row of the same columns."""
     return ProjectOut(
         id=project.id,
         name=project.name,

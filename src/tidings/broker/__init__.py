@@ -1,12 +1,20 @@
-"""Brokers by URL scheme: ``memory://`` (built in) and ``redis://`` (extra ``tidings[redis]``)."""
+"""Brokers and presence stores by URL scheme: ``memory://`` (built in) and ``redis://``
+(extra ``tidings[redis]``)."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tidings.broker.base import Broker
+from tidings.broker.base import Broker, PresenceChanges, PresenceStore, Viewer
 
-__all__ = ["Broker", "create_broker"]
+__all__ = [
+    "Broker",
+    "PresenceChanges",
+    "PresenceStore",
+    "Viewer",
+    "create_broker",
+    "create_presence_store",
+]
 
 
 def create_broker(url: str) -> Broker:
@@ -23,4 +31,20 @@ def create_broker(url: str) -> Broker:
                 "redis:// needs the redis extra: pip install 'tidings[redis]'"
             ) from exc
         return RedisBroker(url)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}; use memory:// or redis://")
+
+
+def create_presence_store(url: str, prefix: str, expiry: float) -> PresenceStore:
+    """The presence store beside the broker of ``url``: in memory for ``memory://``, in
+    Redis (keys under ``prefix``) for ``redis://``; entries expire ``expiry`` seconds
+    after their node last refreshed them."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from tidings.broker.memory import MemoryPresence
+
+        return MemoryPresence(expiry)
+    if scheme in ("redis", "rediss", "unix"):
+        from tidings.broker.redis import RedisPresence
+
+        return RedisPresence(url, prefix, expiry)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use memory:// or redis://")

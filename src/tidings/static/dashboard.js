@@ -20,6 +20,7 @@ const view = {
   gone: new Set(), // files deleted since the snapshot: a page read over REST may predate it
   processes: new Map(),
   processRows: new Map(), // process id -> its <li>, kept so updates happen in place
+  viewers: new Map(), // user id -> username: who is viewing the open project (presence)
   connection: { state: "offline" },
 };
 
@@ -151,10 +152,12 @@ function renderStatus() {
   const { state, delay, code } = view.connection;
   const box = $("#status");
   box.dataset.state = state;
+  box.dataset.transport = view.connection.transport ?? "";
   const seq = view.selected && view.client ? view.client.lastSeq(view.selected) : undefined;
   box.dataset.seq = seq ?? "";
   let text = state;
   if (state === "open") text = seq === undefined ? "live" : `live · seq ${seq}`;
+  if (state === "open" && view.connection.transport === "stream") text += " (SSE)";
   else if (state === "reconnecting") {
     const why = RECONNECT_REASONS[view.connection.reason] ?? `closed ${code}`;
     text = `reconnecting in ${(delay / 1000).toFixed(1)} s (${why})`;
@@ -208,6 +211,21 @@ function onMessage(message) {
       break;
     case "process.progress":
       if (pid === view.selected) onProgress(message);
+      break;
+    case "subscribed":
+      // The list of viewers now; presence.joined / presence.left keep it current.
+      if (pid === view.selected && Array.isArray(message.presence)) {
+        view.viewers = new Map(message.presence.map((u) => [u.id, u.username]));
+        renderViewers();
+      }
+      break;
+    case "presence.joined":
+    case "presence.left":
+      if (pid === view.selected) {
+        if (message.type === "presence.joined") view.viewers.set(message.user.id, message.user.username);
+        else view.viewers.delete(message.user.id);
+        renderViewers();
+      }
       break;
     default:
       break;
@@ -281,6 +299,8 @@ async function selectProject(pid) {
   if (view.selected === pid) return;
   if (view.selected && view.client) view.client.unsubscribe(view.selected);
   view.selected = pid;
+  view.viewers = new Map();
+  renderViewers();
   notice("");
   renderProjects();
   // The state arrives with the `subscribed` reply (onSnapshot), and again should a
@@ -338,6 +358,8 @@ function dropProject(pid, why) {
   renderProjects();
   if (pid !== view.selected) return;
   view.selected = null;
+  view.viewers = new Map();
+  renderViewers();
   view.files = new Map();
   view.processes = new Map();
   renderProcesses();
@@ -351,6 +373,14 @@ function renderProjectHead() {
   if (!p) return;
   $("#project-name").textContent = p.name;
   $("#project-meta").textContent = `owner ${p.owner}${p.description ? " · " + p.description : ""}`;
+}
+
+/** Who is viewing the open project, live (you included). */
+function renderViewers() {
+  const list = $("#viewers");
+  const names = [...view.viewers.values()].sort();
+  list.replaceChildren(...names.map((name) => el("li", { class: "viewer" }, name)));
+  $("#viewer-count").textContent = String(names.length);
 }
 
 async function createProject(event) {

@@ -28,6 +28,8 @@ export type ServerMessage =
   | ProcessStarted
   | ProcessProgress
   | ProcessCompleted
+  | PresenceJoined
+  | PresenceLeft
   | SystemHeartbeat;
 
 /** Any message a client sends, by its type. */
@@ -69,6 +71,13 @@ export interface Subscribed {
   recovered?: boolean;
   /** Only when asked for with `snapshot` and needed: the project's state at `seq`. */
   snapshot?: Snapshot;
+  /**
+   * Who is viewing the project (subscribed to it on any node), the caller included,
+   * each user once, by username; `presence.joined` and `presence.left` update it
+   * (apply them as set operations: one may repeat what the list shows). This server always
+   * sends it; optional so that replies of servers that predate presence still parse.
+   */
+  presence?: User[];
   /** The request's `id`, if it had one. */
   id?: string | number;
 }
@@ -204,6 +213,32 @@ export interface ProcessCompleted {
   process: Process;
 }
 
+/**
+ * A user's first subscription to the project opened (on any node): they are viewing
+ * it. Ephemeral (no `seq`, never replayed); sent to the project's subscribers (not to
+ * that user's own connections: their `subscribed` lists them).
+ */
+export interface PresenceJoined {
+  type: "presence.joined";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  user: User;
+}
+
+/**
+ * A user's last subscription to the project closed: unsubscribed, disconnected, lost
+ * access, or the node that held it stopped (then within 1.25 times
+ * `TIDINGS_PRESENCE_EXPIRY`). Ephemeral, like `presence.joined`.
+ */
+export interface PresenceLeft {
+  type: "presence.left";
+  /** When the server sent it: RFC 3339, UTC, milliseconds, `Z`. */
+  timestamp: string;
+  project_id: string;
+  user: User;
+}
+
 /** Sent to every connection every `heartbeat_interval` seconds. */
 export interface SystemHeartbeat {
   type: "system.heartbeat";
@@ -278,7 +313,7 @@ export type CloseCode =
   | 1007
   /** message_too_big: A client message exceeded TIDINGS_WS_MAX_MESSAGE_BYTES. Reconnect, but do not resend it. */
   | 1009
-  /** internal_error: The server failed, or the client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`. */
+  /** internal_error: The server failed (a subscribe the database could not serve included), or the client did not answer pings within TIDINGS_WS_PING_TIMEOUT. Reconnect and resume with `since`. */
   | 1011
   /** service_restart: The node is shutting down. Reconnect (to any node) and resume with `since`, after a random delay up to the reason's `reconnect_within_ms`. */
   | 1012
@@ -387,7 +422,10 @@ export interface SubscribeEntry {
   snapshot?: boolean;
 }
 
-/** A user, as `connection.established` names the connected one. */
+/**
+ * A user, as `connection.established` names the connected one (and presence names
+ * viewers).
+ */
 export interface User {
   id: string;
   username: string;
@@ -408,8 +446,14 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
  */
 export type ReconnectReason = "closed" | "silent" | "online" | "visible";
 
+/** How the client is connected: a WebSocket, or the Server-Sent Events fallback
+ * (GET /api/stream) when WebSocket cannot be opened. */
+export type Transport = "websocket" | "stream";
+
 export interface StatusDetail {
   state: ConnectionState;
+  /** The transport of this connection (attempt). */
+  transport: Transport;
   /** Failed attempts since the last established connection. */
   attempt: number;
   /** The close code ("reconnecting" and "closed"); 1006 for a connection that dropped or
@@ -508,20 +552,53 @@ export declare function shouldReconnect(table: ProtocolTable | null, code: numbe
 /** ws(s)://<this host>/ws */
 export declare function defaultUrl(loc?: Location): string;
 
+/** WebSocket attempts in a row that never reach connection.established before the client
+ * falls back to Server-Sent Events (3). */
+export declare const FALLBACK_AFTER_FAILURES: number;
+
+/** Milliseconds on the stream before a WebSocket is tried again (120000). */
+export declare const RETRY_WEBSOCKET_AFTER_MS: number;
+
+/** GET /api/stream with the wanted subscriptions of `state` (each resuming from its last
+ * seen seq: `since=PROJECT:SEQ`). */
+export declare function streamUrl(base: string, state: SeqState): string;
+
+/** One Server-Sent Events response read with fetch, looking like a WebSocket to the
+ * client: `onmessage({data})` per event, `onclose({code})` once. */
+export declare class EventStreamSocket {
+  constructor(url: string, projects?: string[]);
+  readonly isStream: true;
+  readonly projects: string[];
+  onmessage: ((event: { data: string }) => void) | null;
+  onclose: ((event: { code: number }) => void) | null;
+  close(): void;
+}
+
 export interface TidingsClientOptions {
   /** The socket's URL (default: /ws of this page's host). */
   url?: string;
   /** The close-code table (default: /api/protocol). */
   protocolUrl?: string;
   backoff?: Backoff;
+  /** The Server-Sent Events fallback (default: /api/stream); null: never fall back. */
+  streamUrl?: string | null;
+  /** WebSocket attempts in a row that never reach connection.established before the
+   * fallback (default: FALLBACK_AFTER_FAILURES). */
+  fallbackAfter?: number;
+  /** Milliseconds on the stream before a WebSocket is tried again, beside it (default:
+   * RETRY_WEBSOCKET_AFTER_MS). */
+  retryWebSocketAfter?: number;
 }
 
-/** One logical connection to /ws that reconnects, resumes and drops duplicates. */
+/** One logical connection to /ws (or, where WebSocket cannot be opened, to /api/stream)
+ * that reconnects, resumes and drops duplicates. */
 export declare class TidingsClient extends EventTarget {
   constructor(options?: TidingsClientOptions);
   readonly url: string;
   readonly state: SeqState;
   readonly reconnects: number;
+  /** The current transport: "stream" while on the Server-Sent Events fallback. */
+  readonly transport: Transport;
   /** Fetch the close-code table, then open the socket (and keep it open). */
   connect(): Promise<void>;
   /** Follow a project; with `since`, from the event after that seq; with `snapshot`, its

@@ -11,6 +11,11 @@
 // browsers expose no ping frames): the client drops it, reconnects and resumes. It also
 // reconnects at once when the page comes back `online`, and when a hidden page becomes
 // visible after a silence longer than the interval (timers barely run in hidden pages).
+// Where a WebSocket cannot be opened (proxies and carriers that break it: several
+// attempts in a row that never reached `connection.established`), the client carries on
+// over Server-Sent Events (GET /api/stream, read with fetch) with the same API, the same
+// events and the same resume by seq, and tries a WebSocket again every few minutes,
+// switching back once one reaches `connection.established`.
 // Types: /static/tidings.d.ts.
 //
 //   import { TidingsClient } from "/static/tidings.js";
@@ -34,10 +39,11 @@
 //                 `snapshot: true`: at first, and after a resume that could not recover.
 //                 The events that follow have higher seqs. Sent before its "message".
 //   "unrecovered" {project_id} for each `recovered: false`.
-//   "status"      {state, code, delay, attempt, reason}: state is "connecting", "open",
+//   "status"      {state, transport, code, delay, attempt, reason}: state is
+//                 "connecting", "open",
 //                 "reconnecting" (after `delay` ms; `reason` "closed", "silent",
 //                 "online" or "visible") or "closed" (code tells why; 4401: log in
-//                 again).
+//                 again); transport is "websocket" or "stream" (the SSE fallback).
 
 const SUBPROTOCOLS = ["tidings.batch.v1", "tidings.v1"];
 const SILENT = new Set(["system.heartbeat", "pong"]);
@@ -46,6 +52,13 @@ export const DEAD_AFTER_HEARTBEATS = 2;
 // What a dead connection is reported closed with: abnormal closure, as when it drops.
 const ABNORMAL = 1006;
 const RESTART = 1012; // service_restart: its reason may suggest a reconnect spread
+// WebSocket attempts in a row that never reach `connection.established` before the client
+// falls back to Server-Sent Events, and how long it stays there before trying again.
+export const FALLBACK_AFTER_FAILURES = 3;
+export const RETRY_WEBSOCKET_AFTER_MS = 120000;
+// A refused stream request, as the close code a socket would have got.
+const REFUSED = { 401: 4401, 429: 1013 };
+const POLICY = 1008;
 
 /** Exponential back-off with jitter: a random delay in [d/2, d], d = min(cap, base*2^n). */
 export class Backoff {
@@ -167,10 +180,107 @@ export function defaultUrl(loc = window.location) {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
 }
 
+/** GET /api/stream for the wanted subscriptions of `state`, each resuming from its last
+ * seen seq, as the subscribe messages of a socket would. */
+export function streamUrl(base, state) {
+  const query = new URLSearchParams();
+  for (const m of state.resubscribe()?.projects ?? []) {
+    query.append("project", m.project_id);
+    if (m.since !== undefined) query.append("since", `${m.project_id}:${m.since}`);
+    if (m.snapshot) query.append("snapshot", m.project_id);
+  }
+  const text = query.toString();
+  return text ? `${base}?${text}` : base;
+}
+
+/** One Server-Sent Events response read with fetch, looking like a WebSocket to the
+ * client: `onmessage({data})` per event, `onclose({code})` once (the code of the
+ * server's closing comment, 4401 for a 401, 1006 if the connection dropped). fetch
+ * rather than EventSource: it sees every event type (custom.* included), the status
+ * of a refusal, and lets the client decide when to reconnect. */
+export class EventStreamSocket {
+  constructor(url, projects = []) {
+    this.isStream = true;
+    this.projects = projects;
+    this.onmessage = null;
+    this.onclose = null;
+    this.controller = new AbortController();
+    this.run(url);
+  }
+  async run(url) {
+    let code = ABNORMAL;
+    try {
+      const response = await fetch(url, {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { Accept: "text/event-stream" },
+        signal: this.controller.signal,
+      });
+      if (!response.ok) {
+        code = REFUSED[response.status] ?? POLICY;
+        return;
+      }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const closing = this.dispatch(buffer.slice(0, end));
+          if (closing) code = closing;
+          buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (err) {
+      // Dropped, or aborted by close(): reported below either way.
+    } finally {
+      const onclose = this.onclose;
+      this.onclose = null;
+      if (onclose) onclose({ code });
+    }
+  }
+  /** One event; returns the close code of a `: closed CODE reason` comment. */
+  dispatch(block) {
+    const data = [];
+    let closing;
+    for (const line of block.split("\n")) {
+      if (line.startsWith("data:")) data.push(line.slice(line[5] === " " ? 6 : 5));
+      const m = /^: closed (\d+)/.exec(line);
+      if (m) closing = Number(m[1]);
+    }
+    if (data.length && this.onmessage) this.onmessage({ data: data.join("\n") });
+    return closing;
+  }
+  send() {
+    throw new Error("an event stream carries no client messages");
+  }
+  close() {
+    this.controller.abort();
+  }
+}
+
 export class TidingsClient extends EventTarget {
-  constructor({ url, protocolUrl = "/api/protocol", backoff } = {}) {
+  constructor({
+    url,
+    protocolUrl = "/api/protocol",
+    backoff,
+    streamUrl = "/api/stream",
+    fallbackAfter = FALLBACK_AFTER_FAILURES,
+    retryWebSocketAfter = RETRY_WEBSOCKET_AFTER_MS,
+  } = {}) {
     super();
     this.url = url || defaultUrl();
+    this.streamBase = streamUrl; // null: never fall back
+    this.fallbackAfter = fallbackAfter;
+    this.retryWebSocketAfter = retryWebSocketAfter;
+    this.transport = "websocket";
+    this.failures = 0; // WebSocket attempts in a row that never reached connection.established
+    this.reached = false; // the current connection got connection.established
+    this.probe = null; // a WebSocket tried while the stream runs
+    this.probeTimer = null;
+    this.reopenQueued = false;
     this.protocolUrl = protocolUrl;
     this.backoff = backoff || new Backoff();
     this.state = new SeqState();
@@ -247,6 +357,7 @@ export class TidingsClient extends EventTarget {
     this.stopped = true;
     clearTimeout(this.timer);
     clearTimeout(this.watchdog);
+    this.stopProbe();
     if (typeof window !== "undefined") window.removeEventListener("online", this.onOnline);
     if (typeof document !== "undefined") document.removeEventListener("visibilitychange", this.onVisible);
     if (this.ws) this.ws.close(1000);
@@ -258,18 +369,91 @@ export class TidingsClient extends EventTarget {
 
   send(message) {
     // While disconnected the state remembers the subscription; the reconnect sends it.
-    if (this.open) this.ws.send(JSON.stringify(message));
+    // A stream's subscriptions are in its URL: it is opened again with the new ones.
+    if (!this.open) return;
+    if (this.ws.isStream) this.reopenStream();
+    else this.ws.send(JSON.stringify(message));
   }
 
   status(detail) {
-    this.dispatchEvent(new CustomEvent("status", { detail: { attempt: this.backoff.attempt, ...detail } }));
+    const base = { attempt: this.backoff.attempt, transport: this.transport };
+    this.dispatchEvent(new CustomEvent("status", { detail: { ...base, ...detail } }));
   }
 
   openSocket() {
     if (this.ws) this.drop(); // one socket at a time, whoever asked for it
+    const stream = this.streamBase !== null && this.failures >= this.fallbackAfter;
+    this.transport = stream ? "stream" : "websocket";
     this.status({ state: "connecting" });
-    const ws = new WebSocket(this.url, SUBPROTOCOLS);
+    if (!stream) {
+      this.attach(new WebSocket(this.url, SUBPROTOCOLS));
+      return;
+    }
+    this.attach(this.newStream());
+    if (!this.probeTimer && !this.probe) this.armProbe();
+  }
+
+  newStream() {
+    const url = streamUrl(this.streamBase, this.state);
+    return new EventStreamSocket(url, [...this.state.subscriptions].sort());
+  }
+
+  /** Subscriptions changed while on a stream: open it again with them (once for all the
+   * changes of this task), without a new "connection.established" for the app. */
+  reopenStream() {
+    if (this.reopenQueued) return;
+    this.reopenQueued = true;
+    queueMicrotask(() => {
+      this.reopenQueued = false;
+      if (this.stopped || !this.ws || !this.ws.isStream) return;
+      this.drop();
+      const stream = this.newStream();
+      stream.quiet = true;
+      this.attach(stream);
+    });
+  }
+
+  /** While on a stream: try a WebSocket every `retryWebSocketAfter` ms, beside the
+   * stream, and move to it once it reaches connection.established. */
+  armProbe() {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      if (this.stopped || this.transport !== "stream") return;
+      const probe = new WebSocket(this.url, SUBPROTOCOLS);
+      this.probe = probe;
+      probe.onmessage = (event) => {
+        if (this.probe !== probe) return;
+        this.probe = null;
+        this.failures = 0;
+        this.transport = "websocket";
+        this.drop(); // the stream: the socket resumes every subscription from here
+        this.attach(probe);
+        probe.onmessage(event);
+      };
+      probe.onclose = () => {
+        if (this.probe !== probe) return;
+        this.probe = null;
+        this.armProbe();
+      };
+    }, this.retryWebSocketAfter);
+  }
+
+  stopProbe() {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    const probe = this.probe;
+    this.probe = null;
+    if (probe) {
+      probe.onmessage = null;
+      probe.onclose = null;
+      probe.close();
+    }
+  }
+
+  attach(ws) {
     this.ws = ws;
+    this.reached = false;
     ws.onmessage = (event) => {
       if (ws !== this.ws) return;
       this.lastHeard = Date.now();
@@ -288,9 +472,20 @@ export class TidingsClient extends EventTarget {
 
   handle(ws, message) {
     if (message.type === "connection.established") {
-      const resubscribe = this.state.resubscribe();
-      if (resubscribe) ws.send(JSON.stringify(resubscribe));
+      const wanted = this.state.resubscribe(); // one message for all; a stream's URL carries them
+      if (wanted && !ws.isStream) ws.send(JSON.stringify(wanted));
       this.open = true;
+      this.reached = true;
+      if (ws.isStream) {
+        const now = wanted ? wanted.projects.map((m) => m.project_id) : [];
+        if (now.join() !== ws.projects.join()) this.reopenStream(); // changed meanwhile
+      } else {
+        this.failures = 0;
+      }
+      if (ws.quiet) {
+        this.armWatchdog();
+        return; // the same connection to the app, with other subscriptions
+      }
       if (this.established > 0) this.reconnects += 1;
       this.established += 1;
       this.backoff.reset();
@@ -380,6 +575,7 @@ export class TidingsClient extends EventTarget {
 
   async closed(ws, code, reason) {
     if (ws !== this.ws) return;
+    if (!ws.isStream && !this.reached) this.failures += 1;
     this.open = false;
     this.ws = null;
     clearTimeout(this.watchdog);

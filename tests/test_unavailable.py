@@ -1,0 +1,97 @@
+"""A database that cannot be reached answers 503 with ``Retry-After``, never 500.
+
+Found by the chaos suite (tests/chaos.py): while PostgreSQL restarted, every request and
+WebSocket upgrade answered 500, which says the request broke something and tells a client
+nothing about retrying. The change was not made (its transaction rolled back), so the
+right answer is 503: retry. Here the database sits behind a TCP proxy that is closed and
+opened again, deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import websockets
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tests.conftest import (
+    ServerThread,
+    Stack,
+    api,
+    closed_with,
+    create_project,
+    create_user,
+    on_stacks,
+)
+from tests.proxy import SilencingProxy
+from tidings import Settings
+from tidings.db import unavailable
+
+
+def test_unreachable_databases_are_told_apart_from_failed_statements() -> None:
+    assert unavailable(ConnectionRefusedError(111, "refused"))
+    assert unavailable(OperationalError("SELECT 1", {}, Exception("gone")))
+    lost = DBAPIError("SELECT 1", {}, Exception("closed"), connection_invalidated=True)
+    assert unavailable(lost)
+    wrapped = RuntimeError("handler")
+    wrapped.__cause__ = ConnectionResetError()
+    assert unavailable(wrapped)
+    assert not unavailable(DBAPIError("SELECT 1", {}, ValueError("bad value")))
+    assert not unavailable(ValueError("nope"))
+
+
+@on_stacks("postgres-redis")
+async def test_requests_get_503_while_the_database_is_unreachable(
+    settings: Settings, stack: Stack
+) -> None:
+    url = make_url(settings.effective_database_url)
+    proxy = SilencingProxy(url.port or 5432)
+    await proxy.start()
+    proxied = settings.model_copy(
+        update={"database_url": url.set(port=proxy.port).render_as_string(hide_password=False)}
+    )
+    server = ServerThread(proxied)
+    # In a thread: the proxy runs on this loop, which start() would otherwise block.
+    await asyncio.to_thread(server.start)
+    try:
+        user = await create_user(proxied)
+        async with api(server, user) as client:
+            project = await create_project(client)
+            path = f"/api/projects/{project['id']}"
+
+            ws = await websockets.connect(
+                server.ws_url, additional_headers={"Authorization": f"Bearer {user.token}"}
+            )
+            assert orjson.loads(await ws.recv())["type"] == "connection.established"
+
+            await proxy.close()  # the database is gone: refused, open connections cut
+            # A subscribe that cannot be read closes the socket (clients resume every
+            # subscription), not an `error` that leaves one silently dead.
+            await ws.send(orjson.dumps({"type": "subscribe", "project_id": project["id"]}))
+            assert await closed_with(ws) == 1011
+            for request in (client.patch(path, json={"name": "x"}), client.get(path)):
+                response = await request
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"] == "1"
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(
+                    server.ws_url, additional_headers={"Authorization": f"Bearer {user.token}"}
+                )
+            assert refused.value.response.status_code == 503
+
+            proxy = SilencingProxy(url.port or 5432, port=proxy.port)
+            await proxy.start()  # back: the same requests succeed, nothing half-written
+            response = await client.patch(path, json={"name": "y"})
+            assert response.status_code == 200, response.text
+            assert response.headers["Tidings-Seq"] == "2"
+            events = (await client.get(path + "/events")).json()["events"]
+            assert [(e["seq"], e["type"]) for e in events] == [
+                (1, "project.created"),
+                (2, "project.updated"),
+            ]
+    finally:
+        await server.stop_async()
+        await proxy.close()
