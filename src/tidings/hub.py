@@ -288,6 +288,7 @@ class Hub:
     ) -> None:
         project_id = sub.project_id
         channel = self._join(conn, project_id)
+        seen_head = channel.head  # what this node had heard of before this subscribe
         opening, failed = None, False
         if from_memory:
             opening = self._known_opening(conn, sub, since, channel)
@@ -327,10 +328,10 @@ class Hub:
             return
         oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
-        if latest > channel.head:
-            # An event this node never got from the broker: the live subscribers have
-            # not seen it either, and head sync will not tell them (it compares with the
-            # channel's head, which is raised now).
+        if latest > seen_head:
+            # An event this node never got from the broker (read from the log just now):
+            # the live subscribers have not seen it either, and head sync will not tell
+            # them (it compares with the channel's head, which is raised now).
             self._catch_up(project_id, channel, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
@@ -665,7 +666,7 @@ class Hub:
     def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
         """The log holds events up to ``head``, newer than the channel has seen: the
         live subscriptions behind it replay what they missed."""
-        channel.head = head
+        channel.head = max(channel.head, head)
         for conn in list(channel.subscribers):
             sub = conn.subs.get(project_id)
             if sub is not None and conn.behind(sub, head):
