@@ -66,6 +66,8 @@ async def test_requests_get_503_while_the_database_is_unreachable(
                 server.ws_url, additional_headers={"Authorization": f"Bearer {user.token}"}
             )
             assert orjson.loads(await ws.recv())["type"] == "connection.established"
+            # A credential the node has not seen yet (used ones are cached: they connect).
+            newcomer = await create_user(proxied)
 
             await proxy.close()  # the database is gone: refused, open connections cut
             # A subscribe that cannot be read closes the socket (clients resume every
@@ -78,7 +80,8 @@ async def test_requests_get_503_while_the_database_is_unreachable(
                 assert response.headers["Retry-After"] == "1"
             with pytest.raises(websockets.InvalidStatus) as refused:
                 await websockets.connect(
-                    server.ws_url, additional_headers={"Authorization": f"Bearer {user.token}"}
+                    server.ws_url,
+                    additional_headers={"Authorization": f"Bearer {newcomer.token}"},
                 )
             assert refused.value.response.status_code == 503
 
@@ -92,6 +95,8 @@ async def test_requests_get_503_while_the_database_is_unreachable(
                 (1, "project.created"),
                 (2, "project.updated"),
             ]
+        await proxy.close()  # gone again: the node still stops
+        await server.stop_async()
     finally:
         await server.stop_async()
         await proxy.close()

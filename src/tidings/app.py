@@ -109,11 +109,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:
-            await services.processes.stop()
-            await authenticator.stop()
-            await hub.stop()
-            await broker.disconnect()
-            await db.dispose()
+            # Each part stops even if one before it fails (the database may be down):
+            # a node must always be able to stop.
+            for stop in (
+                services.processes.stop,
+                authenticator.stop,
+                hub.stop,
+                broker.disconnect,
+                db.dispose,
+            ):
+                try:
+                    await stop()
+                except Exception:
+                    logger.exception("stopping failed: %s", stop.__qualname__)
 
     app = docs.create_fastapi(
         settings.docs,
