@@ -90,7 +90,7 @@ FAST = Plan(
     writers=12,
     fault_gap=(3.0, 5.0),
     max_write_seconds=50.0,
-    settle_seconds=20.0,
+    settle_seconds=45.0,  # beyond the clients' longest back-off (30 s) after the last fault
     projects_per_client=(2, 4),
     episode_seconds=(1.0, 4.0),
     seed=1,
@@ -395,6 +395,9 @@ class Writers:
         self.rng = rng
         self.projects: list[Project] = []
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=3.0))
+        # Set once every kind of fault has struck: the writers go on until then, so that
+        # every fault hits a system under writes however fast the events come.
+        self.cycled = asyncio.Event()
         self.guests = [u for u in users if u.guest]
         self.committed_at: dict[tuple[str, int], float] = {}  # from the log's timestamps
         self.write_seconds = 0.0
@@ -608,7 +611,7 @@ class Writers:
         for _ in range(self.plan.events * 4):  # bounded even if every change is refused
             if stop.is_set() or time.monotonic() > deadline:
                 return
-            if self.ledger.durable() >= self.plan.events:
+            if self.ledger.durable() >= self.plan.events and self.cycled.is_set():
                 return
             project = self.rng.choice(self.projects)
             async with project.lock:
@@ -1004,6 +1007,8 @@ async def inject_faults(
             if not await writers.remove_a_watched_member(watched):
                 continue
         ledger.faults[kind] += 1
+        if all(ledger.faults.get(k, 0) for k in FAULTS):
+            writers.cycled.set()
         ledger.fault_windows.append((start, time.time()))
         ledger.fault_seconds[kind] = max(ledger.fault_seconds.get(kind, 0.0), time.time() - start)
 
