@@ -1005,6 +1005,7 @@ async def inject_faults(
         else:
             watched = {(p, c.user.id) for c in clients if c.user.guest for p in c.wanted()}
             if not await writers.remove_a_watched_member(watched):
+                order.append(kind)  # nobody to remove just now: it is the next fault
                 continue
         ledger.faults[kind] += 1
         if all(ledger.faults.get(k, 0) for k in FAULTS):
