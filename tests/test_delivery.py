@@ -358,3 +358,15 @@ def test_behind_and_given() -> None:
     assert sub.state is SubState.RECOVERING
     assert not d.behind(sub, 9)  # already recovering
     assert not d.given(sub, 5)
+
+
+def test_replays_leave_a_quarter_of_the_queue_to_live_events() -> None:
+    d = Delivery(3, 4, 100)  # 4 messages, 100 bytes: replays may use 3 and 75
+    assert d.fits(1000)  # an empty queue takes even a frame over the budget
+    live(d)
+    assert d.offer(F("p", 6)) is Verdict.FLUSH
+    assert d.fits(10) and not d.fits(1000)  # bytes: within three quarters only
+    assert d.offer(F("p", 7)) is Verdict.NONE
+    assert d.offer(F("p", 8)) is Verdict.NONE
+    assert not d.fits(1)  # count: three of four taken
+    assert d.free_bytes() >= 1
