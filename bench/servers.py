@@ -77,23 +77,8 @@ class TidingsAccount:
         self.root = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
         self.template = self.root / "template"
         env = {**os.environ, "TIDINGS_DATA_DIR": str(self.template)}
-        subprocess.run(
-            [TIDINGS_CLI, "users", "create", "bench", "--password-stdin"],
-            input="bench-password\n",
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        out = subprocess.run(
-            [TIDINGS_CLI, "tokens", "create", "bench"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        self.token = out.split()[-1]
         self.password = "bench-password"
+        self.token = _bench_user(env, self.password)
         self._copies = 0
         self._pg_template: str | None = None
         self.pg_token = ""
@@ -118,22 +103,7 @@ class TidingsAccount:
                 "TIDINGS_DATA_DIR": str(self.root / "pg-template"),
                 "TIDINGS_DATABASE_URL": _pg_url(name),
             }
-            subprocess.run(
-                [TIDINGS_CLI, "users", "create", "bench", "--password-stdin"],
-                input=self.password + "\n",
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            out = subprocess.run(
-                [TIDINGS_CLI, "tokens", "create", "bench"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            self.pg_token = out.split()[-1]
+            self.pg_token = _bench_user(env, self.password)
             self._pg_template = name
         self._copies += 1
         name = f"tidings_bench_{os.getpid()}_{self._copies}"
@@ -151,6 +121,26 @@ class TidingsAccount:
         for name in reversed(self._pg_databases):
             _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _bench_user(env: dict[str, str], password: str) -> str:
+    """Make user ``bench`` with the real CLI in the database ``env`` names; its API token."""
+    subprocess.run(
+        [TIDINGS_CLI, "users", "create", "bench", "--password-stdin"],
+        input=password + "\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    out = subprocess.run(
+        [TIDINGS_CLI, "tokens", "create", "bench"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()[-1]
 
 
 def _pg_url(name: str) -> str:
