@@ -102,9 +102,11 @@ class World:
                     )
                 )
 
-    def connection(self, socket: RecordingSocket, max_queue_bytes: int = 1 << 20) -> Connection:
+    def connection(
+        self, socket: RecordingSocket, max_queue_bytes: int = 1 << 20, client_id: str = "c1"
+    ) -> Connection:
         conn = Connection(
-            client_id="c1",
+            client_id=client_id,
             user_id=self.user_id,
             username="alice",
             credential="token:t",
@@ -175,6 +177,35 @@ async def test_project_events_wait_for_a_queued_subscribe(world: World) -> None:
     about = [m for m in socket.messages if m.get("project_id") == watched]
     assert about[0]["type"] == "subscribed" and about[0]["recovered"] is True
     assert [m["seq"] for m in about[1:]] == [2, 3, 4, 5, 6]
+
+
+async def test_an_event_a_replay_read_first_still_reaches_the_live_subscribers(
+    world: World,
+) -> None:
+    """Found by the chaos suite (tests/chaos.py): a replay read from the log an event whose
+    broker message was lost (its node was killed after the commit, or Redis was down) and
+    raised the channel's head to it; head sync then saw nothing new, and the subscribers
+    already live on the node never got it, nor anything else until the next change. Now a
+    replay that reads past the channel's head sends the live subscriptions behind it to
+    the log (head sync is off here)."""
+    watched = await world.project()
+    live_socket = RecordingSocket()
+    live = world.connection(live_socket, client_id="live")
+    live.receive(subscribe(watched))
+    await live.idle()
+    assert live_socket.messages[-1]["type"] == "subscribed"
+    second, _ = await world.change(watched, 2)  # seq 2 and 3: only 2 is published
+    world.hub.fan_out(second)
+    await eventually(lambda: live_socket.messages[-1].get("seq") == 2)
+    # A client resumes from the start: its replay reads 1..3 from the log (the memory
+    # tail starts at 2), so this node learns of seq 3 from the log, not from the broker.
+    late_socket = RecordingSocket()
+    late = world.connection(late_socket, client_id="late")
+    late.receive(subscribe(watched, since=0))
+    await late.idle()
+    await eventually(lambda: late_socket.messages[-1].get("seq") == 3)
+    await eventually(lambda: live_socket.messages[-1].get("seq") == 3)
+    assert [m.get("seq") for m in live_socket.messages[1:]] == [2, 3]
 
 
 async def test_audience_events_reach_a_connection_without_a_subscription(world: World) -> None:

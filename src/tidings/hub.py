@@ -487,7 +487,10 @@ class Hub:
                     conn.push(Frame(event.frame, event.type, project_id, event.seq))
                     channel = self.channels.get(project_id)
                     if channel is not None and event.seq > channel.head:
-                        channel.head = event.seq  # logged: delivered before its broker message
+                        # Read from the log before its broker message came (which may be
+                        # lost): the live subscriptions have not seen it either, and head
+                        # sync will not tell them once the head is raised.
+                        self._catch_up(project_id, channel, event.seq)
                     if event.type in ENDING_TYPES:
                         self._end(conn, project_id, sub)
                         return
