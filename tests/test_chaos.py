@@ -52,10 +52,5 @@ async def test_under_chaos_every_event_arrives_once_in_order_and_nowhere_else() 
     assert report.unexplained_log_events <= report.unknown_outcomes
     assert all(report.faults.get(kind, 0) >= 1 for kind in chaos.FAULTS), report.faults
     assert report.reconnects > report.clients
-    if report.lost or report.not_settled:
-        # KNOWN DEFECT, open (docs/reliability.md, "Open defects"): with every kind of
-        # fault in one run, about one fast run in two leaves a few clients without a
-        # project's last event or two when the run ends (they never catch up within the
-        # settling time). Reported as an expected failure, with what was missing, until
-        # it is fixed; every other count above stays strict.
-        pytest.xfail(f"known defect: {report.lost} lost, {report.details['examples']}")
+    assert report.lost == 0, report.details["examples"]
+    assert report.not_settled == 0, report.details["examples"]

@@ -9,14 +9,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import (
+    TIMEOUT,
     ServerThread,
     api,
     create_project,
     create_user,
     db_scalars,
+    on_stacks,
     upload,
 )
 from tidings.db import Database, create_engine, migrate
@@ -256,3 +259,51 @@ async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str
         async with db.write() as session:
             await log.record(session, "no-such-project", FILE_UPLOADED, {})
     assert await log.bounds("no-such-project", owner) is None
+
+
+@on_stacks("postgres-redis")
+async def test_a_read_cancelled_while_it_waits_leaves_its_connection_usable(
+    log_db: tuple[Database, str, str], database_url: str
+) -> None:
+    """Found by the chaos suite (tests/chaos.py): a replay cancelled while its log read
+    waited on PostgreSQL (its subscription was resubscribed or ended) handed the asyncpg
+    connection back to the pool with the query still in flight, and the next read on it
+    failed ("cannot switch to state 12; another operation is in progress"): a socket
+    closed with 1012 and REST requests answered 500. A read now finishes before its
+    cancellation takes effect. One pooled connection, so the next read gets the same."""
+    db, pid, owner = log_db
+    log = EventLog(db, RecordingBroker(), 1000, "c")
+    async with db.write() as session:
+        await log.record(session, pid, PROJECT_CREATED, {})
+    single = Database(create_async_engine(database_url, pool_size=1, max_overflow=0))
+    locker = Database(create_engine(database_url))
+    reader = EventLog(single, RecordingBroker(), 1000, "c")
+    try:
+        async with locker.write() as session:
+            # An exclusive lock makes the read wait inside PostgreSQL, at a known point.
+            await session.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            read = asyncio.create_task(reader.read_visible_after(pid, owner, 0, 10))
+            async with asyncio.timeout(TIMEOUT):
+                while not await _lock_waiters(locker):
+                    await asyncio.sleep(0.02)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+        page = await asyncio.wait_for(reader.read_visible_after(pid, owner, 0, 10), TIMEOUT)
+        assert page is not None and [e.seq for e in page] == [1]
+    finally:
+        await single.dispose()
+        await locker.dispose()
+
+
+async def _lock_waiters(db: Database) -> bool:
+    """Whether a statement waits for a lock (asked in a transaction of its own: one that
+    holds the lock would read the same statistics snapshot every time)."""
+    async with db.read() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
