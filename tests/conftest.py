@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -123,19 +125,91 @@ def on_stacks(*ids: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("stack", chosen, indirect=True)
 
 
-@pytest.fixture
-def database_url(stack: Stack, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of the stack's kind (PostgreSQL: one per test, dropped after)."""
-    if stack.database == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'tidings.db'}"
-        return
-    name = f"tidings_t_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+def _pg_url(name: str) -> str:
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"
+
+
+async def _migrated(url: str) -> None:
+    db = Database(create_engine(url))
     try:
-        yield f"{base}/{name}"
+        await migrate(db.engine)
+    finally:
+        await db.dispose()
+
+
+class Templates:
+    """Databases with the newest schema, made once per test run on first use: a test's
+    database is a copy (a file copy for SQLite, ``CREATE DATABASE … TEMPLATE`` for
+    PostgreSQL), which costs far less than running every migration again for each test."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._sqlite: Path | None = None
+        self._postgres: str | None = None
+
+    def sqlite(self) -> Path:
+        if self._sqlite is None:
+            path = self.folder / "template.db"
+            asyncio.run(_migrated(f"sqlite+aiosqlite:///{path}"))
+            self._sqlite = path
+        return self._sqlite
+
+    def postgres(self) -> str:
+        if self._postgres is None:
+            name = f"tidings_t_template_{secrets.token_hex(6)}"
+            asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+            asyncio.run(_migrated(_pg_url(name)))
+            self._postgres = name
+        return self._postgres
+
+    def drop(self) -> None:
+        if self._postgres is not None:
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{self._postgres}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Templates]:
+    made = Templates(tmp_path_factory.mktemp("templates"))
+    try:
+        yield made
+    finally:
+        made.drop()
+
+
+@contextlib.contextmanager
+def _pg_database(template: str | None = None) -> Iterator[str]:
+    """A database of the test's own, dropped after it."""
+    name = f"tidings_t_{secrets.token_hex(6)}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield _pg_url(name)
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(stack: Stack, tmp_path: Path, templates: Templates) -> Iterator[str]:
+    """A fresh database of the stack's kind with the newest schema and no rows
+    (PostgreSQL: one per test, dropped after)."""
+    if stack.database == "sqlite":
+        path = tmp_path / "tidings.db"
+        shutil.copyfile(templates.sqlite(), path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    with _pg_database(templates.postgres()) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(stack: Stack, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of the stack's kind without any table: for the migrations' own tests."""
+    if stack.database == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    with _pg_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -282,15 +356,24 @@ class TestUser:
     token: str
 
 
+# Every test user of a run has this password: one argon2 hash (a tenth of a second or
+# more of CPU by design) for the whole run instead of one per user.
+PASSWORD = secrets.token_urlsafe(12)
+
+
+@functools.cache
+def _password_hash() -> str:
+    return hash_password(PASSWORD)
+
+
 async def create_user(settings: Settings, username: str | None = None) -> TestUser:
     username = username or f"user_{secrets.token_hex(4)}"
-    password = secrets.token_urlsafe(12)
+    password = PASSWORD
     token = new_secret(TOKEN_PREFIX)
     db = Database(create_engine(settings.effective_database_url))
     try:
-        await migrate(db.engine)
-        async with db.write() as session:
-            user = User(username=username, password_hash=hash_password(password))
+        async with db.write() as session:  # the schema is there: see `database_url`
+            user = User(username=username, password_hash=_password_hash())
             session.add(user)
             await session.flush()
             session.add(ApiToken(secret_hash=hash_secret(token), user_id=user.id, name="test"))

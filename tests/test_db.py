@@ -30,8 +30,8 @@ def downgrade_to_nothing(connection: Connection) -> None:
     command.downgrade(alembic_config(connection), "base")
 
 
-async def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_migrations_go_down_to_nothing_and_up_again(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         await migrate(engine)
         await migrate(engine)  # the newest schema already: nothing to do
