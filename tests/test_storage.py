@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
-from tidings.storage import Storage, UploadError, clean_folder, clean_name
+from tidings.storage import LEFTOVER_AGE, Storage, UploadError, clean_folder, clean_name
 
 BOUNDARY = "b0undary"
 CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -220,8 +222,21 @@ async def test_receive_cleans_up_when_the_stream_breaks(storage: Storage) -> Non
 def test_prepare_removes_leftovers_of_a_crash(storage: Storage) -> None:
     leftover = storage.new_temp()
     leftover.write_bytes(b"partial")
+    an_hour_and_more_ago = time.time() - LEFTOVER_AGE - 60
+    os.utime(leftover, (an_hour_and_more_ago, an_hour_and_more_ago))
     storage.prepare()
     assert leftovers(storage) == []
+
+
+def test_a_starting_node_leaves_the_uploads_of_others_alone(storage: Storage) -> None:
+    """Found by the chaos suite (tests/chaos.py): nodes share the files folder (a shared
+    volume, or `--workers N`), and a node that started removed every temp file, so the
+    uploads another node was receiving at that moment failed with 500 when they were
+    moved into place. Only temp files untouched for a long time are a crash's leftovers."""
+    receiving = storage.new_temp()
+    receiving.write_bytes(b"arriving")
+    Storage(storage.root).prepare()  # another node starts on the same folder
+    assert leftovers(storage) == [receiving]
 
 
 async def test_receive_bounds_fields_and_headers_besides_the_file(storage: Storage) -> None:

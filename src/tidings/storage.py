@@ -7,9 +7,11 @@ and folder paths live only in the database, so no name can reach outside the dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
+import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +23,9 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_NAME_LENGTH = 255
+# A temp file untouched this long (seconds) is an upload a crash cut off; a younger one may
+# be arriving at another node or worker sharing the folder.
+LEFTOVER_AGE = 3600
 MAX_PATH_LENGTH = 1024
 MAX_FORM_FIELD_BYTES = 4096
 # Part headers and form fields together, besides the file: without a Content-Length (a
@@ -114,9 +119,16 @@ class Storage:
         self.tmp = root / "tmp"
 
     def prepare(self) -> None:
+        """Create the folders; remove the temp files of uploads a crash cut off.
+
+        Other nodes (or workers) may share the folder and be receiving uploads right now:
+        only a temp file untouched for :data:`LEFTOVER_AGE` is a leftover."""
         self.tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():  # uploads cut off by a crash
-            leftover.unlink(missing_ok=True)
+        before = time.time() - LEFTOVER_AGE
+        for leftover in self.tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # another node removed it first
+                if leftover.stat().st_mtime < before:
+                    leftover.unlink()
 
     def file_path(self, project_id: str, file_id: str) -> Path:
         return self.root / project_id / file_id
