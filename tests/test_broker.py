@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
 import redis.exceptions
 
-from tests.conftest import IN_CI, MS, REDIS_URL, TIMEOUT, require_service
+from tests.conftest import REDIS_URL, TIMEOUT, PrivateRedis, require_service
 from tidings.broker import Broker, create_broker
 from tidings.broker.base import Subscription
 
@@ -132,63 +127,6 @@ def test_unknown_scheme_is_refused() -> None:
 
 
 # -- a Redis that goes away and comes back ----------------------------------------------
-
-
-class PrivateRedis:
-    """A throw-away ``redis-server`` on a free loopback port (never the machine's own)."""
-
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary = binary
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert self.proc.poll() is None, "redis-server exited"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(10 * MS)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()  # a crash, not a shutdown: clients see their connections drop
-            self.proc.wait(TIMEOUT)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if IN_CI:
-            pytest.fail("redis-server is not installed (CI=true requires it)")
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(binary, tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.mark.redis

@@ -18,13 +18,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tests.conftest import (
+    TIMEOUT,
+    PrivateRedis,
     ServerThread,
     Stack,
     api,
     closed_with,
+    connected,
     create_project,
     create_user,
     on_stacks,
+    recv_until,
+    subscribe,
 )
 from tests.proxy import SilencingProxy
 from tidings import Settings
@@ -100,3 +105,38 @@ async def test_requests_get_503_while_the_database_is_unreachable(
     finally:
         await server.stop_async()
         await proxy.close()
+
+
+@on_stacks("postgres-redis")
+async def test_a_frozen_redis_holds_neither_changes_nor_subscribes(
+    settings: Settings, private_redis: PrivateRedis
+) -> None:
+    """A Redis that hangs (frozen, or the network to it silent) answers nothing: each
+    command tidings sends it gives up after `TIDINGS_BROKER_TIMEOUT`, so a change is still
+    answered after its commit (its publish failed), its event reaches the subscribers
+    from the log (head sync), and a subscribe is answered (the presence read failed: this
+    node's viewers)."""
+    frozen_settings = settings.model_copy(
+        update={"broker_url": private_redis.url, "broker_timeout": 0.5, "head_sync_interval": 1}
+    )
+    server = ServerThread(frozen_settings)
+    server.start()
+    try:
+        user = await create_user(frozen_settings)
+        async with api(server, user) as client:
+            project = await create_project(client)
+            path = f"/api/projects/{project['id']}"
+            watcher = await connected(server, user)
+            await subscribe(watcher, project["id"])
+
+            private_redis.freeze()
+            response = await asyncio.wait_for(client.patch(path, json={"name": "x"}), TIMEOUT)
+            assert response.status_code == 200, response.text
+            event = await recv_until(watcher, lambda m: m["type"] == "project.updated")
+            assert event["seq"] == 2
+            newcomer = await connected(server, user)
+            reply = await asyncio.wait_for(subscribe(newcomer, project["id"]), TIMEOUT)
+            assert reply["type"] == "subscribed" and reply["seq"] == 2
+    finally:
+        private_redis.thaw()
+        await server.stop_async()

@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app. Nothing connects until the lifespan starts."""
     settings = settings or Settings()
     db = Database(create_engine(settings.effective_database_url))
-    broker = create_broker(settings.broker_url)
+    broker = create_broker(settings.broker_url, settings.broker_timeout)
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
     authenticator = Authenticator(db)
@@ -71,7 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resume_tail_bytes=settings.resume_tail_bytes,
         presence=NodePresence(
             create_presence_store(
-                settings.broker_url, settings.broker_channel, settings.presence_expiry
+                settings.broker_url,
+                settings.broker_channel,
+                settings.presence_expiry,
+                settings.broker_timeout,
             ),
             eventlog,
             settings.presence_expiry,

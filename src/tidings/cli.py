@@ -206,7 +206,7 @@ async def _users_passwd(db: Database, args: argparse.Namespace) -> int:
         print(f"tidings: no user {args.username!r}", file=sys.stderr)
         return 1
     settings = args.settings
-    broker = create_broker(settings.broker_url)
+    broker = create_broker(settings.broker_url, settings.broker_timeout)
     await broker.connect()
     try:
         eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)

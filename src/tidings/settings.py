@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     broker_channel: str = Field(
         default="tidings", description="pub/sub channel; distinct per deployment on one Redis"
     )
+    broker_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        description="seconds a Redis command (a publish, a presence read or update) may "
+        "take before it counts as failed: a hung Redis delays a change's answer and a "
+        "subscribe by this much at most, and the change's event still arrives from the log",
+    )
     heartbeat_interval: float = Field(default=30.0, gt=0)
     ws_ping_interval: float = Field(default=20.0, gt=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)

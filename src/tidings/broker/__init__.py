@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 
-def create_broker(url: str) -> Broker:
+def create_broker(url: str, timeout: float = 2.0) -> Broker:
+    """The broker of ``url``; with Redis, each command (publish) is bounded by ``timeout``
+    seconds."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from tidings.broker.memory import MemoryBroker
@@ -30,14 +32,16 @@ def create_broker(url: str) -> Broker:
             raise RuntimeError(
                 "redis:// needs the redis extra: pip install 'tidings[redis]'"
             ) from exc
-        return RedisBroker(url)
+        return RedisBroker(url, timeout)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use memory:// or redis://")
 
 
-def create_presence_store(url: str, prefix: str, expiry: float) -> PresenceStore:
+def create_presence_store(
+    url: str, prefix: str, expiry: float, timeout: float = 2.0
+) -> PresenceStore:
     """The presence store beside the broker of ``url``: in memory for ``memory://``, in
-    Redis (keys under ``prefix``) for ``redis://``; entries expire ``expiry`` seconds
-    after their node last refreshed them."""
+    Redis (keys under ``prefix``, each command bounded by ``timeout`` seconds) for
+    ``redis://``; entries expire ``expiry`` seconds after their node last refreshed them."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from tidings.broker.memory import MemoryPresence
@@ -46,5 +50,5 @@ def create_presence_store(url: str, prefix: str, expiry: float) -> PresenceStore
     if scheme in ("redis", "rediss", "unix"):
         from tidings.broker.redis import RedisPresence
 
-        return RedisPresence(url, prefix, expiry)
+        return RedisPresence(url, prefix, expiry, timeout)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use memory:// or redis://")

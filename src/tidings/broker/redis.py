@@ -117,15 +117,26 @@ class RedisSubscription:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+# Seconds a command may take by default (TIDINGS_BROKER_TIMEOUT): a Redis that hangs
+# (frozen, or the network to it gone silent) must not hold a committed change's answer or
+# a subscribe for ever. The pub/sub reads have none: a quiet channel is not a failure.
+DEFAULT_TIMEOUT = 2.0
+
+
 class RedisBroker:
-    def __init__(self, url: str) -> None:
+    """Publishes on a connection pool, each publish bounded by ``timeout`` seconds (the
+    caller logs the failure: the event is in the log, subscribers catch up from it)."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._url = url
+        self._timeout = timeout
         self._redis: aioredis.Redis | None = None
         self._subscriptions: set[RedisSubscription] = set()
 
     async def connect(self) -> None:
         self._redis = aioredis.from_url(self._url)
-        await self._redis.ping()
+        async with asyncio.timeout(self._timeout):
+            await self._redis.ping()
 
     async def disconnect(self) -> None:
         for subscription in list(self._subscriptions):
@@ -136,7 +147,8 @@ class RedisBroker:
 
     async def publish(self, channel: str, message: bytes) -> None:
         assert self._redis is not None, "connect() first"
-        await self._redis.publish(channel, message)
+        async with asyncio.timeout(self._timeout):
+            await self._redis.publish(channel, message)
 
     async def subscribe(
         self, channel: str, on_resubscribed: Callable[[], object] | None = None
@@ -248,8 +260,11 @@ class RedisPresence:
     them for the expiry.
     """
 
-    def __init__(self, url: str, prefix: str, expiry: float) -> None:
+    def __init__(
+        self, url: str, prefix: str, expiry: float, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._url = url
+        self._timeout = timeout
         self._prefix = f"{prefix}:presence"
         self._expiry_ms = max(1, round(expiry * 1000))
         self._redis: aioredis.Redis | None = None
@@ -258,7 +273,8 @@ class RedisPresence:
 
     async def connect(self) -> None:
         self._redis = aioredis.from_url(self._url)
-        await self._redis.ping()
+        async with asyncio.timeout(self._timeout):
+            await self._redis.ping()
         self._update = self._redis.register_script(_UPDATE)
         self._drop = self._redis.register_script(_DROP)
 
@@ -275,7 +291,8 @@ class RedisPresence:
         for viewer in ops:
             args += [viewer.project_id, viewer.user_id, viewer.username]
         assert self._update is not None, "connect() first"
-        flags = await self._update(keys=[], args=args)
+        async with asyncio.timeout(self._timeout):
+            flags = await self._update(keys=[], args=args)
         changes = PresenceChanges(registered=bool(int(flags[0])))
         for k, (viewer, flag) in enumerate(zip(ops, flags[1:], strict=True)):
             if int(flag):
@@ -284,7 +301,8 @@ class RedisPresence:
 
     async def viewers(self, project_id: str) -> list[Viewer]:
         assert self._redis is not None, "connect() first"
-        members = await self._redis.zrange(f"{self._prefix}:p:{project_id}", 0, -1)
+        async with asyncio.timeout(self._timeout):
+            members = await self._redis.zrange(f"{self._prefix}:p:{project_id}", 0, -1)
         found: dict[str, Viewer] = {}
         for member in members:
             assert isinstance(member, bytes | str)  # no scores asked for
@@ -300,6 +318,8 @@ class RedisPresence:
 
     async def _dropped(self, node: str) -> PresenceChanges:
         assert self._drop is not None, "connect() first"
-        flat = [_text(v) for v in await self._drop(keys=[], args=[self._prefix, node])]
+        async with asyncio.timeout(self._timeout):
+            dropped = await self._drop(keys=[], args=[self._prefix, node])
+        flat = [_text(v) for v in dropped]
         left = [Viewer(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
         return PresenceChanges(left=left)
