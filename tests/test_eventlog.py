@@ -221,6 +221,24 @@ async def test_event_is_published_only_after_commit(log_db: tuple[Database, str,
     assert await log.heads([pid, "missing"]) == {pid: 1}
 
 
+class DownBroker(RecordingBroker):
+    async def publish(self, channel: str, message: bytes) -> None:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+async def test_a_failed_publish_keeps_the_change_and_says_so_in_one_line(
+    log_db: tuple[Database, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    db, pid, _ = log_db
+    log = EventLog(db, DownBroker(), history=100, channel="test")
+    async with db.write() as session:
+        seq = await log.record(session, pid, FILE_UPLOADED, {"file": {}})
+    assert [e.seq for e in await log.read_after(pid, 0, 10)] == [seq]
+    (record,) = [r for r in caplog.records if r.name.startswith("tidings")]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert f"event 1 of project {pid} not published (ConnectionError: " in record.getMessage()
+
+
 async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str, str]) -> None:
     db, pid, owner = log_db
     broker = RecordingBroker()

@@ -8,6 +8,7 @@ commit. Ephemeral events (``process.progress``) skip the log.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from tidings.access import visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
 from tidings.models import Event, Project
+
+logger = logging.getLogger("tidings.events")
 
 # Durable event types.
 PROJECT_CREATED = "project.created"
@@ -214,8 +217,24 @@ class EventLog:
             audience=tuple(audience),
             revoked=tuple(revoked),
         )
-        after_commit(session, lambda: self.publish(envelope))
+        after_commit(session, lambda: self._publish_committed(envelope))
         return seq
+
+    async def _publish_committed(self, envelope: Envelope) -> None:
+        """After the commit the event is in the log: a publish that fails (the broker is
+        down or hangs) costs its subscribers latency, not the event, which they read from
+        the log (head sync, or the gap the next event reveals). One line in the log for
+        each, not a traceback: an outage fails every publish."""
+        try:
+            await self.publish(envelope)
+        except Exception as exc:
+            logger.warning(
+                "event %s of project %s not published (%s: %s); subscribers read it from the log",
+                envelope.seq,
+                envelope.project_id,
+                type(exc).__name__,
+                exc,
+            )
 
     async def forget_project(self, session: AsyncSession, project_id: str, keep_from: int) -> None:
         """Drop a deleted project's history, keeping its ``project.deleted`` tombstone."""
