@@ -851,7 +851,13 @@ async def test_dashboard_shows_who_views_the_open_project_live(
     await bob_page.wait_for_selector(
         "#viewers li:text-is('alice')", state="detached", timeout=WAIT_MS
     )
-    assert await alice_page.locator("#viewers li").all_text_contents() == ["alice"]
+    # Her page shows the other project's viewers once its `subscribed` reply is there,
+    # which bob's page seeing her leave does not wait for.
+    await alice_page.wait_for_function(
+        "() => [...document.querySelectorAll('#viewers li')].map(li => li.textContent)"
+        ".join() === 'alice'",
+        timeout=WAIT_MS,
+    )
     await select(alice_page, pid)
     await bob_page.wait_for_selector("#viewers li:text-is('alice')", timeout=WAIT_MS)
     # Bob closes his page: gone from alice's.

@@ -38,6 +38,7 @@ from tests.conftest import (
 )
 from tidings import Settings
 from tidings.cli import main
+from tidings.db import Database, create_engine, migrate
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
@@ -289,6 +290,9 @@ async def test_listen_prints_events_across_a_server_restart(tmp_path: Path) -> N
     printed once, in order."""
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, create_admin=False)
+    db = Database(create_engine(settings.effective_database_url))
+    await migrate(db.engine)  # the node starts after the user is made
+    await db.dispose()
     dana = await create_user(settings, "dana")
     node = await serve(data_dir, create_admin="false")
     await node.read_until("Uvicorn running on")
