@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tidings.api.deps import Services
-from tidings.auth import COOKIE_NAME, Principal, authenticate, origin_allowed
+from tidings.auth import COOKIE_NAME, Principal, origin_allowed
 from tidings.codes import PROTOCOL_VERSION
 from tidings.connection import Connection
 from tidings.events import timestamp
@@ -163,8 +163,8 @@ async def _admit(request: Request) -> tuple[Services, Principal, Plan]:
         request.headers.get("origin"), request.headers.get("host"), settings.allowed_origins
     ):
         raise Refused(403, "origin not allowed")
-    principal = await authenticate(
-        services.db, request.cookies.get(COOKIE_NAME), request.headers.get("authorization")
+    principal = await services.auth.authenticate(
+        request.cookies.get(COOKIE_NAME), request.headers.get("authorization")
     )
     if principal is None:
         raise Refused(401, "not authenticated", {"WWW-Authenticate": "Bearer"})
