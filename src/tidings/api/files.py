@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
 from tidings.access import visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
+from tidings.api.paging import page
 from tidings.api.schemas import FileCreated, FileOut, FilePage, file_event, file_out
 from tidings.api.validation import Id
 from tidings.assets import (
@@ -146,13 +147,7 @@ async def list_files(
                 where.append(File.path == clean_folder(path))
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.detail) from None
-        total = await session.scalar(select(func.count()).select_from(File).where(*where)) or 0
-        files = await session.scalars(
-            select(File).where(*where).order_by(File.path, File.name).limit(limit).offset(offset)
-        )
-        items = [file_out(f) for f in files]
-    next_offset = offset + len(items) if offset + len(items) < total else None
-    return {"items": items, "total": total, "next_offset": next_offset}
+        return await page(session, File, where, (File.path, File.name), limit, offset, file_out)
 
 
 async def _visible_file(app: App, user_id: str, project_id: str, file_id: str) -> File:

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from tidings.access import visible_project
 from tidings.api.deps import App, CurrentUser, current_user, not_found, tell_seq
+from tidings.api.paging import page
 from tidings.api.schemas import Body
 from tidings.api.validation import Id, PathFileName
 from tidings.assets import download_headers, served_type
@@ -156,17 +157,8 @@ async def list_processes(
         where = [Process.project_id == project_id]
         if status_ is not None:
             where.append(Process.status == status_.value)
-        total = await session.scalar(select(func.count()).select_from(Process).where(*where)) or 0
-        rows = await session.scalars(
-            select(Process)
-            .where(*where)
-            .order_by(Process.created_at.desc(), Process.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        items = [process_out(p) for p in rows]
-    next_offset = offset + len(items) if offset + len(items) < total else None
-    return {"items": items, "total": total, "next_offset": next_offset}
+        newest_first = (Process.created_at.desc(), Process.id)
+        return await page(session, Process, where, newest_first, limit, offset, process_out)
 
 
 @router.get("/{process_id}", response_model=ProcessOut)
