@@ -1,16 +1,23 @@
-"""Offset pages of a listing (``GET …/files``, ``GET …/processes``), answered alike."""
+"""Pages of a listing (``GET …/files``, ``GET …/processes``, ``GET …/events``): the same
+query parameters, and offset pages answered alike."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Query
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.models import Base
 
 Row = TypeVar("Row", bound=Base)
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+"""The ``limit`` query parameter: items a page holds at most (default it to 100)."""
+Offset = Annotated[int, Query(ge=0)]
+"""The ``offset`` query parameter: items before the page (default it to 0)."""
 
 
 async def page(
