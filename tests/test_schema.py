@@ -13,7 +13,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import jsonschema
@@ -32,7 +32,9 @@ from tests.conftest import (
     upload,
     ws_connect,
 )
+from tidings.api.schemas import FileOut, ProjectOut
 from tidings.messages import ClientMessages, Reply, SubscribeMany
+from tidings.processes import ProcessOut, Status
 from tidings.schema import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
@@ -40,6 +42,10 @@ from tidings.schema import (
     CustomMessage,
     FileUploaded,
     Message,
+    Process,
+    ProcessStatus,
+    Project,
+    StoredFile,
     Subscribed,
     UnknownMessage,
     json_schema,
@@ -97,6 +103,16 @@ def test_python_classes_have_the_schema_fields() -> None:
         for kind, cls in registry.items():
             fields = {name: f.is_required() for name, f in cls.model_fields.items()}
             assert fields == expected[kind], kind
+
+
+def test_the_rest_resources_are_the_schema_records() -> None:
+    """A project, a file and a process have one declaration: REST adds no field of its own
+    (it would be missing from events, snapshots and the .d.ts), and the enum REST types a
+    process's status with has the schema's values."""
+    for rest, record in ((ProjectOut, Project), (FileOut, StoredFile), (ProcessOut, Process)):
+        assert issubclass(rest, record)
+        assert list(rest.model_fields) == list(record.model_fields), rest
+    assert list(get_args(ProcessStatus)) == [status.value for status in Status]
 
 
 def test_the_typescript_declarations_are_generated_from_the_schema() -> None:

@@ -89,6 +89,20 @@ async def test_requests_get_503_while_the_database_is_unreachable(
                     additional_headers={"Authorization": f"Bearer {newcomer.token}"},
                 )
             assert refused.value.response.status_code == 503
+            # The event stream opens as /ws does: the cached credential gets its stream,
+            # the newcomer a 503.
+            async with client.stream("GET", "/api/stream") as stream:
+                assert stream.status_code == 200
+                async with asyncio.timeout(TIMEOUT):
+                    async for line in stream.aiter_lines():
+                        if line == "event: connection.established":
+                            break
+                    else:
+                        pytest.fail("the stream ended before connection.established")
+            newcomer_stream = await client.get(
+                "/api/stream", headers={"Authorization": f"Bearer {newcomer.token}"}
+            )
+            assert newcomer_stream.status_code == 503, newcomer_stream.text
 
             proxy = SilencingProxy(url.port or 5432, port=proxy.port)
             await proxy.start()  # back: the same requests succeed, nothing half-written

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Response, status
 
+from tidings.access import visible_project
 from tidings.auth import (
     COOKIE_NAME,
     UNSAFE_METHODS,
@@ -18,6 +19,7 @@ from tidings.auth import (
 from tidings.db import Database
 from tidings.events import EventLog
 from tidings.metrics import Metrics
+from tidings.models import File, Process
 from tidings.proxies import own_origin
 from tidings.security import Passwords
 from tidings.settings import Settings
@@ -96,6 +98,24 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 
 def not_found(what: str = "project") -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+Owned = TypeVar("Owned", File, Process)
+
+
+async def project_row(
+    app: Services, user_id: str, project_id: str, model: type[Owned], row_id: str
+) -> Owned:
+    """The file or process ``row_id`` of a project ``user_id`` can see: 404 "project not
+    found" if they cannot see it, else "file not found" (or process) if it is not the
+    project's."""
+    async with app.db.read() as session:
+        if await visible_project(session, user_id, project_id) is None:
+            raise not_found()
+        row = await session.get(model, row_id)
+    if row is None or row.project_id != project_id:
+        raise not_found(model.__name__.lower())
+    return row
 
 
 # Read-your-writes: the seq of the durable event a change recorded, on every answer to it.

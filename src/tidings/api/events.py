@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from tidings.access import visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
+from tidings.api.paging import Limit
 from tidings.api.schemas import Body
 from tidings.api.validation import INT64_MAX, Id
 from tidings.db import after_commit
@@ -79,7 +80,7 @@ async def history(
     user: CurrentUser,
     app: App,
     after: int = Query(default=0, ge=0, le=INT64_MAX, description="the last seq already seen"),
-    limit: int = Query(default=100, ge=1, le=1000),
+    limit: Limit = 100,
 ) -> Any:
     """The events with ``seq > after``, oldest first, at most ``limit`` and at most
     :data:`PAGE_BYTES` of them (but always one): page on with ``after`` = the last seq.

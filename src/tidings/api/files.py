@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
 from tidings.access import visible_project, visible_to
-from tidings.api.deps import App, CurrentUser, not_found, tell_seq
+from tidings.api.deps import App, CurrentUser, not_found, project_row, tell_seq
+from tidings.api.paging import Limit, Offset, page
 from tidings.api.schemas import FileCreated, FileOut, FilePage, file_event, file_out
 from tidings.api.validation import Id
 from tidings.assets import (
@@ -134,8 +135,8 @@ async def list_files(
     user: CurrentUser,
     app: App,
     path: str | None = Query(default=None, description="only files in this folder"),
-    limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Any:
     async with app.db.read() as session:
         if await visible_project(session, user.user_id, project_id) is None:
@@ -146,33 +147,17 @@ async def list_files(
                 where.append(File.path == clean_folder(path))
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.detail) from None
-        total = await session.scalar(select(func.count()).select_from(File).where(*where)) or 0
-        files = await session.scalars(
-            select(File).where(*where).order_by(File.path, File.name).limit(limit).offset(offset)
-        )
-        items = [file_out(f) for f in files]
-    next_offset = offset + len(items) if offset + len(items) < total else None
-    return {"items": items, "total": total, "next_offset": next_offset}
-
-
-async def _visible_file(app: App, user_id: str, project_id: str, file_id: str) -> File:
-    async with app.db.read() as session:
-        if await visible_project(session, user_id, project_id) is None:
-            raise not_found()
-        file = await session.get(File, file_id)
-    if file is None or file.project_id != project_id:
-        raise not_found("file")
-    return file
+        return await page(session, File, where, (File.path, File.name), limit, offset, file_out)
 
 
 @router.get("/{file_id}", response_model=FileOut)
 async def get_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> Any:
-    return file_out(await _visible_file(app, user.user_id, project_id, file_id))
+    return file_out(await project_row(app, user.user_id, project_id, File, file_id))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
 async def download_file(project_id: Id, file_id: Id, user: CurrentUser, app: App) -> Any:
-    file = await _visible_file(app, user.user_id, project_id, file_id)
+    file = await project_row(app, user.user_id, project_id, File, file_id)
     path = app.storage.file_path(project_id, file.id)
     if not path.is_file():
         raise HTTPException(status.HTTP_410_GONE, "file content is missing from storage")

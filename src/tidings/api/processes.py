@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from tidings.access import visible_project
-from tidings.api.deps import App, CurrentUser, current_user, not_found, tell_seq
+from tidings.api.deps import App, CurrentUser, current_user, not_found, project_row, tell_seq
+from tidings.api.paging import Limit, Offset, page
 from tidings.api.schemas import Body
 from tidings.api.validation import Id, PathFileName
 from tidings.assets import download_headers, served_type
@@ -95,16 +96,6 @@ def _parse(body: ProcessIn) -> tuple[Any, BaseModel]:
     return kind, params
 
 
-async def _visible_process(app: App, user_id: str, project_id: str, process_id: str) -> Process:
-    async with app.db.read() as session:
-        if await visible_project(session, user_id, project_id) is None:
-            raise not_found()
-        process = await session.get(Process, process_id)
-    if process is None or process.project_id != project_id:
-        raise not_found("process")
-    return process
-
-
 @router.post("", response_model=NewProcessOut, status_code=status.HTTP_202_ACCEPTED)
 async def start_process(
     project_id: Id, body: ProcessIn, user: CurrentUser, app: App, response: Response
@@ -146,8 +137,8 @@ async def list_processes(
     user: CurrentUser,
     app: App,
     status_: Annotated[Status | None, Query(alias="status")] = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> Any:
     """The project's processes, newest first."""
     async with app.db.read() as session:
@@ -156,22 +147,13 @@ async def list_processes(
         where = [Process.project_id == project_id]
         if status_ is not None:
             where.append(Process.status == status_.value)
-        total = await session.scalar(select(func.count()).select_from(Process).where(*where)) or 0
-        rows = await session.scalars(
-            select(Process)
-            .where(*where)
-            .order_by(Process.created_at.desc(), Process.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        items = [process_out(p) for p in rows]
-    next_offset = offset + len(items) if offset + len(items) < total else None
-    return {"items": items, "total": total, "next_offset": next_offset}
+        newest_first = (Process.created_at.desc(), Process.id)
+        return await page(session, Process, where, newest_first, limit, offset, process_out)
 
 
 @router.get("/{process_id}", response_model=ProcessOut)
 async def get_process(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
-    return process_out(await _visible_process(app, user.user_id, project_id, process_id))
+    return process_out(await project_row(app, user.user_id, project_id, Process, process_id))
 
 
 @router.delete("/{process_id}", response_model=ProcessChanged)
@@ -180,14 +162,14 @@ async def cancel_process(
 ) -> Any:
     """Cancel a queued or running process; answers once it has stopped (``cancelled``).
     409 if it had already finished."""
-    await _visible_process(app, user.user_id, project_id, process_id)
+    await project_row(app, user.user_id, project_id, Process, process_id)
     try:
         seq = await app.processes.cancel(project_id, process_id)
     except NotFound:
         raise not_found("process") from None
     except Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    process = await _visible_process(app, user.user_id, project_id, process_id)
+    process = await project_row(app, user.user_id, project_id, Process, process_id)
     tell_seq(response, seq)
     return {**process_out(process), "seq": seq}
 
@@ -195,7 +177,7 @@ async def cancel_process(
 @router.get("/{process_id}/result", response_class=FileResponse)
 async def download_result(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """The artefact of a succeeded process that makes one (``export``: the zip)."""
-    process = await _visible_process(app, user.user_id, project_id, process_id)
+    process = await project_row(app, user.user_id, project_id, Process, process_id)
     kind = KINDS.get(process.kind)
     if kind is None or kind.artefact is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{process.kind} makes no downloadable")
@@ -207,7 +189,7 @@ async def download_result_file(
     project_id: Id, process_id: Id, name: PathFileName, user: CurrentUser, app: App
 ) -> Any:
     """One named output file of a succeeded process (``thumbnails``: ``<file id>.<ext>``)."""
-    process = await _visible_process(app, user.user_id, project_id, process_id)
+    process = await project_row(app, user.user_id, project_id, Process, process_id)
     return _serve(app, process, name)
 
 
@@ -256,7 +238,7 @@ async def process_driver(project_id: Id, process_id: Id, request: Request, app: 
             )
         return
     user = await current_user(request, app)
-    process = await _visible_process(app, user.user_id, project_id, process_id)
+    process = await project_row(app, user.user_id, project_id, Process, process_id)
     if process.created_by != user.user_id:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,

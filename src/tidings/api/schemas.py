@@ -1,4 +1,10 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API.
+
+A project, a file and a process are the records of the message schema
+(:mod:`tidings.schema`) under their REST names: one declaration for the REST body, the
+``project.*`` / ``file.*`` / ``process.*`` events, a ``subscribed`` snapshot and
+``tidings.d.ts``, so a field added there appears in all of them at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Row
 
+from tidings import schema
 from tidings.api.validation import check_json
 from tidings.models import File, Project
 from tidings.settings import MiB
@@ -84,14 +91,8 @@ class ProjectPatch(Body):
     description: str | None = Field(default=None, max_length=1 * MiB)
 
 
-class ProjectOut(BaseModel):
-    id: str
-    name: str
-    description: str
-    owner: str
-    created_at: datetime
-    updated_at: datetime
-    seq: int
+class ProjectOut(schema.Project):
+    """A project, as ``project.*`` events and snapshots carry it too (``Project`` there)."""
 
 
 class MemberIn(Body):
@@ -108,15 +109,8 @@ class MemberAdded(MemberOut):
     seq: int = Field(description="seq of the project.updated event the change recorded")
 
 
-class FileOut(BaseModel):
-    id: str
-    name: str
-    path: str
-    size: int
-    asset_type: str
-    content_type: str
-    sha256: str
-    created_at: datetime
+class FileOut(schema.StoredFile):
+    """A file, as snapshots list it too (``StoredFile`` there)."""
 
 
 class FileCreated(FileOut):
@@ -147,11 +141,5 @@ def file_out(file: File) -> dict[str, Any]:
 
 
 def file_event(file: File) -> dict[str, Any]:
-    """The ``file`` object of ``file.*`` events (the story's fields, plus the id)."""
-    return {
-        "id": file.id,
-        "name": file.name,
-        "path": file.path,
-        "size": file.size,
-        "asset_type": file.asset_type,
-    }
+    """The ``file`` object of ``file.*`` events (:class:`~tidings.schema.FileInfo`)."""
+    return schema.FileInfo.model_validate(file, from_attributes=True).model_dump(mode="json")

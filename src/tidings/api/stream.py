@@ -1,7 +1,8 @@
 """``GET /api/stream``: the ``/ws`` events as Server-Sent Events, for networks that break
 WebSocket.
 
-The same checks as ``/ws`` (Origin, then cookie or bearer), then one
+The same opening as ``/ws`` (``admission.py``: Origin, cookie or bearer, the user's
+connection cap), answered as HTTP statuses, then one
 :class:`~tidings.connection.Connection` over an
 :class:`~tidings.stream.EventStreamSocket`, registered with the hub like a socket: the same
 messages, the same delivery rules and the same bounded queue. The projects come from the
@@ -11,21 +12,17 @@ cursor of the stream's last event) or else ``since=ID:SEQ``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tidings.admission import Refusal, identify, open_connection
 from tidings.api.deps import Services
-from tidings.auth import COOKIE_NAME, Principal, authenticate, origin_allowed
-from tidings.codes import PROTOCOL_VERSION
 from tidings.connection import Connection
-from tidings.events import timestamp
-from tidings.messages import PROJECT_ID, PROJECT_ID_RULE, ClientMessages, Subscribe
+from tidings.messages import PROJECT_ID, PROJECT_ID_RULE, Subscribe
 from tidings.proxies import client_address
 from tidings.stream import MAX_SEQ, BadCursor, EventStreamSocket, decode_cursor
 
@@ -34,10 +31,24 @@ logger = logging.getLogger("tidings.ws")
 PATH = "/api/stream"
 
 
+# The HTTP status answering each refusal of the opening (admission.py).
+STATUSES: dict[Refusal, int] = {
+    Refusal.ORIGIN: 403,
+    Refusal.UNAUTHENTICATED: 401,
+    Refusal.TOO_MANY: 429,
+}
+
+
 class Refused(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.response: Response = JSONResponse({"detail": detail}, status, headers)
+
+    @classmethod
+    def answering(cls, refusal: Refusal) -> Refused:
+        """The HTTP answer to a refusal of the opening; a 401 says how to authenticate."""
+        challenge = {"WWW-Authenticate": "Bearer"} if refusal is Refusal.UNAUTHENTICATED else None
+        return cls(STATUSES[refusal], refusal.value, challenge)
 
 
 class Plan:
@@ -83,68 +94,19 @@ class StreamEndpoint:
     is: FastAPI would hold a dependency exit stack for the stream's whole life."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        services: Services = request.app.state.services
         try:
-            admitted = await _admit(Request(scope, receive))
+            socket, conn, plan = await _admit(services, request)
         except Refused as refused:
             await refused.response(scope, receive, send)
             return
-        await Stream(*admitted)(scope, receive, send)
-
-
-def route() -> Route:
-    return Route(PATH, StreamEndpoint(), methods=["GET"], include_in_schema=False)
-
-
-class Stream:
-    """The response of an admitted stream: written by the stream itself, for as long as
-    the connection lives."""
-
-    def __init__(self, services: Services, principal: Principal, plan: Plan) -> None:
-        self.services = services
-        self.principal = principal
-        self.plan = plan
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        settings, hub = self.services.settings, self.services.hub
-        principal, plan = self.principal, self.plan
-        socket = EventStreamSocket(plan.projects, plan.since)
-        conn = Connection(
-            client_id=secrets.token_hex(8),
-            user_id=principal.user_id,
-            username=principal.username,
-            credential=principal.credential,
-            socket=socket,
-            owner=hub,
-            messages=ClientMessages(  # a stream has no client messages; the type wants one
-                max_message_bytes=settings.ws_max_message_bytes,
-                rate=settings.ws_rate_limit,
-                burst=settings.ws_rate_burst,
-                now=asyncio.get_running_loop().time(),
-            ),
-            max_subscriptions=settings.ws_max_subscriptions,
-            max_queue_messages=settings.ws_max_queue_messages,
-            max_queue_bytes=settings.ws_max_queue_bytes,
-            close_timeout=settings.ws_close_timeout,
-        )
-        # No await since _admit counted this user's connections: the limit is exact.
-        hub.register(conn, principal.expires_at)
         logger.info(
             "stream connect client_id=%s user=%s peer=%s projects=%d",
             conn.client_id,
             conn.username,
-            client_address(Request(scope)),
+            client_address(request),
             len(plan.projects),
-        )
-        heartbeat = settings.heartbeat_interval
-        conn.send_message(
-            {
-                "type": "connection.established",
-                "client_id": conn.client_id,
-                "user": {"id": principal.user_id, "username": principal.username},
-                "heartbeat_interval": int(heartbeat) if heartbeat == int(heartbeat) else heartbeat,
-                "protocol": PROTOCOL_VERSION,
-                "expires_at": timestamp(principal.expires_at) if principal.expires_at else None,
-            }
         )
         for project_id in plan.projects:
             snapshot = project_id in plan.snapshot
@@ -152,24 +114,25 @@ class Stream:
         try:
             await socket.run(receive, send)
         finally:
-            await hub.disconnected(conn, None)
+            await services.hub.disconnected(conn, None)
 
 
-async def _admit(request: Request) -> tuple[Services, Principal, Plan]:
-    """The checks of ``/ws``, in the same order, answered as HTTP statuses."""
-    services: Services = request.app.state.services
-    settings = services.settings
-    if not origin_allowed(
-        request.headers.get("origin"), request.headers.get("host"), settings.allowed_origins
-    ):
-        raise Refused(403, "origin not allowed")
-    principal = await authenticate(
-        services.db, request.cookies.get(COOKIE_NAME), request.headers.get("authorization")
-    )
-    if principal is None:
-        raise Refused(401, "not authenticated", {"WWW-Authenticate": "Bearer"})
-    plan = Plan(request, settings.ws_max_subscriptions)
-    if services.hub.connections_of(principal.user_id) >= settings.ws_max_connections_per_user:
-        logger.warning("stream refused user=%s: too many connections", principal.username)
-        raise Refused(429, "too many connections for this user")
-    return services, principal, plan
+def route() -> Route:
+    return Route(PATH, StreamEndpoint(), methods=["GET"], include_in_schema=False)
+
+
+async def _admit(
+    services: Services, request: Request
+) -> tuple[EventStreamSocket, Connection, Plan]:
+    """The opening of ``/ws``, with the stream's query checked between the credential and
+    the user's connection cap (a bad query is a 400 before a full cap's 429), registered
+    and greeted; each refusal raised as its HTTP answer."""
+    principal = await identify(services, request.headers, request.cookies)
+    if isinstance(principal, Refusal):
+        raise Refused.answering(principal)
+    plan = Plan(request, services.settings.ws_max_subscriptions)
+    socket = EventStreamSocket(plan.projects, plan.since)
+    conn = open_connection(services, principal, socket, "stream", batch=False)
+    if isinstance(conn, Refusal):
+        raise Refused.answering(conn)
+    return socket, conn, plan

@@ -8,33 +8,24 @@ deletion) exactly one wins, and only the winner emits ``process.completed``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings import schema
 from tidings.models import File, Process
 from tidings.processes.state import Status
 from tidings.processes.work import SourceFile
 from tidings.storage import Storage
 
 
-class ProcessOut(BaseModel):
-    id: str
-    project_id: str
-    kind: str
-    params: dict[str, Any]
-    status: Status
-    progress: float
-    message: str
-    result: Any | None
-    error: str | None
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+class ProcessOut(schema.Process):
+    """A process, as ``process.*`` events and snapshots carry it too (``Process`` there)."""
+
+    # The same values as the schema's literal (a test checks); the enum keeps OpenAPI's
+    # shared ``Status`` component, which the list's ``status`` filter names too.
+    status: Status  # type: ignore[assignment]
 
 
 def process_out(process: Process) -> dict[str, Any]:
