@@ -22,6 +22,7 @@ from tests.conftest import (
 from tidings.broker.memory import MemoryBroker
 from tidings.db import Database, create_engine
 from tidings.events import PROJECT_UPDATED, EventLog
+from tidings.hub import REPLAY_PAGE
 from tidings.models import Member
 
 
@@ -120,12 +121,12 @@ async def test_resume_of_many_events_in_order(
 ) -> None:
     project = await create_project(alice_api)
     pid = project["id"]
-    await commit_unpublished(server, pid, 1200)  # more than one replay page
+    await commit_unpublished(server, pid, REPLAY_PAGE + 100)  # more than one replay page
     ws = await connected(server, alice)
     reply = await subscribe(ws, pid, since=0)
-    assert reply["recovered"] is True and reply["seq"] == 1201
-    got = [await recv(ws) for _ in range(1201)]
-    assert seqs(got) == list(range(1, 1202))
+    assert reply["recovered"] is True and reply["seq"] == REPLAY_PAGE + 101
+    got = [await recv(ws) for _ in range(REPLAY_PAGE + 101)]
+    assert seqs(got) == list(range(1, REPLAY_PAGE + 102))
 
 
 async def test_replays_beyond_the_concurrency_wait_their_turn(make_server) -> None:
@@ -134,15 +135,15 @@ async def test_replays_beyond_the_concurrency_wait_their_turn(make_server) -> No
     async with api(server, alice) as alice_api:
         project = await create_project(alice_api)
     pid = project["id"]
-    await commit_unpublished(server, pid, 1200)  # several pages each
+    await commit_unpublished(server, pid, REPLAY_PAGE + 100)  # two pages each
     sockets = [await connected(server, alice) for _ in range(4)]
     for ws in sockets:
         await send(ws, {"type": "subscribe", "project_id": pid, "since": 0})
     for ws in sockets:
         reply = await recv(ws)
         assert reply["type"] == "subscribed" and reply["recovered"] is True
-        got = [await recv(ws) for _ in range(1201)]
-        assert seqs(got) == list(range(1, 1202))
+        got = [await recv(ws) for _ in range(REPLAY_PAGE + 101)]
+        assert seqs(got) == list(range(1, REPLAY_PAGE + 102))
 
 
 async def test_a_removal_whose_broker_messages_were_lost_still_ends_the_subscription(
