@@ -47,6 +47,16 @@ async def test_protocol_table_and_metrics(server: ServerThread) -> None:
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
+    # What a leak would show in (tests/held.py watches them): the process's open files and
+    # memory, and the tasks of the app's event loop.
+    samples = {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in metrics.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["process_open_fds"] > 0
+    assert samples["process_resident_memory_bytes"] > 0
+    assert samples["tidings_asyncio_tasks"] >= 4  # the hub's listener, heartbeat, head sync, expiry
 
 
 async def test_metrics_token(make_server: Callable[..., ServerThread]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -109,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lambda: sum(c.queue.count for c in hub.connections.values()),
             lambda: sum(c.queue.nbytes for c in hub.connections.values()),
         )
+        # This loop's, whichever thread reads the registry (tests read it directly).
+        loop = asyncio.get_running_loop()
+        metrics.watch_tasks(lambda: len(asyncio.all_tasks(loop)))
         try:
             yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:

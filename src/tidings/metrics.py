@@ -1,19 +1,39 @@
 """Prometheus metrics of one tidings node, served at ``GET /metrics``.
 
 Each app has its own :class:`Metrics` and registry (built by ``create_app``), so two apps
-in one process — tests, an embedding service — never share or clash.
+in one process — tests, an embedding service — never share or clash. The registry also
+carries prometheus_client's standard ``process_*`` metrics (resident memory, open file
+descriptors, CPU time) and the event loop's task count: with the connection and
+subscription gauges, what an operator needs to see a node leak over days.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
+        # The process's own figures (Linux /proc; absent elsewhere): per process, so two
+        # apps in one process report the same values.
+        ProcessCollector(registry=registry)
+        self.tasks = Gauge(
+            "tidings_asyncio_tasks",
+            "Tasks not yet done in the event loop serving this app (background tasks, "
+            "requests in flight, replays, connections finishing); back to its idle value "
+            "when the clients leave",
+            registry=registry,
+        )
         self.connections = Gauge(
             "tidings_ws_connections", "Open WebSocket connections", registry=registry
         )
@@ -71,6 +91,10 @@ class Metrics:
         """Sample the outbound queues' totals when scraped."""
         self.queue_depth.set_function(depth)
         self.queue_bytes.set_function(nbytes)
+
+    def watch_tasks(self, count: Callable[[], float]) -> None:
+        """Count the event loop's tasks when scraped."""
+        self.tasks.set_function(count)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
