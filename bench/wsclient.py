@@ -13,6 +13,7 @@ import asyncio
 import base64
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -184,6 +185,23 @@ class WSClient(asyncio.Protocol):
             self.is_open = False
         if self.transport is not None:
             self.transport.close()
+
+    def begin_close(self, code: int = 1000) -> None:
+        """Send a close frame and keep reading: :attr:`closed` gets the server's answer,
+        and the server then closes the TCP connection (the closing handshake)."""
+        if self.is_open:
+            self._send_frame(0x8, code.to_bytes(2, "big"))
+            self.is_open = False
+
+    def reset(self) -> None:
+        """Drop the TCP connection with a reset, no close frame: a crashed client or a
+        network that gave up."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        self.is_open = False
 
     def stall(self) -> None:
         """Stop reading: the server's writes pile up, as with a frozen browser tab."""
