@@ -3,7 +3,8 @@
 Each app has its own :class:`Metrics` and registry (built by ``create_app``), so two apps
 in one process — tests, an embedding service — never share or clash. The registry also
 carries prometheus_client's standard ``process_*`` metrics (resident memory, open file
-descriptors, CPU time) and the event loop's task count: with the connection and
+descriptors, CPU time) and ``python_gc_*`` (collections by generation, objects
+collected), and the event loop's task count: with the connection and
 subscription gauges, what an operator needs to see a node leak over days.
 """
 
@@ -15,6 +16,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -24,9 +26,10 @@ from prometheus_client import (
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        # The process's own figures (Linux /proc; absent elsewhere): per process, so two
-        # apps in one process report the same values.
+        # The process's own figures (Linux /proc; absent elsewhere) and its garbage
+        # collector's passes: per process, so two apps in one process report the same.
         ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
         self.tasks = Gauge(
             "tidings_asyncio_tasks",
             "Tasks not yet done in the event loop serving this app (background tasks, "
