@@ -64,6 +64,7 @@ CATCH_UP_SECONDS = 30.0
 CONNECT_CONCURRENCY = 64
 MIN_SLOPE_SAMPLES = 30  # one a second: fewer say nothing about a growth per hour
 VERDICTS = {True: "yes", False: "no", None: "too few samples"}
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # Figures that must come back exactly (the scrape's own request is in both readings).
 EXACT = (
     "tasks",
@@ -529,6 +530,7 @@ class Report:
     rss_samples: int
     growth_mib_per_hour: float
     growth_ci95_mib_per_hour: float
+    resolution_mib_per_hour: float  # one page over the window, per hour
     held_tasks: int
     gc_while_held: dict[str, int]  # collections and objects collected, by generation
     left: dict[str, int]
@@ -542,12 +544,19 @@ class Report:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def noise_mib_per_hour(self) -> float:
+        """What cannot be told from 0: the slope's 95 % interval, but never less than
+        one page over the window (resident memory moves in pages: when it is nearly
+        flat, a single page's step makes the interval itself meaninglessly narrow)."""
+        return max(self.growth_ci95_mib_per_hour, self.resolution_mib_per_hour)
+
+    @property
     def within_noise(self) -> bool | None:
-        """Whether the memory growth's 95 % interval holds 0; None: too few samples to
-        say (the fast variant)."""
+        """Whether the memory growth per hour cannot be told from 0; None: too few
+        samples to say (the fast variant)."""
         if self.rss_samples < MIN_SLOPE_SAMPLES:
             return None
-        return abs(self.growth_mib_per_hour) <= self.growth_ci95_mib_per_hour
+        return abs(self.growth_mib_per_hour) <= self.noise_mib_per_hour
 
     @property
     def ok(self) -> bool:
@@ -586,9 +595,11 @@ class Report:
             ),
             ("KiB per connection", f"{self.kib_per_connection:.2f}"),
             (
-                "RSS growth per hour (MiB, 95 % interval)",
-                f"{self.growth_mib_per_hour:+.1f} ± {self.growth_ci95_mib_per_hour:.1f}"
-                f" ({self.rss_samples} samples; within noise: "
+                "RSS growth per hour (MiB, ± noise)",
+                f"{self.growth_mib_per_hour:+.2f} ± {self.noise_mib_per_hour:.2f}"
+                f" ({self.rss_samples} samples; 95 % interval ±"
+                f"{self.growth_ci95_mib_per_hour:.2f}, one page ±"
+                f"{self.resolution_mib_per_hour:.2f}; within noise: "
                 f"{VERDICTS[self.within_noise]})",
             ),
             ("left by", ", ".join(f"{way} {n}" for way, n in self.left.items())),
@@ -607,7 +618,8 @@ class Report:
 
     def json(self) -> str:
         figures = {k: v for k, v in self.__dict__.items() if k != "details"}
-        return orjson.dumps(figures | {"within_noise": self.within_noise, "ok": self.ok}).decode()
+        verdict = {"noise_mib_per_hour": self.noise_mib_per_hour, "within_noise": self.within_noise}
+        return orjson.dumps(figures | verdict | {"ok": self.ok}).decode()
 
 
 async def run(plan: Plan, keep: bool = False) -> Report:
@@ -688,6 +700,7 @@ async def run(plan: Plan, keep: bool = False) -> Report:
 
         window = [(t, rss) for t, rss in samples if t >= held_at + plan.rss_warmup_seconds]
         per_second, error = slope(window)
+        span = window[-1][0] - window[0][0] if window else 0.0
         held_rss = statistics.fmean(rss for _, rss in window) if window else 0.0
         return Report(
             plan=plan.name,
@@ -711,8 +724,9 @@ async def run(plan: Plan, keep: bool = False) -> Report:
             after_rss_mib=round(after.rss_kib / 1024, 1),
             kib_per_connection=round((held_rss - baseline.rss_kib) / len(clients), 2),
             rss_samples=len(window),
-            growth_mib_per_hour=round(per_second * 3600 / 1024, 2),
-            growth_ci95_mib_per_hour=round(1.96 * error * 3600 / 1024, 2),
+            growth_mib_per_hour=round(per_second * 3600 / 1024, 3),
+            growth_ci95_mib_per_hour=round(1.96 * error * 3600 / 1024, 3),
+            resolution_mib_per_hour=round(PAGE_KIB / span * 3600 / 1024, 3) if span else 0.0,
             held_tasks=held_tasks,
             gc_while_held={k: gc_after[k] - gc_before[k] for k in gc_after},
             left=left,
