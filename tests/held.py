@@ -14,13 +14,13 @@ with a closing handshake, a third by closing TCP without a close frame, a third 
 reset — and every figure of the baseline must come back (file descriptors of the SQLite
 pool within a stated tolerance, see :data:`POOL_FILE_TOLERANCE`).
 
-Reported: KiB per connection (mean resident memory over the held window less the
-baseline, per client) and the memory growth per hour, extrapolated from a least-squares
-slope over the held window after its warm-up, with its 95 % interval. The warm-up is
-long (300 s of 420): the resident memory of a node under a steady load climbs a few MiB
-for minutes (allocator arenas, the SQLite page cache, the in-memory tail of recent events,
-all bounded) before it levels off; a slope over that climb extrapolates it to tens of
-MiB per hour that never come. It prints a table and one JSON line.
+Reported: KiB per connection (mean resident memory over the held window after its
+warm-up, less the baseline, per client) and the memory growth per hour, extrapolated from
+a least-squares slope over that window, with its noise (the 95 % interval, or one page
+over the window if wider). The warm-up is long (300 s of 420): the resident memory of a
+node under a steady load climbs a few MiB for minutes before it levels off (see
+docs/reliability.md), and a slope over that climb extrapolates it to tens of MiB per hour
+that never come. It prints a table and one JSON line.
 
 ``python -m tests.held`` (``make hold``) is the full run: 5,000 clients held for 420 s,
 the node pinned to CPU 0 and this process (the clients) to CPU 1, as ``make bench`` does.
