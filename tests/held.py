@@ -631,7 +631,11 @@ async def run(plan: Plan, keep: bool = False) -> Report:
     try:
         data = root / "data"
         data.mkdir()
-        users = await create_users(f"sqlite+aiosqlite:///{data / 'tidings.db'}", plan.users)
+        # The node's own database: SQLite in its folder unless a setting names another.
+        database_url = dict(plan.env).get(
+            "TIDINGS_DATABASE_URL", f"sqlite+aiosqlite:///{data / 'tidings.db'}"
+        )
+        users = await create_users(database_url, plan.users)
         await node.start()
         owner = users[0]
         auth = {"Authorization": f"Bearer {owner.token}"}
@@ -756,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fast", action="store_true", help="the variant make test runs")
     parser.add_argument("--clients", type=int, help="instead of the plan's")
-    parser.add_argument("--hold", type=float, help="seconds held, instead of the plan's")
+    parser.add_argument(
+        "--hold", type=float, help="seconds held, instead of the plan's (slope: last 120 s)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the node's log and data")
     parser.add_argument("--samples", action="store_true", help="print every RSS sample")
     parser.add_argument(
@@ -767,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients is not None:
         plan = replace(plan, clients=args.clients)
     if args.hold is not None:
-        plan = replace(plan, hold_seconds=args.hold)
+        # The slope over the last 120 s as in the plan, or over the second half if shorter.
+        warmup = max(args.hold - 120.0, args.hold / 2)
+        plan = replace(plan, hold_seconds=args.hold, rss_warmup_seconds=warmup)
     if args.env:
         plan = replace(plan, env=tuple(tuple(e.split("=", 1)) for e in args.env))
     if plan.pin:
