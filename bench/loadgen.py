@@ -422,7 +422,10 @@ async def end_to_end_writers(config: dict[str, Any]) -> dict[str, Any]:
         "expected": share * writers * clients,
         "complete": complete and partial == 0 and not errors,
         "changes": len(receipts),
-        "changes_per_s": round(share * writers / (written - window.started), 1),
+        # Publishers write without waiting for anything: no rate of changes to speak of.
+        "changes_per_s": None
+        if publish
+        else round(share * writers / (written - window.started), 1),
         "events_per_s": round(delivered / duration) if duration > 0 else None,
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),

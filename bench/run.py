@@ -334,16 +334,24 @@ def until(proc: subprocess.Popen[str], phase: str) -> dict[str, Any]:
     raise RuntimeError(f"load generator exited ({proc.wait()}) before {phase!r}")
 
 
-def loadgen(server: Server, config: dict[str, Any], script: str = "loadgen.py") -> dict[str, Any]:
-    """Run one load generator; sample the server's CPU and memory around its window."""
+def loadgen(
+    server: Server, config: dict[str, Any], script: str = "loadgen.py", profile: bool = False
+) -> dict[str, Any]:
+    """Run one load generator; sample the server's CPU and memory around its window
+    (``profile``: and cProfile it there, into ``--profile``'s file)."""
     proc = spawn(server, config, script)
     until(proc, "ready")
     server.reset_peak()
     rss = server.rss_kib() / 1024
+    profiling = profile and PROFILE is not None and server.variant.server == "tidings"
+    if profiling:
+        profile_server(server, None)
     until(proc, "start")
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     until(proc, "end")
     cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    if profiling:
+        profile_server(server, PROFILE)
     peak = server.peak_rss_kib() / 1024
     result = until(proc, "done")
     if proc.wait() != 0:
@@ -373,7 +381,8 @@ def run_case(
         if config["scenario"] == "restart":
             return restart(server, config)
         if config["scenario"] == "e2e-writers":
-            result = loadgen(server, {**config, "publish": variant.server == "node"})
+            publish = variant.server == "node"
+            result = loadgen(server, {**config, "publish": publish}, profile=True)
             lost = result["expected"] - result["delivered"] + result["out_of_order"]
             return {**result, "lost": lost + result["partial_changes"]}
         if config.get("auth") == "session cookie":
@@ -460,7 +469,7 @@ def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
     server.relaunch()
     start_s = time.monotonic() - began
     if PROFILE is not None:  # cProfile of the server's event loop over the catch-up
-        httpx.post(f"http://127.0.0.1:{server.port}/bench/profile", json={}).raise_for_status()
+        profile_server(server, None)
     cpu0, release = server.cpu_seconds(), time.time()
     line = json.dumps({"heads": heads, "release": release}) + "\n"
     for proc in procs:
@@ -471,8 +480,7 @@ def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
         until(proc, "end")
     cpu = (server.cpu_seconds() - cpu0) / (time.time() - release)
     if PROFILE is not None:
-        url = f"http://127.0.0.1:{server.port}/bench/profile"
-        httpx.post(url, json={"file": str(PROFILE.resolve())}).raise_for_status()
+        profile_server(server, PROFILE)
     results = [until(proc, "done") for proc in procs]
     if any(proc.wait() != 0 for proc in procs):
         raise RuntimeError(f"load generator failed against {server.variant.name}")
@@ -510,6 +518,15 @@ def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
         "server_cpu": round(cpu, 3),
         "server_log_errors": log.count("Traceback"),
     }
+
+
+def profile_server(server: Server, out: Path | None) -> None:
+    """Start cProfile in the tidings server (``out`` None), or stop it and write to ``out``."""
+    import httpx
+
+    body = {} if out is None else {"file": str(out.resolve())}
+    response = httpx.post(f"http://127.0.0.1:{server.port}/bench/profile", json=body)
+    response.raise_for_status()
 
 
 def seed(server: Server, count: int) -> None:
@@ -803,7 +820,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke run")
     parser.add_argument("--out", type=Path, help="also write the report and JSON lines here")
     parser.add_argument(
-        "--profile", type=Path, help="restart: cProfile the server over the catch-up into this"
+        "--profile",
+        type=Path,
+        help="restart, e2e-writers: cProfile tidings over the measured window into this file",
     )
     args = parser.parse_args()
     global PROFILE
