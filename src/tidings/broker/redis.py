@@ -19,6 +19,20 @@ logger = logging.getLogger("tidings.broker")
 _LOST = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
+POOL_CONNECTIONS = 100  # Redis connections per node and use (broker, presence), at most
+POOL_WAIT = 10.0  # seconds a command waits for a free one before it fails
+
+
+def _client(url: str) -> aioredis.Redis:
+    """A client whose commands wait for a free connection when all of its pool's are busy.
+
+    redis-py's default pool fails a command at once beyond 100 connections: the
+    presence reads of a node's clients subscribing all at once after a restart got
+    ``Too many connections`` by the hundred."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisSubscription:
@@ -124,7 +138,7 @@ class RedisBroker:
         self._subscriptions: set[RedisSubscription] = set()
 
     async def connect(self) -> None:
-        self._redis = aioredis.from_url(self._url)
+        self._redis = _client(self._url)
         await self._redis.ping()
 
     async def disconnect(self) -> None:
@@ -257,7 +271,7 @@ class RedisPresence:
         self._drop: AsyncScript | None = None
 
     async def connect(self) -> None:
-        self._redis = aioredis.from_url(self._url)
+        self._redis = _client(self._url)
         await self._redis.ping()
         self._update = self._redis.register_script(_UPDATE)
         self._drop = self._redis.register_script(_DROP)
