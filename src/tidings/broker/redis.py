@@ -19,7 +19,7 @@ logger = logging.getLogger("tidings.broker")
 _LOST = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
-POOL_CONNECTIONS = 100  # Redis connections per node and use (broker, presence), at most
+POOL_CONNECTIONS = 100  # presence's Redis connections per node, at most
 POOL_WAIT = 10.0  # seconds a command waits for a free one before it fails
 
 
@@ -138,7 +138,7 @@ class RedisBroker:
         self._subscriptions: set[RedisSubscription] = set()
 
     async def connect(self) -> None:
-        self._redis = _client(self._url)
+        self._redis = aioredis.from_url(self._url)
         await self._redis.ping()
 
     async def disconnect(self) -> None:
