@@ -471,7 +471,6 @@ def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
         until(proc, "ready")
     began = time.monotonic()
     server.halt(timeout=60)
-    print(f"halt took {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
     stop_s = time.monotonic() - began
     assert server.data_dir is not None
     seeded = subprocess.run(
