@@ -32,7 +32,9 @@ from typing import Any
 import httpx
 import orjson
 import uvloop
-from wsclient import WSClient, connect
+from writes import answer as http_answer
+from writes import encode_request
+from wsclient import HandshakeError, WSClient, connect
 
 EVENT_TYPES = ("file.uploaded", "project.updated")
 _SENT = re.compile(rb'"t":([0-9.]+)')  # each published event carries its send time as "t"
@@ -63,6 +65,9 @@ class Stats:
         self.events = 0
         self.out_of_order = 0
         self.last_receipt = 0.0
+        # Per change or published event (its send time, as sent): the last receipt and
+        # the number of receipts. Kept only when asked for (the concurrent writers case).
+        self.receipts: dict[str, list[float]] | None = None
         self._timed: list[tuple[Subscriber, float, bytes]] = []
         self._goal = 0
         self._reached: asyncio.Future[None] | None = None
@@ -104,7 +109,10 @@ class Stats:
                     self.last_receipt = now
                     self._check_order(sub, message.get("seq"))
                     if kind == "project.updated":  # the REST change's description: its time
-                        self.latencies.append(now - float(message["data"]["description"]))
+                        sent = message["data"]["description"]
+                        self.latencies.append(now - float(sent))
+                        if self.receipts is not None:
+                            self._receipt(sent, now)
                 elif kind == "subscribed":
                     sub.last_seq = message.get("seq") or 0
                     if not sub.subscribed.done():
@@ -119,10 +127,23 @@ class Stats:
     def analyse(self) -> None:
         """Read the send times and seqs of the events counted so far."""
         for sub, now, payload in self._timed:
-            self.latencies.extend([now - float(t) for t in _SENT.findall(payload)])
+            sent = _SENT.findall(payload)
+            self.latencies.extend([now - float(t) for t in sent])
+            if self.receipts is not None:
+                for t in sent:
+                    self._receipt(t.decode(), now)
             for seq in _SEQ.findall(payload):
                 self._check_order(sub, int(seq))
         self._timed = []
+
+    def _receipt(self, sent: str, now: float) -> None:
+        assert self.receipts is not None
+        receipt = self.receipts.get(sent)
+        if receipt is None:
+            self.receipts[sent] = [now, 1.0]
+        else:
+            receipt[0] = max(receipt[0], now)
+            receipt[1] += 1
 
     def _check_order(self, sub: Subscriber, seq: int | None) -> None:
         if seq is not None:
@@ -140,6 +161,17 @@ class Stats:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)
 
         return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(lat[-1] * 1000, 2)}
+
+
+_last_stamp = 0.0
+
+
+def stamp() -> float:
+    """The time now, as a send time no other event of this process has: the concurrent
+    writers case tells changes apart by it."""
+    global _last_stamp
+    _last_stamp = max(time.time(), _last_stamp + 1e-6)
+    return _last_stamp
 
 
 class Target:
@@ -201,7 +233,7 @@ class Target:
                 "size": 1024 + i,
                 "asset_type": "other",
             },
-            "t": time.time(),
+            "t": stamp(),
             "pad": "",
         }
         body["pad"] = "x" * max(0, size - 60 - len(orjson.dumps(body)))
@@ -309,6 +341,263 @@ async def end_to_end(config: dict[str, Any]) -> dict[str, Any]:
         "out_of_order": stats.out_of_order,
         "loadgen_cpu": window.loadgen_cpu,
         **figures,
+    }
+
+
+async def end_to_end_writers(config: dict[str, Any]) -> dict[str, Any]:
+    """``writers`` concurrent writers, ``changes`` in all, to ``clients`` subscribers of
+    one project. REST servers: each writer keeps one keep-alive connection and PATCHes the
+    project (its description the change's send time) as soon as its last change is
+    answered. ``publish``: each writer is a publisher socket instead and sends its share
+    of events at once (Node ``ws`` has no write path to wait for). Latency is from a
+    change's request to its last receipt at any subscriber."""
+    target, stats = Target(config), Stats()
+    clients, writers, changes = config["clients"], config["writers"], config["changes"]
+    await target.subscribers(clients, stats)
+    publish = config.get("publish", False)
+    requests: list[float] = []  # REST round trips
+    errors: list[str] = []
+
+    token = config.get("token") or ""
+
+    async def rest_writer(count: int, connection: tuple[Any, Any] | None = None) -> None:
+        reader, stream = connection or await asyncio.open_connection(target.host, target.port)
+        host, path = f"{target.host}:{target.port}", f"/api/projects/{target.project_id}"
+        try:
+            for _ in range(count):
+                sent = f"{stamp():.6f}"
+                body = orjson.dumps({"description": sent})
+                began = time.perf_counter()
+                request = encode_request("PATCH", path, host, token, "application/json", body)
+                stream.write(request)
+                status = await http_answer(reader)
+                if 200 <= status < 300:
+                    requests.append(time.perf_counter() - began)
+                else:
+                    errors.append(f"PATCH {status}")
+        finally:
+            stream.close()
+
+    def publisher(socket: WSClient, index: int, count: int) -> None:
+        for i in range(count):
+            socket.send(target.event(index * count + i, 256))
+
+    if publish:
+        await warm_up(target, await target.publisher(), (stats, clients))
+        sockets = [await target.publisher() for _ in range(writers)]
+    else:
+        goal = stats.events + 3 * clients
+        await rest_writer(3)  # warm-up, as in the other scenarios
+        if not await stats.reached(goal, 60):
+            raise RuntimeError("warm-up changes did not arrive")
+        connections = [
+            await asyncio.open_connection(target.host, target.port) for _ in range(writers)
+        ]
+    base = stats.restart()
+    stats.receipts = {}
+    share = changes // writers
+    emit({"phase": "ready"})
+    with Window() as window:
+        if publish:
+            for i, socket in enumerate(sockets):
+                publisher(socket, i, share)
+        else:
+            await asyncio.gather(*(rest_writer(share, c) for c in connections))
+        written = time.time()
+        complete = await stats.reached(base + share * writers * clients, config.get("timeout", 120))
+    delivered = stats.events - base
+    figures = stats.figures()  # reads the published events' send times into receipts
+    receipts = stats.receipts
+    tails = sorted(last - float(sent) for sent, (last, _) in receipts.items())
+    partial = sum(1 for _, count in receipts.values() if count != clients)
+
+    def pct(q: float) -> float | None:
+        return round(tails[min(len(tails) - 1, int(q * len(tails)))] * 1000, 2) if tails else None
+
+    duration = stats.last_receipt - window.started
+    requests.sort()
+    request_p99 = round(requests[int(0.99 * len(requests))] * 1000, 2) if requests else None
+    return {
+        "delivered": delivered,
+        "expected": share * writers * clients,
+        "complete": complete and partial == 0 and not errors,
+        "changes": len(receipts),
+        # Publishers write without waiting for anything: no rate of changes to speak of.
+        "changes_per_s": None
+        if publish
+        else round(share * writers / (written - window.started), 1),
+        "events_per_s": round(delivered / duration) if duration > 0 else None,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": round(tails[-1] * 1000, 2) if tails else None,
+        "receipt_p50_ms": figures["p50_ms"],  # every single receipt, not the last per change
+        "request_p99_ms": request_p99,
+        "partial_changes": partial,
+        "out_of_order": stats.out_of_order,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "loadgen_cpu": window.loadgen_cpu,
+    }
+
+
+class Returner:
+    """One client of the restart scenario: its project, the last ``seq`` it got, and what
+    went wrong for it (connects refused or reset, HTTP errors on the upgrade, ``error``
+    messages, events out of order)."""
+
+    __slots__ = ("caught_up", "done", "errors", "head", "last_seq", "project", "subscribed")
+
+    def __init__(self, project: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.project = project
+        self.subscribed: asyncio.Future[None] = loop.create_future()  # this attempt's
+        self.last_seq = 0
+        self.head = 0  # the seq to reach after the restart
+        self.caught_up = 0.0
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.errors: list[str] = []
+
+
+class Restart:
+    """The restart scenario's message handler: ``seq`` order per client, and the moment
+    each client reaches its project's head."""
+
+    def __init__(self) -> None:
+        self.out_of_order = 0
+        self.events = 0
+
+    def on_messages(self, client: WSClient, payloads: list[bytes], now: float) -> None:
+        who: Returner = client.state  # type: ignore[assignment]
+        for payload in payloads:
+            message = orjson.loads(payload)
+            kind = message.get("type")
+            seq = message.get("seq")
+            if kind == "subscribed":
+                if who.head == 0:  # before the restart: where this client stands
+                    who.last_seq = seq or 0
+                if not who.subscribed.done():
+                    who.subscribed.set_result(None)
+            elif kind == "error":
+                who.errors.append(f"error {message.get('code')}")
+                if not who.subscribed.done():
+                    who.subscribed.set_exception(RuntimeError(f"subscribe failed: {message}"))
+            elif seq is not None and message.get("project_id") == who.project:
+                self.events += 1
+                if seq != who.last_seq + 1:
+                    self.out_of_order += 1
+                who.last_seq = seq
+                if who.head and seq >= who.head and not who.done.done():
+                    who.caught_up = now
+                    who.done.set_result(None)
+
+
+async def restart(config: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` clients subscribed to ``projects`` (client ``offset + i`` to project
+    ``(offset + i) mod len(projects)``), held while ``run.py`` stops the server with
+    SIGTERM, commits events and starts it again. Then one line on standard input,
+    ``{"heads": {project: seq}, "release": time}``, lets every client reconnect at once,
+    with no jitter, and resume with ``since`` its last ``seq``. A client that fails
+    (refused, reset, an HTTP error on the upgrade, an ``error`` reply, a dropped
+    connection) counts the failure and tries again after ``retry`` s. Reports each
+    client's time from the release until it had every event up to its project's head."""
+    target, handler = Target(config), Restart()
+    projects: list[str] = config["projects"]
+    offset, retry = config.get("offset", 0), config.get("retry", 0.5)
+
+    async def open_one(who: Returner, since: int | None) -> WSClient:
+        who.subscribed = asyncio.get_running_loop().create_future()
+        client = await connect(
+            target.host,
+            target.port,
+            "/ws",
+            handler.on_messages,
+            headers=target.headers,
+            state=who,
+            timeout=config.get("timeout", 120),
+        )
+        request: dict[str, Any] = {"type": "subscribe", "project_id": who.project}
+        if since is not None:
+            request["since"] = since
+        client.send(orjson.dumps(request))
+        try:
+            await asyncio.wait_for(who.subscribed, 60)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def first(who: Returner, gate: asyncio.Semaphore) -> WSClient:
+        async with gate:
+            return await open_one(who, None)
+
+    gate = asyncio.Semaphore(64)
+    returners = [Returner(projects[(offset + i) % len(projects)]) for i in range(config["clients"])]
+    clients = await asyncio.gather(*(first(w, gate) for w in returners))
+    gc.collect()
+    emit({"phase": "ready"})
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    order = json.loads(line)
+    heads: dict[str, int] = order["heads"]
+    closes: dict[str, int] = {}
+    for client in clients:
+        code = client.closed.result() if client.closed.done() else "open"
+        closes[str(code)] = closes.get(str(code), 0) + 1
+        client.close()
+    for who in returners:
+        who.head = heads[who.project]
+        if who.last_seq >= who.head:
+            who.done.set_result(None)
+    emit({"phase": "start"})
+    gc.disable()
+
+    async def come_back(who: Returner) -> WSClient | None:
+        deadline = time.time() + config.get("deadline", 120)
+        while time.time() < deadline:
+            try:
+                client = await open_one(who, who.last_seq)
+            except HandshakeError as exc:  # an HTTP answer instead of 101
+                who.errors.append(str(exc).split(" ", 2)[1] if " " in str(exc) else str(exc))
+            except ConnectionRefusedError:
+                who.errors.append("refused")
+            except ConnectionResetError:
+                who.errors.append("reset")
+            except TimeoutError:
+                who.errors.append("timeout")
+            except (OSError, RuntimeError) as exc:
+                who.errors.append(type(exc).__name__)
+            else:
+                ended: asyncio.Future[Any] = asyncio.shield(client.closed)
+                waits: list[asyncio.Future[Any]] = [who.done, ended]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if who.done.done():
+                    ended.cancel()
+                    return client
+                who.errors.append(f"closed {client.closed.result()}")
+            await asyncio.sleep(retry)
+        return None
+
+    release = float(order["release"])
+    back = await asyncio.gather(*(come_back(w) for w in returners))
+    emit({"phase": "end"})
+    gc.enable()
+    for came in back:
+        if came is not None:
+            came.close()
+    errors: dict[str, int] = {}
+    for who in returners:
+        for error in who.errors:
+            errors[error] = errors.get(error, 0) + 1
+    return {
+        "clients": len(returners),
+        "closes": closes,
+        "caught_up": [
+            round(w.caught_up - release, 4) for w in returners if w.done.done() and w.caught_up
+        ],
+        "already": sum(1 for w in returners if w.done.done() and not w.caught_up),  # none missed
+        "missing": sum(1 for w in returners if not w.done.done()),
+        "events": handler.events,
+        "out_of_order": handler.out_of_order,
+        "errors": errors,
     }
 
 
@@ -427,10 +716,12 @@ async def connect_rate(config: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fanout": fanout,
     "e2e": end_to_end,
+    "e2e-writers": end_to_end_writers,
     "stalled": stalled,
     "idle": idle,
     "resume": resume,
     "connect": connect_rate,
+    "restart": restart,
 }
 
 

@@ -7,7 +7,8 @@ cancels. Prints one JSON line per run as it ends, then a markdown table per scen
 the targets. Everything is on loopback, bounded in count and in time.
 
     python bench/run.py [--rounds N]
-                        [--only write,fanout,e2e,idle,stalled,resume,connect]
+                        [--only write,fanout,e2e,e2e-writers,stalled,resume,connect,
+                                restart,restart-node,idle,idle-node]
                         [--ablation] [--quick] [--out FILE]
 
 ``make bench BENCH_ARGS="--only write"`` runs one phase alone.
@@ -109,8 +110,29 @@ def write_cases(scale: int) -> dict[str, dict[str, Any]]:
     }
 
 
+E2E_WRITER_CHANGES = 800
+
+RESTART = (
+    Figure("catch_up_p50_s", "release → every missed event, p50 (s)", 3),
+    Figure("catch_up_p99_s", "release → every missed event, p99 (s)", 3),
+    Figure("catch_up_max_s", "release → every missed event, max (s)", 3),
+    Figure("caught_up", "clients with every event, once, in order"),
+    Figure("failures", "connects refused, reset or timed out; HTTP errors; `error`s"),
+    Figure("closed_1012", "clients closed with 1012 at the stop"),
+    Figure("stop_s", "SIGTERM → process gone (s)", 2),
+    Figure("start_s", "start → /healthz answers (s)", 2),
+    Figure("server_cpu", "server CPU during the catch-up (share of its core)", 2),
+    Figure("server_log_errors", "tracebacks in the server's log"),
+)
+RESTART_PROJECTS = 100
+RESTART_EVENTS = 1000
+RESTART_PER_LOADGEN = 5000
+PROFILE: Path | None = None  # --profile: where the restart scenario writes its cProfile
+
+
 def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
     scale = 10 if quick else 1
+    restart_clients = 10_000 // scale
     burst = f"1,000 subscribers of one project, {200 // scale} events of ~256 B published at once"
     fanout = {"scenario": "fanout", "clients": 1000, "events": 200 // scale, "size": 256}
     if ablation:
@@ -149,6 +171,34 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                 Figure("p99_ms", "latency p99 (ms)", 1),
                 Figure("server_cpu", "server CPU (share of its core)", 2),
                 Figure("loadgen_cpu", "load generator CPU", 2),
+            ),
+        ),
+        Scenario(
+            "e2e-writers",
+            "End-to-end under concurrent writers: 8 writers, "
+            f"{E2E_WRITER_CHANGES // scale:,} changes in all (tidings and naive: "
+            "`PATCH /api/projects/{id}` on keep-alive connections, each writer's next change "
+            "once the last is answered; Node ws: 8 publisher sockets sending their share at "
+            "once) → 1,000 subscribers of the project",
+            ("tidings", "naive", "node"),
+            {
+                "8 writers": {
+                    "scenario": "e2e-writers",
+                    "clients": 1000,
+                    "writers": 8,
+                    "changes": E2E_WRITER_CHANGES // scale,
+                }
+            },
+            (
+                Figure("events_per_s", "events delivered/s"),
+                Figure("changes_per_s", "changes/s", 1),
+                Figure("p50_ms", "change → last receipt p50 (ms)", 1),
+                Figure("p99_ms", "change → last receipt p99 (ms)", 1),
+                Figure("max_ms", "change → last receipt max (ms)", 1),
+                Figure("request_p99_ms", "REST round trip p99 (ms)", 1),
+                Figure("server_cpu", "server CPU (share of its core)", 2),
+                Figure("loadgen_cpu", "load generator CPU", 2),
+                Figure("lost", "events missing, duplicated or out of order"),
             ),
         ),
         Scenario(
@@ -210,6 +260,40 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
             ),
         ),
         Scenario(
+            "restart",
+            f"Restart: {restart_clients:,} clients subscribed to {RESTART_PROJECTS} projects; the "
+            f"server stopped with SIGTERM, {RESTART_EVENTS:,} events committed while it is down, "
+            "the server started again, then every client reconnecting at once (no jitter) "
+            "and resuming with `since`",
+            ("tidings",),
+            {
+                f"{restart_clients:,} clients": {
+                    "scenario": "restart",
+                    "clients": restart_clients,
+                    "projects": RESTART_PROJECTS,
+                    "events": RESTART_EVENTS,
+                }
+            },
+            RESTART,
+            rounds=1,
+        ),
+        Scenario(
+            "restart-node",
+            f"Restart on one node: `tidings serve --workers 2` with the Redis broker, "
+            f"{2 * restart_clients:,} clients, otherwise as above",
+            ("tidings-2w",),
+            {
+                f"{2 * restart_clients:,} clients": {
+                    "scenario": "restart",
+                    "clients": 2 * restart_clients,
+                    "projects": RESTART_PROJECTS,
+                    "events": RESTART_EVENTS,
+                }
+            },
+            RESTART,
+            rounds=1,
+        ),
+        Scenario(
             "idle",
             "Idle memory: connected, subscribed clients with a heartbeat every second",
             ("tidings", "naive", "node"),
@@ -266,16 +350,24 @@ def until(proc: subprocess.Popen[str], phase: str) -> dict[str, Any]:
     raise RuntimeError(f"load generator exited ({proc.wait()}) before {phase!r}")
 
 
-def loadgen(server: Server, config: dict[str, Any], script: str = "loadgen.py") -> dict[str, Any]:
-    """Run one load generator; sample the server's CPU and memory around its window."""
+def loadgen(
+    server: Server, config: dict[str, Any], script: str = "loadgen.py", profile: bool = False
+) -> dict[str, Any]:
+    """Run one load generator; sample the server's CPU and memory around its window
+    (``profile``: and cProfile it there, into ``--profile``'s file)."""
     proc = spawn(server, config, script)
     until(proc, "ready")
     server.reset_peak()
     rss = server.rss_kib() / 1024
+    profiling = profile and PROFILE is not None and server.variant.server == "tidings"
+    if profiling:
+        profile_server(server, None)
     until(proc, "start")
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     until(proc, "end")
     cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    if profiling:
+        profile_server(server, PROFILE)
     peak = server.peak_rss_kib() / 1024
     result = until(proc, "done")
     if proc.wait() != 0:
@@ -302,6 +394,13 @@ def run_case(
             seed(server, 10_000)
         if config["scenario"] == "write":
             return loadgen(server, write_setup(server, config), "writes.py")
+        if config["scenario"] == "restart":
+            return restart(server, config)
+        if config["scenario"] == "e2e-writers":
+            publish = variant.server == "node"
+            result = loadgen(server, {**config, "publish": publish}, profile=True)
+            lost = result["expected"] - result["delivered"] + result["out_of_order"]
+            return {**result, "lost": lost + result["partial_changes"]}
         if config.get("auth") == "session cookie":
             config = {**config, "cookie": server.login(account.password)}
         return loadgen(server, config)
@@ -339,6 +438,113 @@ def idle(server: Server, config: dict[str, Any], heartbeat: float) -> dict[str, 
         "server_rss_mib": round(rss / 1024, 1),
         "kib_per_connection": round((rss - before) / total, 2),
     }
+
+
+def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
+    """The restart scenario: clients held by load generators (at most
+    ``RESTART_PER_LOADGEN`` each) while the server stops, events are committed with it down
+    (``bench/seed.py``, a process of its own on the same database), and it starts again
+    on the same port; then one line releases every client at once."""
+    import httpx
+
+    projects = [server.project_id]
+    auth = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=auth) as client:
+        while len(projects) < config["projects"]:
+            response = client.post("/api/projects", json={"name": f"bench {len(projects)}"})
+            response.raise_for_status()
+            projects.append(response.json()["id"])
+    total = config["clients"]
+    procs = [
+        spawn(
+            server,
+            {
+                **config,
+                "clients": min(RESTART_PER_LOADGEN, total - i),
+                "offset": i,
+                "projects": projects,
+            },
+        )
+        for i in range(0, total, RESTART_PER_LOADGEN)
+    ]
+    for proc in procs:
+        until(proc, "ready")
+    began = time.monotonic()
+    server.halt(timeout=60)
+    stop_s = time.monotonic() - began
+    assert server.data_dir is not None
+    seeded = subprocess.run(
+        [PYTHON, str(BENCH / "seed.py"), str(server.data_dir), str(config["events"]), *projects],
+        env=server.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    heads = json.loads(seeded.stdout)
+    began = time.monotonic()
+    server.relaunch()
+    start_s = time.monotonic() - began
+    profiling = PROFILE is not None and server.variant.server == "tidings"  # the bench hooks
+    if profiling:  # cProfile of the server's event loop over the catch-up
+        profile_server(server, None)
+    cpu0, release = server.cpu_seconds(), time.time()
+    line = json.dumps({"heads": heads, "release": release}) + "\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line)
+        proc.stdin.flush()
+    for proc in procs:
+        until(proc, "end")
+    cpu = (server.cpu_seconds() - cpu0) / (time.time() - release)
+    if profiling:
+        profile_server(server, PROFILE)
+    results = [until(proc, "done") for proc in procs]
+    if any(proc.wait() != 0 for proc in procs):
+        raise RuntimeError(f"load generator failed against {server.variant.name}")
+    times = sorted(t for r in results for t in r["caught_up"])
+    errors: dict[str, int] = {}
+    closes: dict[str, int] = {}
+    for r in results:
+        for key, n in r["errors"].items():
+            errors[key] = errors.get(key, 0) + n
+        for key, n in r["closes"].items():
+            closes[key] = closes.get(key, 0) + n
+    assert server.log is not None
+    log = server.log.read_text(errors="replace")
+
+    def pct(q: float) -> float | None:
+        return round(times[min(len(times) - 1, int(q * len(times)))], 3) if times else None
+
+    missing = sum(r["missing"] for r in results)
+    out_of_order = sum(r["out_of_order"] for r in results)
+    return {
+        "clients": total,
+        "caught_up": total - missing if out_of_order == 0 else None,
+        "missing": missing,
+        "out_of_order": out_of_order,
+        "events": sum(r["events"] for r in results),
+        "catch_up_p50_s": pct(0.5),
+        "catch_up_p99_s": pct(0.99),
+        "catch_up_max_s": times[-1] if times else None,
+        "failures": sum(errors.values()),
+        "errors": errors,
+        "closes": closes,
+        "closed_1012": closes.get("1012", 0),
+        "stop_s": round(stop_s, 2),
+        "start_s": round(start_s, 2),
+        "server_cpu": round(cpu, 3),
+        "server_log_errors": log.count("Traceback"),
+        "first_log_error": log[log.find("Traceback") :][:1500] if "Traceback" in log else None,
+    }
+
+
+def profile_server(server: Server, out: Path | None) -> None:
+    """Start cProfile in the tidings server (``out`` None), or stop it and write to ``out``."""
+    import httpx
+
+    body = {} if out is None else {"file": str(out.resolve())}
+    response = httpx.post(f"http://127.0.0.1:{server.port}/bench/profile", json=body)
+    response.raise_for_status()
 
 
 def seed(server: Server, count: int) -> None:
@@ -387,6 +593,7 @@ def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:
                         line: dict[str, Any] = {"scenario": scenario.name, "case": case}
                         line["server"] = variant
                         line |= {"round": round_ + 1, **result}
+                        line["load_average"] = Path("/proc/loadavg").read_text().split()[:3]
                         lines.append(line)
                         print(json.dumps(line), flush=True)
             took = time.monotonic() - began
@@ -573,6 +780,46 @@ def targets(selected: list[Scenario]) -> str:
                     s.median(case, variant, "connects_per_s"),
                     lambda v: v >= 2500,
                 )
+    if (s := by_name.get("e2e-writers")) is not None:
+        check(
+            "end-to-end, 8 writers: events delivered/s, tidings ÷ Node ws ≥ 1.0",
+            s.ratio("8 writers", "events_per_s", "tidings", "node"),
+            lambda r: r >= 1.0,
+            "×",
+        )
+        check(
+            "end-to-end, 8 writers: change → last receipt p99 ≤ 50 ms",
+            s.median("8 writers", "tidings", "p99_ms"),
+            lambda v: v <= 50,
+            " ms",
+        )
+        check(
+            "end-to-end, 8 writers: every event at every subscriber, once, in order",
+            s.median("8 writers", "tidings", "lost"),
+            equals(0),
+        )
+    for name in ("restart", "restart-node"):
+        if (s := by_name.get(name)) is None:
+            continue
+        server = s.variants[0] if s.variants else "tidings"
+        label = VARIANTS[server].label
+        for case, config in s.cases.items():
+            check(
+                f"restart, {case}, {label}: all caught up within 5 s (max)",
+                s.median(case, server, "catch_up_max_s"),
+                lambda v: v <= 5,
+                " s",
+            )
+            check(
+                f"restart, {case}, {label}: clients with every event",
+                s.median(case, server, "caught_up"),
+                equals(config["clients"]),
+            )
+            check(
+                f"restart, {case}, {label}: handshakes refused or failed",
+                s.median(case, server, "failures"),
+                equals(0),
+            )
     if (s := by_name.get("e2e")) is not None:
         check(
             "end-to-end p99 at 1,000 subscribers ≤ 50 ms",
@@ -594,7 +841,14 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="fan-out, optimisation by step")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke run")
     parser.add_argument("--out", type=Path, help="also write the report and JSON lines here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="restart, e2e-writers: cProfile tidings over the measured window into this file",
+    )
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     selected = scenarios(args.quick, args.ablation)
     if args.only:

@@ -173,6 +173,9 @@ class Server:
     data_dir: Path | None = None
     database_url: str | None = None
     account: TidingsAccount | None = None
+    argv: list[str] = field(default_factory=list)  # how it was started: to start it again
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
     _cpu_mark: float = field(default=0.0, init=False)
 
     @property
@@ -223,14 +226,30 @@ class Server:
             "subprotocols": list(self.variant.subprotocols),
         }
 
-    def stop(self) -> None:
+    def halt(self, timeout: float = 5.0) -> None:
+        """SIGTERM, as a deploy stops a node; killed if it is not gone within ``timeout``
+        s (a server stuck on a stalled client may not stop). Its data stays."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(5)  # a server stuck on a stalled client may not stop
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def relaunch(self) -> None:
+        """Start the server again as it was started (same port, same data), after
+        :meth:`halt`, and wait until it answers."""
+        assert self.process.poll() is not None, "halt() it first"
+        assert self.log is not None
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=BENCH, env=self.env
+            )
+        _wait_healthy(self)
+
+    def stop(self) -> None:
+        self.halt()
         if self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         if self.database_url is not None and self.account is not None:
@@ -274,34 +293,26 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
     else:
         argv = ["node", str(BENCH / "node" / "server.js"), str(port), str(heartbeat)]
     log = account.root / f"{variant.name}-{port}.log"  # the server's own output, if needed
+    argv = ["taskset", "-c", cpu, *argv, *variant.args]
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["taskset", "-c", cpu, *argv, *variant.args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=BENCH,
-            env=env,
-        )
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=BENCH, env=env)
     server = Server(
-        variant, process, port, data_dir=data_dir, database_url=database_url, account=account
+        variant,
+        process,
+        port,
+        data_dir=data_dir,
+        database_url=database_url,
+        account=account,
+        argv=argv,
+        env=env,
+        log=log,
     )
+    try:
+        _wait_healthy(server)
+    except RuntimeError:
+        server.stop()
+        raise
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{variant.name} exited with {process.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"{variant.name} did not start")
-        time.sleep(0.05)
-    if variant.server == "tidings-serve":
-        time.sleep(2)  # /healthz answered from one worker: let the other finish starting
     if variant.server.startswith("tidings"):
         server.token = account.pg_token if variant.postgres else account.token
         response = httpx.post(
@@ -312,3 +323,23 @@ def start(variant: Variant, account: TidingsAccount, cpu: str, heartbeat: float 
         response.raise_for_status()
         server.project_id = response.json()["id"]
     return server
+
+
+def _wait_healthy(server: Server) -> None:
+    """Until ``/healthz`` answers 200; raises if the process exits or a minute passes."""
+    process, name = server.process, server.variant.name
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            tail = server.log.read_text(errors="replace")[-2000:] if server.log else ""
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.05)
+    if server.variant.server == "tidings-serve":
+        time.sleep(2)  # /healthz answered from one worker: let the other finish starting

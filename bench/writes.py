@@ -33,7 +33,7 @@ KINDS = ("patch", "upload", "member", "event")
 BOUNDARY = "benchboundary7f3a"
 
 
-def _request(method: str, path: str, host: str, token: str, ctype: str, body: bytes) -> bytes:
+def encode_request(method: str, path: str, host: str, token: str, ctype: str, body: bytes) -> bytes:
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -46,7 +46,7 @@ def change(kind: str, n: int, project: str, user: str, host: str, token: str) ->
     base = f"/api/projects/{project}"
     if kind == "patch":
         body = orjson.dumps({"description": f"change {n}"})
-        return _request("PATCH", base, host, token, "application/json", body)
+        return encode_request("PATCH", base, host, token, "application/json", body)
     if kind == "upload":
         body = (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
@@ -54,12 +54,12 @@ def change(kind: str, n: int, project: str, user: str, host: str, token: str) ->
             f"small file {n}\r\n--{BOUNDARY}--\r\n"
         ).encode()
         ctype = f"multipart/form-data; boundary={BOUNDARY}"
-        return _request("POST", f"{base}/files", host, token, ctype, body)
+        return encode_request("POST", f"{base}/files", host, token, ctype, body)
     if kind == "member":
         body = orjson.dumps({"username": user})
-        return _request("POST", f"{base}/members", host, token, "application/json", body)
+        return encode_request("POST", f"{base}/members", host, token, "application/json", body)
     body = orjson.dumps({"type": "custom.bench", "data": {"n": n}})
-    return _request("POST", f"{base}/events", host, token, "application/json", body)
+    return encode_request("POST", f"{base}/events", host, token, "application/json", body)
 
 
 async def answer(reader: asyncio.StreamReader) -> int:

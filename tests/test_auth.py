@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select, update
 
 from tests.conftest import (
     TIMEOUT,
@@ -25,6 +25,7 @@ from tests.conftest import (
     refused,
     ws_connect,
 )
+from tidings import auth as auth_module
 from tidings.auth import Authenticator, authenticate
 from tidings.db import Database, create_engine
 from tidings.models import ApiToken, AuthSession
@@ -440,4 +441,58 @@ async def test_last_use_is_written_in_a_batch_off_the_request_path(
         (when,) = await db_scalars(server.settings, last_used)
         assert when is not None
     finally:
+        await db.dispose()
+
+
+async def test_concurrent_misses_of_one_credential_share_one_read(
+    server: ServerThread, alice: TestUser, bob: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients of one token coming back at once (after a restart, the cache empty) make
+    one token query, not one each; another token gets its own. A revocation heard while a
+    read is under way sends later callers to the database with a read of their own."""
+    db = Database(create_engine(server.settings.effective_database_url))
+    authenticator = Authenticator(db)
+    queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM api_tokens" in statement:
+            queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.gather(
+            *(authenticator.authenticate(None, f"Bearer {alice.token}") for _ in range(20)),
+            authenticator.authenticate(None, f"Bearer {bob.token}"),
+        )
+        assert [a.user_id if a else None for a in answers] == [alice.id] * 20 + [bob.id]
+        assert len(queries) == 2
+
+        credential = answers[0].credential if answers[0] is not None else ""
+        authenticator.forget(credential)
+        queries.clear()
+        reading = asyncio.Event()
+        find_token = auth_module._find_token
+
+        async def held(db: Database, secret_hash: str) -> object:
+            await reading.wait()  # the read stays under way until the revocation is heard
+            return await find_token(db, secret_hash)
+
+        monkeypatch.setattr(auth_module, "_find_token", held)
+        first = asyncio.ensure_future(authenticator.authenticate(None, f"Bearer {alice.token}"))
+        await asyncio.sleep(0)
+        async with db.write() as session:
+            await session.execute(
+                update(ApiToken)
+                .where(ApiToken.user_id == alice.id)
+                .values(revoked_at=datetime.now(UTC))
+            )
+        authenticator.forget(credential)  # the revocation notice
+        later = asyncio.ensure_future(authenticator.authenticate(None, f"Bearer {alice.token}"))
+        await asyncio.sleep(0)
+        reading.set()
+        assert await later is None
+        await first
+        assert len(queries) == 2  # the later caller did not join the read begun before
+    finally:
+        await authenticator.stop()
         await db.dispose()

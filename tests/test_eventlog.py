@@ -22,9 +22,10 @@ from tests.conftest import (
     on_stacks,
     upload,
 )
+from tidings.broker.memory import MemoryBroker
 from tidings.db import Database, create_engine, migrate
 from tidings.events import FILE_UPLOADED, PROJECT_CREATED, Envelope, EventLog
-from tidings.models import Event, Project, User
+from tidings.models import Event, Member, Project, User
 
 
 async def events_of(server: ServerThread, project_id: str) -> list[Event]:
@@ -283,12 +284,10 @@ async def test_recording_for_a_missing_project_fails(log_db: tuple[Database, str
 async def test_a_read_cancelled_while_it_waits_leaves_its_connection_usable(
     log_db: tuple[Database, str, str], database_url: str
 ) -> None:
-    """Found by the chaos suite (tests/chaos.py): a replay cancelled while its log read
-    waited on PostgreSQL (its subscription was resubscribed or ended) handed the asyncpg
-    connection back to the pool with the query still in flight, and the next read on it
-    failed ("cannot switch to state 12; another operation is in progress"): a socket
-    closed with 1012 and REST requests answered 500. A read now finishes before its
-    cancellation takes effect. One pooled connection, so the next read gets the same."""
+    """The chaos suite saw "cannot switch to state 12; another operation is in progress"
+    from asyncpg after replays were cancelled (docs/reliability.md, defect 7). One way it
+    could happen is a read cancelled while it waits inside PostgreSQL: that leaves its
+    pooled connection usable. One pooled connection, so the next read gets the same."""
     db, pid, owner = log_db
     log = EventLog(db, RecordingBroker(), 1000, "c")
     async with db.write() as session:
@@ -325,3 +324,46 @@ async def _lock_waiters(db: Database) -> bool:
             )
         )
     return bool(waiting)
+
+
+async def test_replay_pages_read_at_once_are_one_batch_with_each_readers_answer(
+    database_url: str,
+) -> None:
+    """Replays that read together (clients back at once after a restart) share one
+    snapshot; each still gets exactly ``read_visible_after``'s answer: its page, None for
+    a user who cannot see the project, the log of a deleted project; and readers of the
+    same page each get a list of their own."""
+    db = Database(create_engine(database_url))
+    await migrate(db.engine)
+    log = EventLog(db, MemoryBroker(), 100, "nowhere")
+    try:
+        async with db.write() as session:
+            owner, member, other = (User(username=n, password_hash="-") for n in "abc")
+            session.add_all([owner, member, other])
+            await session.flush()
+            busy, quiet = (Project(name=n, owner_id=owner.id, last_seq=0) for n in ("b", "q"))
+            session.add_all([busy, quiet])
+            await session.flush()
+            session.add(Member(project_id=busy.id, user_id=member.id))
+            for i in range(5):
+                await log.record(session, busy.id, FILE_UPLOADED, {"n": i})
+            await log.record(session, quiet.id, PROJECT_CREATED, {"data": {}})
+        ghost = "0" * 32  # no such project (any more): its log is read, empty here
+        asked = [
+            (busy.id, owner.id, 2, 100, None),
+            (busy.id, member.id, 2, 100, None),
+            (busy.id, other.id, 2, 100, None),
+            (busy.id, member.id, 0, 2, None),
+            (quiet.id, member.id, 0, 100, None),
+            (quiet.id, owner.id, 0, 100, None),
+            (ghost, owner.id, 0, 100, None),
+        ]
+        pages = await asyncio.gather(*(log.read_visible_after(*a) for a in asked))
+        seqs = [None if page is None else [e.seq for e in page] for page in pages]
+        assert seqs == [[3, 4, 5], [3, 4, 5], None, [1, 2], None, [1], []]
+        assert pages[0] is not pages[1]
+        assert log.pages.queries == 1
+        alone = await log.read_visible_after(busy.id, other.id, 0, 100, None)
+        assert alone is None and log.pages.queries == 2
+    finally:
+        await db.dispose()

@@ -118,3 +118,13 @@ async def test_a_node_that_stops_refreshing_expires_once(make_store: MakeStore) 
     assert await b.viewers("p1") == [viewer("bob")]
     back = await a.update("dead", [viewer("ann")], [])
     assert back.registered and back.joined == [viewer("ann")]
+
+
+async def test_many_reads_at_once_wait_for_a_connection_instead_of_failing(
+    store: PresenceStore,
+) -> None:
+    """A node's clients subscribing all at once after a restart read presence hundreds at
+    a time: more than the Redis pool's connections, and none of the reads fails."""
+    await store.update("n1", [viewer("ann")], [])
+    found = await asyncio.gather(*(store.viewers("p1") for _ in range(400)))
+    assert all([v.username for v in viewers] == ["ann"] for viewers in found)

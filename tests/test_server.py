@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 
@@ -159,3 +161,24 @@ async def test_a_stopping_node_suggests_a_reconnect_spread(make_server) -> None:
     assert await closed_with(ws) == 1012
     assert ws.close_reason == "service restart; reconnect_within_ms=2500"
     assert reconnect_within(ws.close_reason) == 2.5
+
+
+async def test_the_listen_backlog_setting_reaches_the_listening_socket(make_server) -> None:
+    """TIDINGS_LISTEN_BACKLOG is the queue the kernel keeps for connections the node has
+    not accepted yet: clients reconnecting at once after a restart wait there. uvicorn's
+    own default (2,048) would be used without it. ``ss`` reads the listening socket's
+    backlog from the kernel (its Send-Q column)."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read a listening socket's backlog")
+    assert uvicorn_options(Settings(listen_backlog=321))["backlog"] == 321
+    srv = make_server(listen_backlog=321)
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        ["ss", "-ltnH", f"sport = :{srv.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listing = shown.stdout.split()
+    assert listing[0] == "LISTEN"
+    assert int(listing[2]) == 321  # State Recv-Q Send-Q …: Send-Q is the backlog

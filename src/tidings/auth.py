@@ -79,6 +79,11 @@ class Authenticator:
     :meth:`forget_user` after a password change on this one). Expiry is checked on every
     use, to the second. An API token's last use is written in batches, by a task, at most
     once a :data:`LAST_USED_PRECISION` per token: no write on the request path.
+
+    Misses of one credential at the same time (every client of one service or user coming
+    back at once after a restart, when the cache is empty) share one database read, as
+    long as nothing was forgotten since it began: a caller never gets an answer older
+    than the last revocation this node heard of.
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class Authenticator:
         self._recorded: dict[str, datetime] = {}
         self._pending: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
+        # Credential key → (cache generation when its read began, the read).
+        self._reads: dict[str, tuple[int, asyncio.Future[Principal | None]]] = {}
 
     async def authenticate(self, cookie: str | None, authorization: str | None) -> Principal | None:
         if authorization:
@@ -111,25 +118,50 @@ class Authenticator:
         now = datetime.now(UTC)
         principal = self.cache.get(key, self._clock())
         if principal is None:
-            generation = self.cache.generation
-            if key[0] == "t":
-                found = await _find_token(self.db, key[1:])
-                if found is None:
-                    return None
-                principal, last_used = found
-                if last_used is not None:
-                    self._recorded.setdefault(principal.credential, last_used)
-            else:
-                principal = await _find_session(self.db, key[1:])
-                if principal is None:
-                    return None
-            self.cache.put(key, principal, self._clock(), generation)
+            principal = await self._read(key)
+            if principal is None:
+                return None
         if principal.expires_at is not None and principal.expires_at <= now:
             return None
         if principal.via == "bearer":
             last = self._recorded.get(principal.credential)
             if last is None or now - last >= LAST_USED_PRECISION:
                 self._recorded[principal.credential] = self._pending[principal.credential] = now
+        return principal
+
+    async def _read(self, key: str) -> Principal | None:
+        """The database's answer for a credential key, put in the cache; joins a read of
+        the same key begun at the current cache generation. The read runs as a task of
+        its own, so a caller that gives up does not cancel it for the others."""
+        generation = self.cache.generation
+        pending = self._reads.get(key)
+        if pending is None or pending[0] != generation:
+            read = asyncio.ensure_future(self._lookup(key, generation))
+            pending = self._reads[key] = (generation, read)
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(pending[1])
+
+    def _read_done(self, key: str, read: asyncio.Future[Principal | None]) -> None:
+        pending = self._reads.get(key)
+        if pending is not None and pending[1] is read:
+            del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved here too: every waiter may have given up
+
+    async def _lookup(self, key: str, generation: int) -> Principal | None:
+        principal: Principal | None
+        if key[0] == "t":
+            found = await _find_token(self.db, key[1:])
+            if found is None:
+                return None
+            principal, last_used = found
+            if last_used is not None:
+                self._recorded.setdefault(principal.credential, last_used)
+        else:
+            principal = await _find_session(self.db, key[1:])
+            if principal is None:
+                return None
+        self.cache.put(key, principal, self._clock(), generation)
         return principal
 
     def forget(self, credential: str) -> None:

@@ -8,6 +8,7 @@ commit. Ephemeral events (``process.progress``) skip the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from tidings import schema
 from tidings.access import visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
-from tidings.models import Event, Project
+from tidings.models import Event, Member, Project
 
 logger = logging.getLogger("tidings.events")
 
@@ -155,6 +156,7 @@ class EventLog:
         self.broker = broker
         self.history = history
         self.channel = channel
+        self.pages = PageReader(db)
 
     async def record(
         self,
@@ -292,13 +294,9 @@ class EventLog:
 
         The access check and the page come from one snapshot: a page read after a member
         was removed holds no event of theirs to see, even when the broker lost the news.
+        Reads asked for at the same time go together (:class:`PageReader`).
         """
-        async with self.db.snapshot() as session:
-            if await log_bounds(session, project_id, user_id) is None:
-                exists = await session.scalar(select(Project.id).where(Project.id == project_id))
-                if exists is not None:
-                    return None
-            return await logged_after(session, project_id, after, limit, max_bytes)
+        return await self.pages.read(project_id, user_id, after, limit, max_bytes)
 
 
 async def logged_after(
@@ -333,3 +331,89 @@ async def logged_after(
         select(Event.seq, Event.type, Event.frame).where(*where).order_by(Event.seq).limit(limit)
     )
     return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows]
+
+
+PAGE_BATCH = 500  # replay pages answered by one batched read, at most
+
+_PageRequest = tuple[str, str, int, int, "int | None", "asyncio.Future[list[LoggedEvent] | None]"]
+
+
+class PageReader:
+    """Replay pages for readers who must still see their project, read in batches.
+
+    :meth:`read` answers what :meth:`EventLog.read_visible_after` promises. Reads asked
+    for while a batch is being read wait for it and go together in the next one: one
+    snapshot for the whole batch, one access query for all its (project, user) pairs,
+    and each distinct page (project, cursor, limit, bytes) read once however many
+    readers want it. That is what a node sees when its clients come back at once after a
+    restart: thousands of replays, most of them of the same few pages, and its memory
+    tails still empty.
+    """
+
+    def __init__(self, db: Database, batch: int = PAGE_BATCH) -> None:
+        self.db = db
+        self.batch = batch
+        self.queries = 0  # batched reads made (for tests)
+        self._waiting: list[_PageRequest] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def read(
+        self, project_id: str, user_id: str, after: int, limit: int, max_bytes: int | None
+    ) -> list[LoggedEvent] | None:
+        future: asyncio.Future[list[LoggedEvent] | None]
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((project_id, user_id, after, limit, max_bytes, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        page = await future
+        return None if page is None else list(page)  # each reader its own list
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.batch], self._waiting[self.batch :]
+                try:
+                    answers = await self._query(batch)
+                except Exception as exc:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._task = None
+
+    async def _query(self, batch: list[_PageRequest]) -> list[list[LoggedEvent] | None]:
+        self.queries += 1
+        projects = {request[0] for request in batch}
+        users = {request[1] for request in batch}
+        async with self.db.snapshot() as session:
+            rows = await session.execute(
+                select(Project.id, Project.owner_id).where(Project.id.in_(projects))
+            )
+            owners: dict[str, str] = {pid: owner for pid, owner in rows}
+            members: set[tuple[str, str]] = set()
+            if owners:
+                pairs = await session.execute(
+                    select(Member.project_id, Member.user_id).where(
+                        Member.project_id.in_(list(owners)), Member.user_id.in_(users)
+                    )
+                )
+                members = {(pid, uid) for pid, uid in pairs}
+            pages: dict[tuple[str, int, int, int | None], list[LoggedEvent]] = {}
+            answers: list[list[LoggedEvent] | None] = []
+            for project_id, user_id, after, limit, max_bytes, _ in batch:
+                owner = owners.get(project_id)
+                if owner is not None and owner != user_id and (project_id, user_id) not in members:
+                    answers.append(None)  # the project is there, but not for this user
+                    continue
+                key = (project_id, after, limit, max_bytes)  # a deleted project: its log
+                page = pages.get(key)
+                if page is None:
+                    page = pages[key] = await logged_after(
+                        session, project_id, after, limit, max_bytes
+                    )
+                answers.append(page)
+        return answers

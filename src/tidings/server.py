@@ -31,6 +31,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,  # tidings reads forwarding headers itself (proxies.py)
         # Beyond this many connections, new HTTP requests and upgrades get 503.
         "limit_concurrency": settings.max_connections or default_max_connections(),
+        # Connections not yet accepted wait in the kernel; uvicorn's default (2,048) is
+        # less than a node's clients reconnecting at once after a restart.
+        "backlog": settings.listen_backlog,
     }
 
 

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         description="TCP connections per node (HTTP and /ws) before new requests get 503; "
         "default: the open-file limit less a margin",
     )
+    listen_backlog: int = Field(
+        default=16384,
+        gt=0,
+        description="connections the kernel holds for the node before it accepts them (the "
+        "listen backlog; Linux caps it at net.core.somaxconn): a fleet reconnecting at once "
+        "after a restart waits there instead of being refused or reset",
+    )
     snapshot_max_files: int = Field(
         default=10_000,
         ge=0,

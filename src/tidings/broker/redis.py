@@ -19,6 +19,27 @@ logger = logging.getLogger("tidings.broker")
 _LOST = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
+POOL_CONNECTIONS = 100  # presence's Redis connections per node, at most
+POOL_WAIT = 10.0  # seconds a command waits for a free one before it fails
+
+
+def _client(url: str, timeout: float) -> aioredis.Redis:
+    """A client whose commands wait for a free connection when all of its pool's are busy
+    (up to :data:`POOL_WAIT`), and then give up after ``timeout`` seconds without a reply.
+
+    redis-py's default pool fails a command at once beyond 100 connections: the
+    presence reads of a node's clients subscribing all at once after a restart got
+    ``Too many connections`` by the hundred. The reply's timeout is the socket's, so
+    that the wait for a connection (CPU-bound queueing during such a storm) does not
+    count against it. No pub/sub on this client: its idle reads would time out."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=POOL_WAIT,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisSubscription:
@@ -272,9 +293,8 @@ class RedisPresence:
         self._drop: AsyncScript | None = None
 
     async def connect(self) -> None:
-        self._redis = aioredis.from_url(self._url)
-        async with asyncio.timeout(self._timeout):
-            await self._redis.ping()
+        self._redis = _client(self._url, self._timeout)
+        await self._redis.ping()
         self._update = self._redis.register_script(_UPDATE)
         self._drop = self._redis.register_script(_DROP)
 
@@ -291,8 +311,7 @@ class RedisPresence:
         for viewer in ops:
             args += [viewer.project_id, viewer.user_id, viewer.username]
         assert self._update is not None, "connect() first"
-        async with asyncio.timeout(self._timeout):
-            flags = await self._update(keys=[], args=args)
+        flags = await self._update(keys=[], args=args)
         changes = PresenceChanges(registered=bool(int(flags[0])))
         for k, (viewer, flag) in enumerate(zip(ops, flags[1:], strict=True)):
             if int(flag):
@@ -301,8 +320,7 @@ class RedisPresence:
 
     async def viewers(self, project_id: str) -> list[Viewer]:
         assert self._redis is not None, "connect() first"
-        async with asyncio.timeout(self._timeout):
-            members = await self._redis.zrange(f"{self._prefix}:p:{project_id}", 0, -1)
+        members = await self._redis.zrange(f"{self._prefix}:p:{project_id}", 0, -1)
         found: dict[str, Viewer] = {}
         for member in members:
             assert isinstance(member, bytes | str)  # no scores asked for
@@ -318,8 +336,7 @@ class RedisPresence:
 
     async def _dropped(self, node: str) -> PresenceChanges:
         assert self._drop is not None, "connect() first"
-        async with asyncio.timeout(self._timeout):
-            dropped = await self._drop(keys=[], args=[self._prefix, node])
+        dropped = await self._drop(keys=[], args=[self._prefix, node])
         flat = [_text(v) for v in dropped]
         left = [Viewer(*flat[i : i + 3]) for i in range(0, len(flat), 3)]
         return PresenceChanges(left=left)
