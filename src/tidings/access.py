@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,3 +29,19 @@ async def audience(session: AsyncSession, project: Project) -> list[str]:
     """User ids who see ``project``: they get its ``project.*`` events unsubscribed."""
     rows = await session.scalars(select(Member.user_id).where(Member.project_id == project.id))
     return [project.owner_id, *rows]
+
+
+async def memberships(
+    session: AsyncSession, project_ids: Iterable[str], user_ids: Iterable[str]
+) -> set[tuple[str, str]]:
+    """Which of ``user_ids`` are members (not owners) of which of ``project_ids``, as
+    ``(project_id, user_id)`` pairs: one query for a batch of access checks."""
+    projects, users = list(project_ids), list(user_ids)
+    if not projects or not users:
+        return set()
+    rows = await session.execute(
+        select(Member.project_id, Member.user_id).where(
+            Member.project_id.in_(projects), Member.user_id.in_(users)
+        )
+    )
+    return {(pid, uid) for pid, uid in rows}

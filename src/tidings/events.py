@@ -21,10 +21,10 @@ from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
-from tidings.access import visible_to
+from tidings.access import memberships, visible_to
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
-from tidings.models import Event, Member, Project
+from tidings.models import Event, Project
 
 logger = logging.getLogger("tidings.events")
 
@@ -394,14 +394,7 @@ class PageReader:
                 select(Project.id, Project.owner_id).where(Project.id.in_(projects))
             )
             owners: dict[str, str] = {pid: owner for pid, owner in rows}
-            members: set[tuple[str, str]] = set()
-            if owners:
-                pairs = await session.execute(
-                    select(Member.project_id, Member.user_id).where(
-                        Member.project_id.in_(list(owners)), Member.user_id.in_(users)
-                    )
-                )
-                members = {(pid, uid) for pid, uid in pairs}
+            members = await memberships(session, owners, users)
             pages: dict[tuple[str, int, int, int | None], list[LoggedEvent]] = {}
             answers: list[list[LoggedEvent] | None] = []
             for project_id, user_id, after, limit, max_bytes, _ in batch:

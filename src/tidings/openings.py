@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
+from tidings.access import memberships
 from tidings.db import Database
-from tidings.models import Event, Member, Project
+from tidings.models import Event, Project
 
 ACCESS_TTL = 30.0  # seconds a grant is trusted: bounds a revocation the broker lost
 BATCH = 500  # subscribes answered by one batched read, at most
@@ -156,14 +157,7 @@ class BoundsReader:
                 ).where(Project.id.in_(projects))
             )
             found = {pid: (owner, latest, first) for pid, owner, latest, first in rows}
-            members: set[tuple[str, str]] = set()
-            if found:
-                pairs = await session.execute(
-                    select(Member.project_id, Member.user_id).where(
-                        Member.project_id.in_(list(found)), Member.user_id.in_(users)
-                    )
-                )
-                members = {(pid, uid) for pid, uid in pairs}
+            members = await memberships(session, found, users)
         answers: list[tuple[int, int] | None] = []
         for project_id, user_id, _ in batch:
             row = found.get(project_id)
