@@ -200,6 +200,17 @@ def test_rate_limit_refills_over_time() -> None:
     assert s.receive(msg(type="ping"), 0.5) == Reply({"type": "pong"})
 
 
+def test_retry_after_is_never_zero() -> None:
+    """Found by the protocol state machine (tests/test_protocol_states.py): a message a
+    fraction of a millisecond too early was told `retry_after: 0.0`, which a client takes
+    as "now" and is refused again. Rounded up to the next millisecond."""
+    s = session(rate=1.0, burst=1)
+    s.receive(msg(type="ping"), 0)
+    refused = s.receive(msg(type="ping"), 0.9999)
+    assert isinstance(refused, Reply)
+    assert refused.message["retry_after"] == 0.001
+
+
 def test_strikes_reset_after_a_good_message() -> None:
     s = session(rate=1.0, burst=1)
     s.receive(msg(type="ping"), 0)

@@ -9,6 +9,7 @@ carries the actions out in order (subscription limits and delivery are ``deliver
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -173,7 +174,8 @@ class ClientMessages:
         return error(
             ErrorCode.RATE_LIMITED,
             f"too many messages; at most {self.rate:g} per second",
-            retry_after=round((1 - self._tokens) / self.rate, 3),
+            # Up to the next millisecond: never 0, which a client would take as "now".
+            retry_after=math.ceil((1 - self._tokens) / self.rate * 1000) / 1000,
         )
 
 
