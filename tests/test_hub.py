@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import delete
 
 from tests.conftest import TIMEOUT, eventually
 from tidings.broker.memory import MemoryBroker
@@ -23,7 +24,7 @@ from tidings.frames import Frame
 from tidings.hub import Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
-from tidings.models import File, Project, User
+from tidings.models import File, Member, Project, User
 
 
 class RecordingSocket:
@@ -85,6 +86,27 @@ class World:
             )
         return envelopes
 
+    async def user(self, username: str) -> str:
+        async with self.db.write() as session:
+            user = User(username=username, password_hash="-")
+            session.add(user)
+        return user.id
+
+    async def add_member(self, project_id: str, user_id: str) -> None:
+        async with self.db.write() as session:
+            session.add(Member(project_id=project_id, user_id=user_id))
+            await self.log.record(session, project_id, PROJECT_UPDATED, {"n": "added"})
+
+    async def remove_member(self, project_id: str, user_id: str) -> int:
+        """Remove the member and log the change (unpublished); return its seq."""
+        async with self.db.write() as session:
+            await session.execute(
+                delete(Member).where(Member.project_id == project_id, Member.user_id == user_id)
+            )
+            return await self.log.record(
+                session, project_id, PROJECT_UPDATED, {"n": "removed"}, revoked=(user_id,)
+            )
+
     async def files(self, project_id: str, count: int) -> None:
         """Add ``count`` files with long names (no events: the snapshot reads the table)."""
         async with self.db.write() as session:
@@ -103,11 +125,15 @@ class World:
                 )
 
     def connection(
-        self, socket: RecordingSocket, max_queue_bytes: int = 1 << 20, client_id: str = "c1"
+        self,
+        socket: RecordingSocket,
+        max_queue_bytes: int = 1 << 20,
+        client_id: str = "c1",
+        user_id: str | None = None,
     ) -> Connection:
         conn = Connection(
             client_id=client_id,
-            user_id=self.user_id,
+            user_id=user_id or self.user_id,
             username="alice",
             credential="token:t",
             socket=socket,
@@ -206,6 +232,40 @@ async def test_an_event_a_replay_read_first_still_reaches_the_live_subscribers(
     await eventually(lambda: late_socket.messages[-1].get("seq") == 3)
     await eventually(lambda: live_socket.messages[-1].get("seq") == 3)
     assert [m.get("seq") for m in live_socket.messages[1:]] == [2, 3]
+
+
+async def test_a_removal_this_node_never_heard_of_is_not_bypassed_from_memory(
+    world: World,
+) -> None:
+    """Found by the chaos suite (tests/chaos.py, a soak: 62 events leaked to a guest). A
+    guest removed while this node missed the removal's broker message (its publisher
+    killed, Redis down) came back with `since` = the removal's seq, which it had received
+    elsewhere: the node still remembered the guest's grant, answered the subscribe from
+    memory and replayed the events after the removal from its memory tail, checking
+    nothing. Now a node that learns it missed events of a project (a gap in the broker's
+    messages, a head sync, a log read ahead of it) forgets the grants to that project."""
+    watched = await world.project()
+    guest_id = await world.user("bob")
+    await world.add_member(watched, guest_id)
+    owner_socket, guest_socket = RecordingSocket(), RecordingSocket()
+    owner = world.connection(owner_socket, client_id="owner")
+    guest = world.connection(guest_socket, client_id="guest", user_id=guest_id)
+    for conn in (owner, guest):
+        conn.receive(subscribe(watched))
+        await conn.idle()
+    removal = await world.remove_member(watched, guest_id)  # its broker message is lost
+    [after] = await world.change(watched, 1)
+    world.hub.fan_out(after)  # the next change arrives: the guest's replay finds no access
+    await eventually(lambda: guest_socket.messages[-1].get("reason") == "access_revoked")
+    # The guest had the removal's event from elsewhere and resumes right after it here.
+    back_socket = RecordingSocket()
+    back = world.connection(back_socket, client_id="back", user_id=guest_id)
+    back.receive(subscribe(watched, since=removal))
+    await back.idle()
+    await eventually(lambda: bool(back_socket.messages))
+    assert [m["type"] for m in back_socket.messages] == ["error"]
+    assert back_socket.messages[0]["code"] == "not_found"
+    assert after.seq not in [m.get("seq") for m in back_socket.messages]
 
 
 async def test_audience_events_reach_a_connection_without_a_subscription(world: World) -> None:

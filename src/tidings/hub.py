@@ -300,10 +300,17 @@ class Hub:
                 logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
                 opening, failed = None, True
             if opening is not None:
-                self.access.grant(conn.user_id, project_id, generation)
-                channel.head = max(channel.head, opening.latest)
+                unchanged = generation == self.access.generation  # nothing revoked meanwhile
                 channel.oldest = max(channel.oldest, opening.oldest)
                 channel.synced = True
+                if opening.latest > seen_head:
+                    # An event this node never got from the broker (read from the log just
+                    # now): the live subscribers have not seen it either, and head sync will
+                    # not tell them once the head is raised. The project's remembered grants
+                    # go too (it may have been a removal); this read's is current.
+                    self._catch_up(project_id, channel, opening.latest)
+                if unchanged:
+                    self.access.grant(conn.user_id, project_id, self.access.generation)
         # A large snapshot waits for room in the queue, as replayed events do: a client
         # that resubscribes to many projects at once is paced, not closed as slow.
         if (
@@ -328,11 +335,6 @@ class Hub:
             return
         oldest, latest = opening.oldest, opening.latest
         start = conn.start(sub, since, oldest, latest, channel.head)
-        if latest > seen_head:
-            # An event this node never got from the broker (read from the log just now):
-            # the live subscribers have not seen it either, and head sync will not tell
-            # them (it compares with the channel's head, which is raised now).
-            self._catch_up(project_id, channel, latest)
         message: dict[str, Any] = {"type": "subscribed", "project_id": project_id, "seq": latest}
         if start.recovered is not None:
             message["recovered"] = start.recovered
@@ -470,6 +472,7 @@ class Hub:
                         # message lost): the gap that started this replay is where the
                         # removal was. (The memory tail never spans such a gap: it starts
                         # again after a missing event.)
+                        self.access.forget(project_id, conn.user_id)
                         self._end(conn, project_id, sub, reason="access_revoked")
                         return
                     events = page
@@ -561,6 +564,10 @@ class Hub:
         channel = self.channels.get(project_id) if project_id is not None else None
         if channel is not None:
             if env.seq is not None and project_id is not None:
+                if env.seq > channel.head + 1 and channel.synced:
+                    # This node missed an event of the project (a lost broker message): it
+                    # may have been a removal, so what it remembers of access is stale.
+                    self.access.forget(project_id)
                 if env.seq > channel.head:
                     channel.head = env.seq
                 self.tails.append(project_id, LoggedEvent(env.seq, env.type, frame.text))
@@ -668,7 +675,10 @@ class Hub:
 
     def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
         """The log holds events up to ``head``, newer than the channel has seen: the
-        live subscriptions behind it replay what they missed."""
+        live subscriptions behind it replay what they missed. The grants remembered for
+        the project are forgotten: a missed event may have been a removal (access is read
+        from the database again, and replays check it there)."""
+        self.access.forget(project_id)
         channel.head = max(channel.head, head)
         for conn in list(channel.subscribers):
             sub = conn.subs.get(project_id)
