@@ -285,7 +285,7 @@ async def test_a_read_cancelled_while_it_waits_leaves_its_connection_usable(
     log_db: tuple[Database, str, str], database_url: str
 ) -> None:
     """The chaos suite saw "cannot switch to state 12; another operation is in progress"
-    from asyncpg after replays were cancelled (docs/reliability.md, defect 7). One way it
+    from asyncpg after replays were cancelled (docs/reliability.md, defect 9). One way it
     could happen is a read cancelled while it waits inside PostgreSQL: that leaves its
     pooled connection usable. One pooled connection, so the next read gets the same."""
     db, pid, owner = log_db
