@@ -72,6 +72,9 @@ class Plan:
     python_clients: int
     writers: int
     fault_gap: tuple[float, float]  # seconds between faults
+    # The writers go on past `events` until every kind of fault has struck this often: a
+    # quiet machine commits the events in a minute, before the faults have had their turn.
+    fault_rounds: int
     max_write_seconds: float  # the writers stop then even below `events`
     settle_seconds: float
     projects_per_client: tuple[int, int]
@@ -89,6 +92,7 @@ FAST = Plan(
     python_clients=10,
     writers=12,
     fault_gap=(3.0, 5.0),
+    fault_rounds=1,
     max_write_seconds=50.0,
     settle_seconds=45.0,  # beyond the clients' longest back-off (30 s) after the last fault
     projects_per_client=(2, 4),
@@ -105,6 +109,7 @@ SOAK = Plan(
     python_clients=40,
     writers=16,
     fault_gap=(4.0, 9.0),
+    fault_rounds=4,
     max_write_seconds=470.0,
     settle_seconds=60.0,
     projects_per_client=(2, 5),
@@ -360,6 +365,11 @@ class Ledger:
                 return True
         return False
 
+    def member_now(self, user_id: str, project_id: str) -> bool:
+        """Whether the last member change answered made ``user_id`` a member."""
+        intervals = self.visible.get((project_id, user_id))
+        return bool(intervals) and intervals[-1][1] is None
+
     def member_at(
         self, user_id: str, project_id: str, at: float, committed: dict[tuple[str, int], float]
     ) -> bool:
@@ -395,8 +405,8 @@ class Writers:
         self.rng = rng
         self.projects: list[Project] = []
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=3.0))
-        # Set once every kind of fault has struck: the writers go on until then, so that
-        # every fault hits a system under writes however fast the events come.
+        # Set once every kind of fault has struck `plan.fault_rounds` times: the writers go
+        # on until then, so that every fault hits a system under writes however fast.
         self.cycled = asyncio.Event()
         self.guests = [u for u in users if u.guest]
         self.committed_at: dict[tuple[str, int], float] = {}  # from the log's timestamps
@@ -706,6 +716,7 @@ class Client:
         self.figures = figures
         self.rng = random.Random(plan.seed * 100_003 + number)
         self.watches = {p: Watch() for p in projects}
+        self.past: list[tuple[str, Watch]] = []  # watches that ended, replaced by new ones
         # Every durable event received, any path: when it first arrived.
         self.seen: dict[tuple[str, int], float] = {}
         self.reconnects = 0
@@ -759,6 +770,15 @@ class Client:
                     self.figures.max_latency_after_fault, latency
                 )
 
+    def rewatch(self) -> None:
+        """A guest added again to a project whose subscription ended (removed) watches it
+        anew, from its next connection on: so a long run keeps guests to remove while
+        they are subscribed."""
+        for project_id, watch in self.watches.items():
+            if watch.ended is not None and self.ledger.member_now(self.user.id, project_id):
+                self.past.append((project_id, watch))
+                self.watches[project_id] = Watch()
+
     def wanted(self) -> list[str]:
         return [p for p, w in self.watches.items() if w.ended is None]
 
@@ -779,6 +799,8 @@ class Client:
             if self.kind == "python" and behaviour == "stall":
                 behaviour = "drop"
             self.behaviours[behaviour] += 1
+            if not settle.is_set():
+                self.rewatch()
             seconds = self.rng.uniform(low, high)
             node = self.nodes[self.node]
             try:
@@ -1005,10 +1027,10 @@ async def inject_faults(
         else:
             watched = {(p, c.user.id) for c in clients if c.user.guest for p in c.wanted()}
             if not await writers.remove_a_watched_member(watched):
-                order.append(kind)  # nobody to remove just now: it is the next fault
+                order.insert(0, kind)  # nobody to remove just now: after the others
                 continue
         ledger.faults[kind] += 1
-        if all(ledger.faults.get(k, 0) for k in FAULTS):
+        if all(ledger.faults.get(k, 0) >= writers.plan.fault_rounds for k in FAULTS):
             writers.cycled.set()
         ledger.fault_windows.append((start, time.time()))
         ledger.fault_seconds[kind] = max(ledger.fault_seconds.get(kind, 0.0), time.time() - start)
@@ -1098,7 +1120,7 @@ def audit(
     examples: list[str] = []
     heads = {p: (events[-1][0] if events else 0) for p, events in logs.items()}
     for client in clients:
-        for project_id, watch in client.watches.items():
+        for project_id, watch in [*client.past, *client.watches.items()]:
             seqs = watch.received
             seen: set[int] = set()
             newest = 0

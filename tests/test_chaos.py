@@ -53,9 +53,4 @@ async def test_under_chaos_every_event_arrives_once_in_order_and_nowhere_else() 
     assert report.reconnects > report.clients
     assert report.lost == 0, report.details["examples"]
     assert report.not_settled == 0, report.details["examples"]
-    if report.leaked:
-        # KNOWN DEFECT, open (docs/reliability.md, "Found, not fixed yet", defect 10): with
-        # every kind of fault in one run, a removed guest now and then receives the
-        # event(s) between their removal and their next addition. Reported as an expected
-        # failure naming them until it is fixed; every other count above stays strict.
-        pytest.xfail(f"known defect 10: {report.leaked} leaked, {report.details['examples']}")
+    assert report.leaked == 0, report.details["examples"]

@@ -268,6 +268,58 @@ async def test_a_removal_this_node_never_heard_of_is_not_bypassed_from_memory(
     assert after.seq not in [m.get("seq") for m in back_socket.messages]
 
 
+async def test_a_grant_read_before_a_removal_this_node_missed_is_not_trusted(
+    world: World,
+) -> None:
+    """Defect 10 (the chaos suite: events between a guest's removal and their next
+    addition). A subscribe's database read saw the guest still a member; before it
+    finished, the guest was removed (the broker lost that message) and the next change
+    reached the node. The channel, not yet synced (its first read still running), took
+    that change without treating the gap as news, so the node kept the old read's grant;
+    the subscriber left before any replay could find access gone. A later subscribe of the
+    guest, resuming right after the removal, was answered from memory and replayed from
+    the memory tail. Now a grant remembers the seq it was read at, and is trusted only
+    while the node has seen every event of the project since."""
+    watched = await world.project()
+    guest_id = await world.user("bob")
+    await world.add_member(watched, guest_id)  # seq 2
+    read = world.hub.bounds.read
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def held(project_id: str, user_id: str) -> tuple[int, int] | None:
+        answer = await read(project_id, user_id)  # read now: the guest is a member
+        reading.set()
+        await release.wait()
+        return answer
+
+    world.hub.bounds.read = held  # type: ignore[method-assign]
+    first = world.connection(RecordingSocket(), client_id="first", user_id=guest_id)
+    first.receive(subscribe(watched))
+    await asyncio.wait_for(reading.wait(), TIMEOUT)
+    removal = await world.remove_member(watched, guest_id)  # seq 3: its message is lost
+    [after] = await world.change(watched, 1)  # seq 4 reaches the node
+    world.hub.fan_out(after)
+    reading.clear()
+    owner = world.connection(RecordingSocket(), client_id="owner")  # keeps the channel
+    owner.receive(subscribe(watched))
+    await asyncio.wait_for(reading.wait(), TIMEOUT)
+    world.hub.disconnected(first, 1006)  # the guest's subscriber leaves before any replay
+    world.hub.bounds.read = read  # type: ignore[method-assign]
+    release.set()
+    await first.idle()
+    await owner.idle()
+    [later] = await world.change(watched, 1)  # seq 5: no gap, the channel is synced now
+    world.hub.fan_out(later)
+    # The guest had the removal's event from elsewhere and resumes right after it here.
+    back_socket = RecordingSocket()
+    back = world.connection(back_socket, client_id="back", user_id=guest_id)
+    back.receive(subscribe(watched, since=removal))
+    await back.idle()
+    await eventually(lambda: bool(back_socket.messages))
+    assert [m.get("seq") for m in back_socket.messages if m["type"] == PROJECT_UPDATED] == []
+    assert [(m["type"], m.get("code")) for m in back_socket.messages] == [("error", "not_found")]
+
+
 async def test_audience_events_reach_a_connection_without_a_subscription(world: World) -> None:
     watched = await world.project()
     [change] = await world.change(watched, 1)

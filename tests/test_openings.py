@@ -26,49 +26,63 @@ class Clock:
 def test_grants_are_remembered_until_they_expire() -> None:
     clock = Clock()
     cache = AccessCache(10, ttl=30, clock=clock)
-    assert not cache.allowed("u", "p")
-    cache.grant("u", "p", cache.generation)
-    assert cache.allowed("u", "p") and not cache.allowed("v", "p")
+    assert not cache.allowed("u", "p", 0)
+    cache.grant("u", "p", cache.generation, 5)
+    assert cache.allowed("u", "p", 0) and not cache.allowed("v", "p", 0)
     clock.now += 29.9
-    assert cache.allowed("u", "p")
+    assert cache.allowed("u", "p", 0)
     clock.now += 0.1
-    assert not cache.allowed("u", "p") and len(cache) == 0
+    assert not cache.allowed("u", "p", 0) and len(cache) == 0
 
 
 def test_a_grant_read_before_an_invalidation_is_ignored() -> None:
     cache = AccessCache(10)
     before = cache.generation
     cache.forget("p", "u")  # the member was removed while the database was being read
-    cache.grant("u", "p", before)
-    assert not cache.allowed("u", "p")
-    cache.grant("u", "p", cache.generation)
-    assert cache.allowed("u", "p")
+    cache.grant("u", "p", before, 5)
+    assert not cache.allowed("u", "p", 0)
+    cache.grant("u", "p", cache.generation, 5)
+    assert cache.allowed("u", "p", 0)
+
+
+def test_a_grant_is_trusted_only_from_the_seq_it_was_read_at() -> None:
+    """A node that missed events of the project up to ``missed`` cannot tell whether one
+    of them removed the member: a grant read before them is not trusted."""
+    cache = AccessCache(10)
+    cache.grant("u", "p", cache.generation, 5)
+    assert cache.allowed("u", "p", 0) and cache.allowed("u", "p", 5)
+    assert not cache.allowed("u", "p", 6)
+    assert cache.allowed("u", "p", 5)  # still remembered: a newer missed seq is the caller's
 
 
 def test_forget_one_member_or_a_whole_project() -> None:
     cache = AccessCache(10)
     for user, project in (("u", "p"), ("v", "p"), ("u", "q")):
-        cache.grant(user, project, cache.generation)
+        cache.grant(user, project, cache.generation, 5)
     cache.forget("p", "u")
-    assert not cache.allowed("u", "p") and cache.allowed("v", "p") and cache.allowed("u", "q")
+    assert (
+        not cache.allowed("u", "p", 0) and cache.allowed("v", "p", 0) and cache.allowed("u", "q", 0)
+    )
     cache.forget("p")
-    assert not cache.allowed("v", "p") and cache.allowed("u", "q")
+    assert not cache.allowed("v", "p", 0) and cache.allowed("u", "q", 0)
     cache.forget("never-seen")
     cache.clear()
-    assert len(cache) == 0 and not cache.allowed("u", "q")
+    assert len(cache) == 0 and not cache.allowed("u", "q", 0)
 
 
 def test_the_cache_is_bounded_least_recently_used_first() -> None:
     cache = AccessCache(2)
-    cache.grant("a", "p", 0)
-    cache.grant("b", "p", 0)
-    assert cache.allowed("a", "p")  # b is now the least recently used
-    cache.grant("c", "q", 0)
+    cache.grant("a", "p", 0, 5)
+    cache.grant("b", "p", 0, 5)
+    assert cache.allowed("a", "p", 0)  # b is now the least recently used
+    cache.grant("c", "q", 0, 5)
     assert len(cache) == 2
-    assert cache.allowed("a", "p") and cache.allowed("c", "q") and not cache.allowed("b", "p")
+    assert (
+        cache.allowed("a", "p", 0) and cache.allowed("c", "q", 0) and not cache.allowed("b", "p", 0)
+    )
     off = AccessCache(0)
-    off.grant("a", "p", 0)
-    assert len(off) == 0 and not off.allowed("a", "p")
+    off.grant("a", "p", 0, 5)
+    assert len(off) == 0 and not off.allowed("a", "p", 0)
 
 
 @pytest.fixture

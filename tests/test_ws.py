@@ -475,7 +475,7 @@ async def refused_after_removal(node_a: ServerThread, node_b: ServerThread, owne
         assert (await subscribe(ws, pid))["type"] == "subscribed"
         await send(ws, {"type": "unsubscribe", "project_id": pid})
         await recv_until(ws, lambda m: m["type"] == "unsubscribed")
-        assert node_b.services.hub.access.allowed(member.id, pid)  # answered from memory
+        assert node_b.services.hub.access.allowed(member.id, pid, 0)  # answered from memory
         assert (await subscribe(ws, pid, since=2))["recovered"] is True
         removed = await owner_api.delete(f"/api/projects/{pid}/members/{member.username}")
         assert removed.status_code == 204
@@ -483,7 +483,7 @@ async def refused_after_removal(node_a: ServerThread, node_b: ServerThread, owne
     assert revoked["reason"] == "access_revoked"
     refused = await subscribe(ws, pid)
     assert (refused["type"], refused["code"]) == ("error", "not_found")
-    assert not node_b.services.hub.access.allowed(member.id, pid)
+    assert not node_b.services.hub.access.allowed(member.id, pid, 0)
     await ws.close()
 
 

@@ -98,13 +98,17 @@ class Channel:
     so ``head`` is at least the log's latest seq then, raised by every event seen since
     (it may lag the database only by events whose broker message is still on its way,
     or lost: head sync catches those). ``oldest`` is the oldest seq the log held then.
+    ``missed``: the newest seq this node knows it never got from the broker (the whole
+    log before the channel's first event, a lost message): the node has seen every event
+    in ``missed + 1 .. head``, and so every removal among them.
     """
 
-    __slots__ = ("head", "oldest", "subscribers", "synced")
+    __slots__ = ("head", "missed", "oldest", "subscribers", "synced")
 
     def __init__(self) -> None:
         self.subscribers: dict[Connection, None] = {}  # an ordered set
         self.head = 0
+        self.missed = 0
         self.oldest = 0
         self.synced = False
 
@@ -300,17 +304,15 @@ class Hub:
                 logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
                 opening, failed = None, True
             if opening is not None:
-                unchanged = generation == self.access.generation  # nothing revoked meanwhile
                 channel.oldest = max(channel.oldest, opening.oldest)
                 channel.synced = True
                 if opening.latest > seen_head:
                     # An event this node never got from the broker (read from the log just
                     # now): the live subscribers have not seen it either, and head sync will
-                    # not tell them once the head is raised. The project's remembered grants
-                    # go too (it may have been a removal); this read's is current.
+                    # not tell them once the head is raised.
                     self._catch_up(project_id, channel, opening.latest)
-                if unchanged:
-                    self.access.grant(conn.user_id, project_id, self.access.generation)
+                # Ignored if anything was revoked while reading.
+                self.access.grant(conn.user_id, project_id, generation, opening.latest)
         # A large snapshot waits for room in the queue, as replayed events do: a client
         # that resubscribes to many projects at once is paced, not closed as slow.
         if (
@@ -357,13 +359,16 @@ class Hub:
     ) -> Opening | None:
         """The opening from what the node knows, without the database; None if it does
         not know enough: the channel's bounds were never read, the user's access is not
-        remembered, ``since`` is past the channel's head (the client saw an event whose
+        remembered (or was read before an event this node missed: it may have been their
+        removal), ``since`` is past the channel's head (the client saw an event whose
         broker message has not arrived here yet: only the database can say), or a
         snapshot is needed (it is read with the bounds, in one transaction).
 
         The latest seq is the channel's head: never below an event this node delivered,
         and any later event follows (live, or through a replay of the log)."""
-        if not channel.synced or not self.access.allowed(conn.user_id, sub.project_id):
+        if not channel.synced or not self.access.allowed(
+            conn.user_id, sub.project_id, channel.missed
+        ):
             return None
         latest = channel.head
         if since is not None and since > latest:
@@ -564,11 +569,11 @@ class Hub:
         channel = self.channels.get(project_id) if project_id is not None else None
         if channel is not None:
             if env.seq is not None and project_id is not None:
-                if env.seq > channel.head + 1 and channel.synced:
-                    # This node missed an event of the project (a lost broker message): it
-                    # may have been a removal, so what it remembers of access is stale.
-                    self.access.forget(project_id)
                 if env.seq > channel.head:
+                    if env.seq > channel.head + 1:
+                        # Events this node never got (a lost broker message; or all of
+                        # them, the channel being new): one may have been a removal.
+                        channel.missed = env.seq - 1
                     channel.head = env.seq
                 self.tails.append(project_id, LoggedEvent(env.seq, env.type, frame.text))
             # offer() never changes the channel: no copy of 1,000s of subscribers per event.
@@ -674,12 +679,12 @@ class Hub:
                 self._catch_up(project_id, channel, head)
 
     def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
-        """The log holds events up to ``head``, newer than the channel has seen: the
-        live subscriptions behind it replay what they missed. The grants remembered for
-        the project are forgotten: a missed event may have been a removal (access is read
-        from the database again, and replays check it there)."""
-        self.access.forget(project_id)
-        channel.head = max(channel.head, head)
+        """The log holds events up to ``head``, which the channel may not have seen: the
+        live subscriptions behind it replay what they missed (and replays from the log
+        check access). Past the channel's head, the node missed those events: a grant
+        read before them is no longer trusted (one may have been a removal)."""
+        if head > channel.head:
+            channel.head = channel.missed = head
         for conn in list(channel.subscribers):
             sub = conn.subs.get(project_id)
             if sub is not None and conn.behind(sub, head):

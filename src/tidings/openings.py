@@ -2,12 +2,14 @@
 
 A subscribe needs two facts: may the user see the project, and what are the bounds of its
 event log (``oldest..latest``, see ``resume.py``). :class:`AccessCache` remembers, per
-node, the (user, project) pairs a database read found visible, for :data:`ACCESS_TTL`
-seconds at most and in a bounded number; the hub forgets a project's entries on its
-``project.updated`` and ``project.deleted`` events and a member's on
-``control.member_removed`` (both reach every node through the broker), and all of them
-when the broker subscription was lost (messages may have been missed). Only grants are
-remembered: a refusal is always read again, so a new member is never refused by the cache.
+node, the (user, project) pairs a database read found visible, with the project's seq
+that read saw, for :data:`ACCESS_TTL` seconds at most and in a bounded number; the hub
+forgets a project's entries on its ``project.updated`` and ``project.deleted`` events and
+a member's on ``control.member_removed`` (both reach every node through the broker), and
+all of them when the broker subscription was lost (messages may have been missed). A
+grant is trusted only by a node that has seen every event of the project since the seq it
+was read at: one it missed may have been the removal. Only grants are remembered: a
+refusal is always read again, so a new member is never refused by the cache.
 
 :class:`BoundsReader` reads access and bounds for the subscribes that miss, coalescing
 those that wait at the same time into one batched query (two statements in one
@@ -32,8 +34,8 @@ BATCH = 500  # subscribes answered by one batched read, at most
 
 
 class AccessCache:
-    """(user, project) pairs known visible; least recently used ones evicted beyond
-    ``max_entries`` (0: remember nothing).
+    """(user, project) pairs known visible, each with the seq of the project it was read
+    at; least recently used ones evicted beyond ``max_entries`` (0: remember nothing).
 
     A fill races with invalidations: read :attr:`generation` before the database read and
     pass it to :meth:`grant`, which ignores the grant if anything was forgotten meanwhile.
@@ -51,29 +53,35 @@ class AccessCache:
         self.ttl = ttl
         self.clock = clock
         self.generation = 0
-        self._entries: OrderedDict[tuple[str, str], float] = OrderedDict()  # → expiry
+        # (user, project) → (expiry, the project's seq when access was read)
+        self._entries: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
         self._by_project: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def allowed(self, user_id: str, project_id: str) -> bool:
+    def allowed(self, user_id: str, project_id: str, missed: int) -> bool:
+        """Whether a grant is remembered that was read at the project's seq ``missed`` or
+        later: ``missed`` is the newest seq of the project the caller knows it has not
+        seen (a removal may hide there), 0 if none."""
         key = (user_id, project_id)
-        expires = self._entries.get(key)
-        if expires is None:
+        entry = self._entries.get(key)
+        if entry is None:
             return False
+        expires, at = entry
         if expires <= self.clock():
             self._remove(key)
             return False
         self._entries.move_to_end(key)
-        return True
+        return at >= missed
 
-    def grant(self, user_id: str, project_id: str, generation: int) -> None:
-        """Remember a grant read when :attr:`generation` was ``generation``."""
+    def grant(self, user_id: str, project_id: str, generation: int, at: int) -> None:
+        """Remember a grant read when :attr:`generation` was ``generation``, in a snapshot
+        of the database where the project's latest seq was ``at``."""
         if generation != self.generation or not self.max_entries:
             return
         key = (user_id, project_id)
-        self._entries[key] = self.clock() + self.ttl
+        self._entries[key] = (self.clock() + self.ttl, at)
         self._entries.move_to_end(key)
         self._by_project.setdefault(project_id, set()).add(user_id)
         while len(self._entries) > self.max_entries:
