@@ -147,9 +147,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # same connection must not find it closed.
     for error in (DBAPIError, ConnectionError, TimeoutError):
         app.add_exception_handler(error, _unavailable)
+    # First: every route before it is matched against each upgrade, and a node's clients
+    # all come back at once after a restart.
+    app.router.add_websocket_route("/ws", websocket_endpoint)
     for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
-    app.router.add_websocket_route("/ws", websocket_endpoint)
     app.router.routes.append(stream.route())
     dashboard.mount(app)
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -146,6 +147,20 @@ class LoggedEvent:
     seq: int
     type: str
     frame: str
+
+
+def fit(events: Iterable[LoggedEvent], limit: int, max_bytes: int | None) -> list[LoggedEvent]:
+    """The first of ``events`` a page holds: at most ``limit``, and with ``max_bytes``
+    no more frames than fit in that many bytes, but always the first one however large,
+    so that a reader makes progress (the rule of :func:`logged_after`)."""
+    page: list[LoggedEvent] = []
+    used = 0
+    for event in events:
+        used += len(event.frame)
+        if len(page) == limit or (page and max_bytes is not None and used > max_bytes):
+            break
+        page.append(event)
+    return page
 
 
 class EventLog:
@@ -334,8 +349,13 @@ async def logged_after(
 
 
 PAGE_BATCH = 500  # replay pages answered by one batched read, at most
+PAGE_BYTES = 1024 * 1024  # frame bytes of a replay page, at most (but one event)
+# Replay pages kept after their read, by frame bytes: clients back after a restart replay
+# the same few pages, most of them not in the same batch.
+PAGE_CACHE_BYTES = 8 * 1024 * 1024
 
 _PageRequest = tuple[str, str, int, int, "int | None", "asyncio.Future[list[LoggedEvent] | None]"]
+_PageKey = tuple[str, int, int, "int | None"]  # project, after, limit, room
 
 
 class PageReader:
@@ -343,17 +363,32 @@ class PageReader:
 
     :meth:`read` answers what :meth:`EventLog.read_visible_after` promises. Reads asked
     for while a batch is being read wait for it and go together in the next one: one
-    snapshot for the whole batch, one access query for all its (project, user) pairs,
-    and each distinct page (project, cursor, limit, bytes) read once however many
-    readers want it. That is what a node sees when its clients come back at once after a
-    restart: thousands of replays, most of them of the same few pages, and its memory
-    tails still empty.
+    snapshot for the whole batch and one access query for all its (project, user) pairs.
+    A page (project, cursor, limit) is read with :data:`PAGE_BYTES` of room, whatever
+    room its readers have (up to that), then cut to each reader's; so one read serves
+    every reader of the page, and the page is kept (up to ``cache_bytes`` of frames, the
+    least recently used going first) for the readers of later batches. That is what a
+    node sees when its clients come back at once after a restart: thousands of replays,
+    most of them of the same few pages, and its memory tails still empty.
+
+    A kept page is the log as it was when read: events are never changed once logged,
+    so a later reader gets what a read would give it then, but perhaps fewer of the
+    newest events (its replay reads on from where the page ends) and perhaps events
+    trimmed by retention since (which its reader could see: access is read in each
+    batch's snapshot, for every reader). A deleted project's page is never taken from
+    memory: its log is its tombstone now.
     """
 
-    def __init__(self, db: Database, batch: int = PAGE_BATCH) -> None:
+    def __init__(
+        self, db: Database, batch: int = PAGE_BATCH, cache_bytes: int = PAGE_CACHE_BYTES
+    ) -> None:
         self.db = db
         self.batch = batch
+        self.cache_bytes = cache_bytes
         self.queries = 0  # batched reads made (for tests)
+        self.pages = 0  # pages read from the database in them (for tests)
+        self._cache: OrderedDict[_PageKey, tuple[list[LoggedEvent], int]] = OrderedDict()
+        self._cached_bytes = 0
         self._waiting: list[_PageRequest] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -365,8 +400,7 @@ class PageReader:
         self._waiting.append((project_id, user_id, after, limit, max_bytes, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        page = await future
-        return None if page is None else list(page)  # each reader its own list
+        return await future  # each reader its own list
 
     async def _run(self) -> None:
         try:
@@ -395,18 +429,54 @@ class PageReader:
             )
             owners: dict[str, str] = {pid: owner for pid, owner in rows}
             members = await memberships(session, owners, users)
-            pages: dict[tuple[str, int, int, int | None], list[LoggedEvent]] = {}
-            answers: list[list[LoggedEvent] | None] = []
+            pages: dict[_PageKey, list[LoggedEvent]] = {}
             for project_id, user_id, after, limit, max_bytes, _ in batch:
-                owner = owners.get(project_id)
-                if owner is not None and owner != user_id and (project_id, user_id) not in members:
-                    answers.append(None)  # the project is there, but not for this user
+                key = (project_id, after, limit, _room(max_bytes))
+                if key in pages or not _sees(owners, members, project_id, user_id):
                     continue
-                key = (project_id, after, limit, max_bytes)  # a deleted project: its log
-                page = pages.get(key)
+                page = self._kept(key) if project_id in owners else None
                 if page is None:
-                    page = pages[key] = await logged_after(
-                        session, project_id, after, limit, max_bytes
-                    )
-                answers.append(page)
+                    self.pages += 1
+                    page = await logged_after(session, project_id, after, limit, key[3])
+                    if project_id in owners:
+                        self._keep(key, page)
+                pages[key] = page
+        answers: list[list[LoggedEvent] | None] = []
+        for project_id, user_id, after, limit, max_bytes, _ in batch:
+            key = (project_id, after, limit, _room(max_bytes))
+            if key not in pages or not _sees(owners, members, project_id, user_id):
+                answers.append(None)  # the project is there, but not for this user
+            else:
+                answers.append(fit(pages[key], limit, max_bytes))
         return answers
+
+    def _kept(self, key: _PageKey) -> list[LoggedEvent] | None:
+        kept = self._cache.get(key)
+        if kept is None:
+            return None
+        self._cache.move_to_end(key)
+        return kept[0]
+
+    def _keep(self, key: _PageKey, page: list[LoggedEvent]) -> None:
+        size = sum(len(event.frame) for event in page)
+        if key[3] is None or size > self.cache_bytes // 4:
+            return  # unbounded, or too large to be worth its room
+        self._cache[key] = (page, size)
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes:
+            _, (_, evicted) = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted
+
+
+def _room(max_bytes: int | None) -> int | None:
+    """The room a page is read with for a reader with ``max_bytes`` of it."""
+    return PAGE_BYTES if max_bytes is not None and max_bytes <= PAGE_BYTES else max_bytes
+
+
+def _sees(
+    owners: dict[str, str], members: set[tuple[str, str]], project_id: str, user: str
+) -> bool:
+    """Whether ``user`` may read the project's log: its owner or a member, or anyone if
+    the project is gone (a deleted project's tombstone is still read)."""
+    owner = owners.get(project_id)
+    return owner is None or owner == user or (project_id, user) in members

@@ -26,6 +26,7 @@ from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot
 from tidings.events import (
     CUSTOM_PREFIX,
     MEMBER_REMOVED,
+    PAGE_BYTES,
     PROJECT_DELETED,
     PROJECT_UPDATED,
     SESSION_REVOKED,
@@ -46,7 +47,7 @@ from tidings.tails import Tails
 logger = logging.getLogger("tidings.hub")
 
 REPLAY_PAGE = 500  # events per read of the log, at most
-REPLAY_PAGE_BYTES = 1024 * 1024  # frame bytes per read of the log, at most (but one event)
+REPLAY_PAGE_BYTES = PAGE_BYTES  # frame bytes per read of the log, at most (but one event)
 # One write in this many feeds the delivery latency histogram: an update per write would
 # cost more than the write itself in a large fan-out.
 LATENCY_SAMPLE = 16

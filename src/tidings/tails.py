@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from itertools import islice
 
-from tidings.events import LoggedEvent
+from tidings.events import LoggedEvent, fit
 
 
 class _Tail:
@@ -79,14 +79,7 @@ class Tails:
         tail = self._tails.get(project_id)
         if tail is None or not tail.first <= cursor + 1 <= tail.last:
             return None
-        page: list[LoggedEvent] = []
-        used = 0
-        for event in islice(tail.events, cursor + 1 - tail.first, None):
-            used += len(event.frame)
-            if len(page) == limit or (page and used > budget):
-                break
-            page.append(event)
-        return page
+        return fit(islice(tail.events, cursor + 1 - tail.first, None), limit, budget)
 
     def drop(self, project_id: str) -> None:
         """Forget the project's tail (its channel is gone)."""
