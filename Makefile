@@ -54,7 +54,7 @@ soak: $(VENV)/.dev-installed
 # over the last 120 s). After every client leaves, tasks, connections, subscriptions,
 # channels, presence and open files must be back at their baseline. About 8 minutes,
 # loopback only. Prints a table and a JSON line.
-# HOLD_ARGS: --clients N, --hold S, --samples, --env TIDINGS_X=V, --keep.
+# HOLD_ARGS: --clients N, --hold S, --window S, --samples, --env TIDINGS_X=V, --keep.
 hold: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.held $(HOLD_ARGS)
 

@@ -24,6 +24,7 @@ FULLY_COVERED = [
     "src/tidings/frames.py",
     "src/tidings/codes.py",
     "src/tidings/processes/state.py",
+    "src/tidings/batches.py",
 ]
 
 

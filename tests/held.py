@@ -763,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hold", type=float, help="seconds held, instead of the plan's (slope: last 120 s)"
     )
+    parser.add_argument(
+        "--window", type=float, help="seconds at the end of the hold the memory slope is over"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the node's log and data")
     parser.add_argument("--samples", action="store_true", help="print every RSS sample")
     parser.add_argument(
@@ -776,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         # The slope over the last 120 s as in the plan, or over the second half if shorter.
         warmup = max(args.hold - 120.0, args.hold / 2)
         plan = replace(plan, hold_seconds=args.hold, rss_warmup_seconds=warmup)
+    if args.window is not None:
+        plan = replace(plan, rss_warmup_seconds=max(0.0, plan.hold_seconds - args.window))
     if args.env:
         plan = replace(plan, env=tuple(tuple(e.split("=", 1)) for e in args.env))
     if plan.pin:

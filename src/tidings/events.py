@@ -8,7 +8,6 @@ commit. Ephemeral events (``process.progress``) skip the log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
 from tidings.access import memberships, visible_to
+from tidings.batches import Batches
 from tidings.broker import Broker
 from tidings.db import Database, after_commit
 from tidings.models import Event, Project
@@ -354,7 +354,7 @@ PAGE_BYTES = 1024 * 1024  # frame bytes of a replay page, at most (but one event
 # the same few pages, most of them not in the same batch.
 PAGE_CACHE_BYTES = 8 * 1024 * 1024
 
-_PageRequest = tuple[str, str, int, int, "int | None", "asyncio.Future[list[LoggedEvent] | None]"]
+_PageRequest = tuple[str, str, int, int, "int | None"]  # project, user, after, limit, bytes
 _PageKey = tuple[str, int, int, "int | None"]  # project, after, limit, room
 
 
@@ -383,44 +383,25 @@ class PageReader:
         self, db: Database, batch: int = PAGE_BATCH, cache_bytes: int = PAGE_CACHE_BYTES
     ) -> None:
         self.db = db
-        self.batch = batch
         self.cache_bytes = cache_bytes
-        self.queries = 0  # batched reads made (for tests)
-        self.pages = 0  # pages read from the database in them (for tests)
+        self.pages = 0  # pages read from the database (for tests)
         self._cache: OrderedDict[_PageKey, tuple[list[LoggedEvent], int]] = OrderedDict()
         self._cached_bytes = 0
-        self._waiting: list[_PageRequest] = []
-        self._task: asyncio.Task[None] | None = None
+        self._batches: Batches[_PageRequest, list[LoggedEvent] | None]
+        self._batches = Batches(self._query, batch)
+
+    @property
+    def queries(self) -> int:
+        """Batched reads made (for tests)."""
+        return self._batches.batches
 
     async def read(
         self, project_id: str, user_id: str, after: int, limit: int, max_bytes: int | None
     ) -> list[LoggedEvent] | None:
-        future: asyncio.Future[list[LoggedEvent] | None]
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((project_id, user_id, after, limit, max_bytes, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        return await future  # each reader its own list
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[: self.batch], self._waiting[self.batch :]
-                try:
-                    answers = await self._query(batch)
-                except Exception as exc:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (*_, future), answer in zip(batch, answers, strict=True):
-                    if not future.done():
-                        future.set_result(answer)
-        finally:
-            self._task = None
+        # Each reader its own list: a page is cut to each reader's room.
+        return await self._batches.ask((project_id, user_id, after, limit, max_bytes))
 
     async def _query(self, batch: list[_PageRequest]) -> list[list[LoggedEvent] | None]:
-        self.queries += 1
         projects = {request[0] for request in batch}
         users = {request[1] for request in batch}
         async with self.db.snapshot() as session:
@@ -430,7 +411,7 @@ class PageReader:
             owners: dict[str, str] = {pid: owner for pid, owner in rows}
             members = await memberships(session, owners, users)
             pages: dict[_PageKey, list[LoggedEvent]] = {}
-            for project_id, user_id, after, limit, max_bytes, _ in batch:
+            for project_id, user_id, after, limit, max_bytes in batch:
                 key = (project_id, after, limit, _room(max_bytes))
                 if key in pages or not _sees(owners, members, project_id, user_id):
                     continue
@@ -442,7 +423,7 @@ class PageReader:
                         self._keep(key, page)
                 pages[key] = page
         answers: list[list[LoggedEvent] | None] = []
-        for project_id, user_id, after, limit, max_bytes, _ in batch:
+        for project_id, user_id, after, limit, max_bytes in batch:
             key = (project_id, after, limit, _room(max_bytes))
             if key not in pages or not _sees(owners, members, project_id, user_id):
                 answers.append(None)  # the project is there, but not for this user

@@ -18,7 +18,6 @@ transaction), as ``events.log_bounds`` would answer each.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 
 from tidings.access import memberships
+from tidings.batches import Batches
 from tidings.db import Database
 from tidings.models import Event, Project
 
@@ -111,7 +111,7 @@ class AccessCache:
             del self._by_project[project_id]
 
 
-Request = tuple[str, str, "asyncio.Future[tuple[int, int] | None]"]
+Bounds = tuple[int, int]
 
 
 class BoundsReader:
@@ -119,45 +119,25 @@ class BoundsReader:
 
     :meth:`read` answers what ``events.log_bounds`` would: ``(oldest, latest)``, or None
     if the user cannot see the project. Reads asked for while another batch is being
-    read wait for it and go together in the next one.
+    read wait for it and go together in the next one (``batches.py``).
     """
 
     def __init__(self, db: Database, batch: int = BATCH) -> None:
         self.db = db
-        self.batch = batch
-        self.queries = 0  # batched reads made (for tests and metrics)
-        self._waiting: list[Request] = []
-        self._task: asyncio.Task[None] | None = None
+        self._batches: Batches[tuple[str, str], Bounds | None] = Batches(self._query, batch)
 
-    async def read(self, project_id: str, user_id: str) -> tuple[int, int] | None:
-        future: asyncio.Future[tuple[int, int] | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((project_id, user_id, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        return await future
+    @property
+    def queries(self) -> int:
+        """Batched reads made (for tests)."""
+        return self._batches.batches
 
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[: self.batch], self._waiting[self.batch :]
-                try:
-                    answers = await self._query(batch)
-                except Exception as exc:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), answer in zip(batch, answers, strict=True):
-                    if not future.done():
-                        future.set_result(answer)
-        finally:
-            self._task = None
+    async def read(self, project_id: str, user_id: str) -> Bounds | None:
+        return await self._batches.ask((project_id, user_id))
 
-    async def _query(self, batch: list[Request]) -> list[tuple[int, int] | None]:
-        projects = {project_id for project_id, _, _ in batch}
-        users = {user_id for _, user_id, _ in batch}
+    async def _query(self, batch: list[tuple[str, str]]) -> list[Bounds | None]:
+        projects = {project_id for project_id, _ in batch}
+        users = {user_id for _, user_id in batch}
         oldest = select(func.min(Event.seq)).where(Event.project_id == Project.id)
-        self.queries += 1
         async with self.db.snapshot() as session:  # one view of the database for both
             rows = await session.execute(
                 select(
@@ -166,8 +146,8 @@ class BoundsReader:
             )
             found = {pid: (owner, latest, first) for pid, owner, latest, first in rows}
             members = await memberships(session, found, users)
-        answers: list[tuple[int, int] | None] = []
-        for project_id, user_id, _ in batch:
+        answers: list[Bounds | None] = []
+        for project_id, user_id in batch:
             row = found.get(project_id)
             if row is None or (row[0] != user_id and (project_id, user_id) not in members):
                 answers.append(None)
