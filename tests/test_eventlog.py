@@ -23,8 +23,15 @@ from tests.conftest import (
     upload,
 )
 from tidings.broker.memory import MemoryBroker
-from tidings.db import Database, create_engine, migrate
-from tidings.events import FILE_UPLOADED, PROJECT_CREATED, PROJECT_DELETED, Envelope, EventLog
+from tidings.db import Database, after_commit, create_engine, migrate
+from tidings.events import (
+    FILE_UPLOADED,
+    MEMBER_REMOVED,
+    PROJECT_CREATED,
+    PROJECT_DELETED,
+    Envelope,
+    EventLog,
+)
 from tidings.models import Event, Member, Project, User
 
 
@@ -238,6 +245,22 @@ async def test_a_failed_publish_keeps_the_change_and_says_so_in_one_line(
     (record,) = [r for r in caplog.records if r.name.startswith("tidings")]
     assert record.levelname == "WARNING" and record.exc_info is None
     assert f"event 1 of project {pid} not published (ConnectionError: " in record.getMessage()
+
+
+async def test_a_failed_control_message_after_its_commit_is_one_line_too(
+    log_db: tuple[Database, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member removal or a revocation while Redis is down: one line each that says
+    what the loss costs, not a traceback per change."""
+    db, _, _ = log_db
+    log = EventLog(db, DownBroker(), history=100, channel="test")
+    async with db.write() as session:
+        after_commit(session, lambda: log.publish_control(MEMBER_REMOVED, {"user_id": "u"}))
+    (record,) = [r for r in caplog.records if r.name.startswith("tidings")]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    message = record.getMessage()
+    assert message.startswith(f"{MEMBER_REMOVED} {{'user_id': 'u'}} not published (ConnectionError")
+    assert "the removal's own event still ends" in message
 
 
 async def test_a_rolled_back_change_leaves_no_event(log_db: tuple[Database, str, str]) -> None:

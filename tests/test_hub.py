@@ -21,7 +21,7 @@ from tidings.connection import Connection
 from tidings.db import Database, create_engine, migrate
 from tidings.events import PROJECT_CREATED, PROJECT_UPDATED, Envelope, EventLog
 from tidings.frames import Frame
-from tidings.hub import Expiries, Hub
+from tidings.hub import Channel, Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
 from tidings.models import File, Member, Project, User
@@ -431,3 +431,26 @@ def test_expiries_compact_what_left() -> None:
     expiries.add("kept", 50.0)
     assert len(expiries) == 1 and expiries.pending() <= 2 * len(expiries) + 64
     assert expiries.due(2000.0) == ["kept"]
+
+
+async def test_head_sync_while_the_database_is_down_is_a_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PostgreSQL restart fails every head sync of every node until it is back: one
+    warning line each, not a traceback (which stays for anything else)."""
+    db = Database(create_engine("postgresql+asyncpg://tidings@127.0.0.1:1/nowhere"))
+    hub = Hub(
+        EventLog(db, MemoryBroker(), 10_000, "hub"),
+        Metrics(),
+        heartbeat_interval=3600,
+        head_sync_interval=0.05,
+    )
+    hub.channels["p"] = Channel()  # a project with subscribers, as far as head sync cares
+    await hub.start()
+    try:
+        await eventually(lambda: any("head sync failed" in r.getMessage() for r in caplog.records))
+    finally:
+        await hub.stop()
+        await db.dispose()
+    failed = [r for r in caplog.records if "head sync failed" in r.getMessage()]
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in failed)

@@ -29,6 +29,7 @@ from tests.conftest import (
     serve,
 )
 from tidings import Settings
+from tidings.broker import Viewer
 from tidings.broker.memory import MemoryBroker, MemoryPresence
 from tidings.db import Database, create_engine
 from tidings.events import Envelope, EventLog
@@ -363,3 +364,34 @@ async def test_a_node_whose_entries_expired_adds_them_again(
         lambda: published[-1:] == [("presence.joined", "p", "ann")] and len(published) == 2
     )
     assert await presence.viewers("p") == [{"id": "u1", "username": "ann"}]
+
+
+class UnreachableStore(MemoryPresence):
+    """A presence store whose reads fail as Redis's do while it is down."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(0.2)
+        self.error = error
+
+    async def viewers(self, project_id: str) -> list[Viewer]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [(ConnectionError("Connection refused."), False), (RuntimeError("a bug"), True)],
+)
+async def test_an_unreadable_store_answers_this_nodes_viewers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, traceback: bool
+) -> None:
+    """While the store is down every subscribe's read fails: one line each, and the
+    viewers this node knows of; anything else is a defect, logged with its traceback."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
+    presence = Presence(UnreachableStore(error), EventLog(db, MemoryBroker(), 100, "p"), 0.2)
+    try:
+        presence.opened("p", "u1", "ann", "c1")
+        assert await presence.viewers("p") == [{"id": "u1", "username": "ann"}]
+    finally:
+        await db.dispose()
+    (record,) = [r for r in caplog.records if r.name == "tidings.presence"]
+    assert (record.exc_info is not None) is traceback

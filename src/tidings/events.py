@@ -47,6 +47,16 @@ SESSION_REVOKED = "control.session_revoked"
 MEMBER_REMOVED = "control.member_removed"
 
 
+# What a control message lost on its way to the other nodes costs (logged with the loss).
+_UNPUBLISHED_CONTROL = {
+    MEMBER_REMOVED: "the removal's own event still ends the member's subscriptions",
+    SESSION_REVOKED: (
+        "other nodes refuse the credential within 30 s (their caches), but its sockets "
+        "there stay open until it expires"
+    ),
+}
+
+
 # ``values(last_seq=NEXT_SEQ)``: the next seq of the project, taken in the statement that
 # row-locks it (see EventLog.append).
 NEXT_SEQ = Project.last_seq + 1
@@ -245,13 +255,13 @@ class EventLog:
         try:
             await self.publish(envelope)
         except Exception as exc:
-            logger.warning(
-                "event %s of project %s not published (%s: %s); subscribers read it from the log",
-                envelope.seq,
-                envelope.project_id,
-                type(exc).__name__,
-                exc,
-            )
+            if envelope.seq is None:  # a control message
+                what = f"{envelope.type} {envelope.data}"
+                effect = _UNPUBLISHED_CONTROL.get(envelope.type, "other nodes miss it")
+            else:
+                what = f"event {envelope.seq} of project {envelope.project_id}"
+                effect = "subscribers read it from the log"
+            logger.warning("%s not published (%s: %s); %s", what, type(exc).__name__, exc, effect)
 
     async def forget_project(self, session: AsyncSession, project_id: str, keep_from: int) -> None:
         """Drop a deleted project's history, keeping its ``project.deleted`` tombstone."""
@@ -271,7 +281,9 @@ class EventLog:
         )
 
     async def publish_control(self, type: str, data: dict[str, Any]) -> None:
-        await self.publish(Envelope(type=type, data=data))
+        """A control message for every node, once its change has committed: a failed
+        publish is one line in the log (as an event's), for the change stands."""
+        await self._publish_committed(Envelope(type=type, data=data))
 
     async def bounds(self, project_id: str, user_id: str) -> tuple[int, int] | None:
         """``(oldest retained seq, latest seq)`` of a project ``user_id`` can see, else None.

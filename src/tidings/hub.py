@@ -22,6 +22,7 @@ import orjson
 from tidings.broker import create_presence_store
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
+from tidings.db import unavailable
 from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot_needed
 from tidings.events import (
     CUSTOM_PREFIX,
@@ -670,8 +671,11 @@ class Hub:
                 continue
             try:
                 heads = await self.eventlog.heads(list(self.channels))
-            except Exception:
-                logger.exception("head sync failed")
+            except Exception as exc:
+                if unavailable(exc):  # down or restarting: a line each, not a traceback
+                    logger.warning("head sync failed (%s: %s)", type(exc).__name__, exc)
+                else:
+                    logger.exception("head sync failed")
                 continue
             for project_id, head in heads.items():
                 channel = self.channels.get(project_id)

@@ -27,7 +27,7 @@ import logging
 import uuid
 from typing import Any
 
-from tidings.broker import PresenceChanges, PresenceStore, Viewer
+from tidings.broker import PresenceChanges, PresenceStore, Viewer, unreachable
 from tidings.events import EventLog
 
 logger = logging.getLogger("tidings.presence")
@@ -97,8 +97,16 @@ class Presence:
         If the store cannot be read, this node's own viewers (logged)."""
         try:
             found = await self.store.viewers(project_id)
-        except Exception:
-            logger.exception("reading the presence of %s failed", project_id)
+        except Exception as exc:
+            if unreachable(exc):  # an outage fails every read: a line each, no traceback
+                logger.warning(
+                    "presence of %s not read (%s: %s); this node's viewers only",
+                    project_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                logger.exception("reading the presence of %s failed", project_id)
             found = sorted(
                 (v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns),
                 key=lambda v: (v.username, v.user_id),

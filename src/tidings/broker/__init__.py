@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tidings.broker.base import Broker, PresenceChanges, PresenceStore, Viewer
+from tidings.broker.base import Broker, PresenceChanges, PresenceStore, Viewer, unreachable
 
 __all__ = [
     "Broker",
@@ -14,6 +14,7 @@ __all__ = [
     "Viewer",
     "create_broker",
     "create_presence_store",
+    "unreachable",
 ]
 
 

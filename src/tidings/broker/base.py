@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker or presence store could not be reached, or did not
+    answer in time (down, restarting, hung), rather than that a command was wrong: a
+    connection or timeout error, the built-in ones or a driver's of the same name (redis-py
+    derives its own from neither)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return any(cls.__name__ in ("ConnectionError", "TimeoutError") for cls in type(exc).__mro__)
+
+
 class Subscription(Protocol):
     """The messages of one channel, from the moment :meth:`Broker.subscribe` returned.
 
