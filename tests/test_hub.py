@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from tests.conftest import TIMEOUT, eventually
+from tidings.auth import Authenticator
 from tidings.broker.memory import MemoryBroker
 from tidings.connection import Connection
 from tidings.db import Database, create_engine, migrate
@@ -24,7 +25,7 @@ from tidings.frames import Frame
 from tidings.hub import Channel, Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
-from tidings.models import File, Member, Project, User
+from tidings.models import ApiToken, File, Member, Project, User, utcnow
 
 
 class RecordingSocket:
@@ -454,3 +455,46 @@ async def test_head_sync_while_the_database_is_down_is_a_line_not_a_traceback(
         await db.dispose()
     failed = [r for r in caplog.records if "head sync failed" in r.getMessage()]
     assert all(r.levelname == "WARNING" and r.exc_info is None for r in failed)
+
+
+async def test_a_revocation_the_broker_lost_still_closes_the_sockets(tmp_path: Path) -> None:
+    """The revocation's control message never reached this node (Redis was down as it was
+    published): when the node learns it may have missed messages (its broker
+    subscription came back), or at its next periodic check, it asks the database about
+    the credentials of its open connections and closes the revoked ones' with 4401."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
+    await migrate(db.engine)
+    async with db.write() as session:
+        user = User(username="alice", password_hash="-")
+        session.add(user)
+        await session.flush()
+        tokens = [ApiToken(secret_hash=f"{i:064}", user_id=user.id) for i in range(2)]
+        session.add_all(tokens)
+    hub = Hub(
+        EventLog(db, MemoryBroker(), 10_000, "hub"),
+        Metrics(),
+        heartbeat_interval=3600,
+        head_sync_interval=3600,
+        revoked_among=Authenticator(db).revoked_among,
+        credential_check_interval=3600,
+    )
+    await hub.start()
+    try:
+        world = World(db, hub, user.id)
+        revoked_socket, kept_socket = RecordingSocket(), RecordingSocket()
+        revoked = world.connection(revoked_socket, client_id="revoked")
+        kept = world.connection(kept_socket, client_id="kept")
+        for conn, token in ((revoked, tokens[0]), (kept, tokens[1])):
+            hub._unregister(conn)
+            conn.credential = f"token:{token.id}"
+            hub.register(conn)  # indexed under its own token
+        async with db.write() as session:  # revoked, and no broker message at all
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == tokens[0].id).values(revoked_at=utcnow())
+            )
+        hub._maybe_missed()  # the broker subscription is back: messages may be lost
+        await eventually(lambda: revoked_socket.closed == 4401)
+        assert kept_socket.closed is None and kept.open
+    finally:
+        await hub.stop()
+        await db.dispose()

@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.presence_expiry,
         ),
         forget_credential=authenticator.forget,
+        revoked_among=authenticator.revoked_among,
     )
     services = Services(
         settings=settings,

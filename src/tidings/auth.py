@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ LAST_USED_PRECISION = timedelta(minutes=1)
 # the bound on a revocation whose broker notice this node missed.
 CACHE_TTL = 10.0
 CACHE_ENTRIES = 10_000
+RECHECK_BATCH = 500  # credentials per query of revoked_among()
 LAST_USED_FLUSH = 1.0  # seconds between writes of the tokens' last use
 
 
@@ -166,6 +167,24 @@ class Authenticator:
 
     def forget(self, credential: str) -> None:
         self.cache.forget(credential)
+
+    async def revoked_among(self, credentials: Sequence[str]) -> set[str]:
+        """Which of ``credentials`` (``session:<id>``, ``token:<id>``) are revoked or gone,
+        read from the database in a few batched queries: for the hub, which closes
+        their sockets if the broker lost the revocation (expiry it checks by itself)."""
+        live: set[str] = set()
+        async with self.db.read() as session:
+            for kind, model in (("session", AuthSession), ("token", ApiToken)):
+                idents = [c.partition(":")[2] for c in credentials if c.startswith(kind + ":")]
+                for start in range(0, len(idents), RECHECK_BATCH):
+                    rows = await session.scalars(
+                        select(model.id).where(
+                            model.id.in_(idents[start : start + RECHECK_BATCH]),
+                            model.revoked_at.is_(None),
+                        )
+                    )
+                    live.update(f"{kind}:{ident}" for ident in rows)
+        return set(credentials) - live
 
     def forget_user(self, user_id: str) -> None:
         self.cache.forget_user(user_id)

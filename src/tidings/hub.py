@@ -10,10 +10,11 @@ starts replays from the event log, closes slow consumers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -132,6 +133,8 @@ class Hub:
         resume_tail_bytes: int = 16 * 1024 * 1024,
         presence: Presence | None = None,
         forget_credential: Callable[[str], None] = lambda credential: None,
+        revoked_among: Callable[[list[str]], Awaitable[set[str]]] | None = None,
+        credential_check_interval: float = 10.0,
     ) -> None:
         self.eventlog = eventlog
         # Who views which project (presence.py); in memory unless the app says otherwise.
@@ -147,6 +150,12 @@ class Hub:
         self.head_sync_interval = head_sync_interval
         self.restart_reason = restart_reason
         self.forget_credential = forget_credential  # the credential cache's, on revocation
+        # Which open connections' credentials the database says are revoked: asked every
+        # `credential_check_interval` seconds, and at once when broker messages may
+        # have been lost (a revocation's among them).
+        self.revoked_among = revoked_among
+        self.credential_check_interval = credential_check_interval
+        self._check_now = asyncio.Event()
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self.by_credential: dict[str, set[Connection]] = {}
@@ -170,6 +179,10 @@ class Hub:
             asyncio.create_task(self._sync_heads(), name="tidings-hub-heads"),
             asyncio.create_task(self._expire(), name="tidings-hub-expiry"),
         ]
+        if self.revoked_among is not None:
+            self._tasks.append(
+                asyncio.create_task(self._check_credentials(), name="tidings-hub-credentials")
+            )
         await asyncio.wait_for(self._ready.wait(), 10)
         await self.presence.start()
 
@@ -527,9 +540,9 @@ class Hub:
         while True:
             try:
                 subscription = await broker.subscribe(
-                    self.eventlog.channel, on_resubscribed=self.access.clear
+                    self.eventlog.channel, on_resubscribed=self._maybe_missed
                 )
-                self.access.clear()  # revocations may have been missed while unsubscribed
+                self._maybe_missed()  # while unsubscribed, nothing was heard
                 try:
                     self._ready.set()  # confirmed: every event published from now on arrives
                     async for raw in subscription:
@@ -542,6 +555,13 @@ class Hub:
             except Exception:
                 logger.exception("broker listener failed; restarting")
                 await asyncio.sleep(1)
+
+    def _maybe_missed(self) -> None:
+        """Broker messages may have been lost (the subscription was down): revocations
+        among them. Forget every remembered grant, and ask the database about the
+        credentials of the open connections now rather than at the next check."""
+        self.access.clear()
+        self._check_now.set()
 
     def dispatch(self, raw: bytes) -> None:
         try:
@@ -653,6 +673,25 @@ class Hub:
             for credential in self._expiries.due(time.time()):
                 for conn in list(self.by_credential.get(credential, ())):
                     conn.close(CloseCode.UNAUTHORIZED, "credentials expired")
+
+    async def _check_credentials(self) -> None:
+        """Close the sockets of revoked credentials whose revocation this node missed (a
+        broker outage at the time): within ``credential_check_interval`` seconds."""
+        assert self.revoked_among is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), self.credential_check_interval)
+            self._check_now.clear()
+            if not self.by_credential:
+                continue
+            try:
+                revoked = await self.revoked_among(list(self.by_credential))
+            except Exception as exc:
+                if not unavailable(exc):
+                    logger.exception("checking open connections' credentials failed")
+                continue
+            for credential in revoked:
+                self.revoke(credential)
 
     async def _heartbeat(self) -> None:
         while True:
