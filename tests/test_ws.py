@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ from tests.conftest import (
     upload,
     ws_connect,
 )
+from tidings.ws import Upgrades, _route_path
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -609,3 +611,21 @@ async def test_metrics_count_connections_and_events(server, alice, alice_api) ->
     assert after["tidings_ws_connections"] == 0
     assert after["tidings_ws_subscriptions"] == 0
     assert after["tidings_ws_channels"] == 0
+
+
+async def test_upgrades_take_ws_under_any_root_path_and_pass_the_rest_on() -> None:
+    """``Upgrades`` answers ``/ws`` itself (also mounted under a proxy's root path) and
+    hands every other request, and every other socket, to the app unchanged."""
+    assert _route_path({"path": "/ws"}) == "/ws"
+    assert _route_path({"path": "/tidings/ws", "root_path": "/tidings"}) == "/ws"
+    assert _route_path({"path": "/other/ws", "root_path": "/tidings"}) == "/other/ws"
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(f"{scope['type']} {scope['path']}")
+
+    upgrades = Upgrades(app, errors=(), handler=None)  # type: ignore[arg-type]
+    for scope in ({"type": "http", "path": "/ws"}, {"type": "websocket", "path": "/wss"}):
+        await upgrades(scope, None, None)  # type: ignore[arg-type]
+    assert seen == ["http /ws", "websocket /wss"]

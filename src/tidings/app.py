@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from tidings import __version__
 from tidings.api import (
@@ -45,7 +45,7 @@ from tidings.settings import Settings
 from tidings.storage import Storage
 from tidings.throttle import LoginThrottle
 from tidings.transport import OPTIONS_KEY, TransportOptions
-from tidings.ws import websocket_endpoint
+from tidings.ws import Upgrades
 
 logger = logging.getLogger("tidings")
 
@@ -146,11 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Handled inside the middleware stack (unlike `Exception` above, which Starlette also
     # re-raises, closing the client's keep-alive connection): a client retrying on the
     # same connection must not find it closed.
-    for error in (DBAPIError, ConnectionError, TimeoutError):
+    outages = (DBAPIError, ConnectionError, TimeoutError)
+    for error in outages:
         app.add_exception_handler(error, _unavailable)
-    # First: every route before it is matched against each upgrade, and a node's clients
-    # all come back at once after a restart.
-    app.router.add_websocket_route("/ws", websocket_endpoint)
+    app.add_middleware(Upgrades, errors=outages, handler=_unavailable)  # outermost of ours
     for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
     app.router.routes.append(stream.route())
@@ -168,7 +167,7 @@ async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse
     )
 
 
-async def _unavailable(request: Request, exc: Exception) -> PlainTextResponse:
+async def _unavailable(request: HTTPConnection, exc: Exception) -> PlainTextResponse:
     """The database is down or restarting: the change was not made (its transaction
     rolled back), so 503 and retry; a 500 would say the request itself broke something."""
     if not unavailable(exc):

@@ -13,9 +13,12 @@ connection (:class:`~tidings.sockets.AsgiSocket` writes).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket
-from starlette.websockets import WebSocketDisconnect
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from tidings.admission import Refusal, identify, open_connection
 from tidings.api.deps import Services
@@ -38,9 +41,54 @@ REFUSALS: dict[Refusal, int] = {
 }
 
 
+PATH = "/ws"
+
+
+class Upgrades:
+    """Pure ASGI, outside the app's other middleware: an upgrade to ``/ws`` goes straight
+    to :func:`websocket_endpoint`, past the routing and exception middleware, which cost
+    as much as the rest of a connect when a node's clients all come back at once. Anything
+    else goes on to ``app``.
+
+    What the exception middleware did for an upgrade stays: an exception of one of
+    ``errors`` raised before the handshake goes to ``handler`` (the app's, for a database
+    it cannot reach: 503 and ``Retry-After``), whose response refuses the upgrade.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        errors: tuple[type[Exception], ...],
+        handler: Callable[[WebSocket, Exception], Awaitable[Response]],
+    ) -> None:
+        self.app = app
+        self.errors = errors
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or _route_path(scope) != PATH:
+            await self.app(scope, receive, send)
+            return
+        websocket = WebSocket(scope, receive, send)
+        try:
+            await websocket_endpoint(websocket)
+        except self.errors as exc:
+            if websocket.application_state is not WebSocketState.CONNECTING:
+                raise
+            response = await self.handler(websocket, exc)  # raises it again if not handled
+            await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path a route matches: without the ``root_path`` a proxy mounts the app at."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Mounted as a plain Starlette route (``app.router.add_websocket_route``): FastAPI's
-    dependency machinery would hold an exit stack per connection for nothing."""
+    """Reached through :class:`Upgrades`, not a route: FastAPI's dependency machinery
+    would hold an exit stack per connection for nothing."""
     services: Services = websocket.app.state.services
     principal = await identify(services, websocket.headers, websocket.cookies)
     if principal is Refusal.ORIGIN:
