@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 import subprocess
@@ -129,6 +130,16 @@ async def test_the_close_timeout_setting_reaches_the_transport(make_server) -> N
     started = time.monotonic()
     await srv.stop_async()
     assert time.monotonic() - started < 5.0
+
+
+async def test_a_node_collects_garbage_less_often_while_it_runs(make_server) -> None:
+    """TIDINGS_GC_THRESHOLD sets the young generation's threshold for the node's life;
+    the interpreter's setting comes back when it stops."""
+    before = gc.get_threshold()
+    srv = make_server(gc_threshold=12_345)
+    assert gc.get_threshold() == (12_345, *before[1:])
+    await srv.stop_async()
+    assert gc.get_threshold() == before
 
 
 async def test_connections_beyond_the_cap_get_503_before_the_upgrade(make_server) -> None:

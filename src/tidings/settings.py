@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     replay_concurrency: int = Field(
         default=32, gt=0, description="replay pages read from the event log at once per node"
     )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="allocations between runs of Python's garbage collector on its youngest "
+        "generation (Python's default: 700); 0 leaves the interpreter's setting",
+    )
     ws_max_connections_per_user: int = Field(
         default=50, gt=0, description="open /ws connections per user per node; beyond: 1013"
     )
