@@ -393,7 +393,7 @@ def run_case(
         if config["scenario"] == "resume":
             seed(server, 10_000)
         if config["scenario"] == "write":
-            return loadgen(server, write_setup(server, config), "writes.py")
+            return loadgen(server, write_setup(server, config), "writes.py", profile=True)
         if config["scenario"] == "restart":
             return restart(server, config)
         if config["scenario"] == "e2e-writers":
@@ -844,7 +844,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="restart, e2e-writers: cProfile tidings over the measured window into this file",
+        help="restart, e2e-writers, write: cProfile tidings over the measured window into this "
+        "file (the last case's)",
     )
     args = parser.parse_args()
     global PROFILE
