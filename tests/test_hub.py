@@ -22,7 +22,7 @@ from tidings.connection import Connection
 from tidings.db import Database, create_engine, migrate
 from tidings.events import PROJECT_CREATED, PROJECT_UPDATED, Envelope, EventLog
 from tidings.frames import Frame
-from tidings.hub import Channel, Expiries, Hub
+from tidings.hub import LARGE_FLUSH, Channel, Expiries, Hub
 from tidings.messages import ClientMessages
 from tidings.metrics import Metrics
 from tidings.models import ApiToken, File, Member, Project, User, utcnow
@@ -495,6 +495,58 @@ async def test_a_revocation_the_broker_lost_still_closes_the_sockets(tmp_path: P
         hub._maybe_missed()  # the broker subscription is back: messages may be lost
         await eventually(lambda: revoked_socket.closed == 4401)
         assert kept_socket.closed is None and kept.open
+    finally:
+        await hub.stop()
+        await db.dispose()
+
+
+class CountingSocket(RecordingSocket):
+    """Also counts the writes: one per flush that had something for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write_nowait(self, frames: list[Frame], batch: bool) -> None:
+        self.writes += 1
+        super().write_nowait(frames, batch)
+
+
+async def test_after_a_large_fan_out_the_next_events_leave_together(tmp_path: Path) -> None:
+    """Each change committed on its own used to cost every subscriber a write of its own:
+    after a flush to many connections, the next waits a little (here 1 s, to be sure of
+    it on any machine), and what arrives meanwhile leaves in one write each."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
+    await migrate(db.engine)
+    async with db.write() as session:
+        user = User(username="alice", password_hash="-")
+        session.add(user)
+    hub = Hub(
+        EventLog(db, MemoryBroker(), 10_000, "hub"),
+        Metrics(),
+        heartbeat_interval=3600,
+        head_sync_interval=3600,
+        flush_spacing=1.0,
+    )
+    await hub.start()
+    try:
+        world = World(db, hub, user.id)
+        watched = await world.project()
+        sockets = [CountingSocket() for _ in range(LARGE_FLUSH)]
+        for n, socket in enumerate(sockets):
+            conn = world.connection(socket, client_id=f"c{n}")
+            conn.receive(subscribe(watched))
+            await conn.idle()
+        first, second, third = await world.change(watched, 3)
+        await asyncio.sleep(1.5)  # whatever flushes the subscribes caused are over
+        before = [s.writes for s in sockets]
+        hub.fan_out(first)  # a large flush, at once
+        await eventually(lambda: all(s.messages[-1].get("seq") == 2 for s in sockets))
+        hub.fan_out(second)
+        await asyncio.sleep(0)  # the next loop iteration: it waits all the same
+        hub.fan_out(third)
+        await eventually(lambda: all(s.messages[-1].get("seq") == 4 for s in sockets))
+        assert [s.writes - b for s, b in zip(sockets, before, strict=True)] == [2] * len(sockets)
     finally:
         await hub.stop()
         await db.dispose()

@@ -54,6 +54,12 @@ REPLAY_PAGE_BYTES = PAGE_BYTES  # frame bytes per read of the log, at most (but 
 # cost more than the write itself in a large fan-out.
 LATENCY_SAMPLE = 16
 EXPIRY_CHECK_INTERVAL = 1.0
+# After a flush that wrote to this many connections or more, the next waits until
+# FLUSH_SPACING seconds after it (Hub._flush): at most 1 / FLUSH_SPACING large flushes a
+# second, each carrying whatever arrived since. With 1,000 subscribers and 8 writers this
+# took events delivered per second from 0.6-0.9x Node ws's relay to 1.3x (performance.md).
+LARGE_FLUSH = 100
+FLUSH_SPACING = 0.010
 
 
 class Expiries:
@@ -135,6 +141,7 @@ class Hub:
         forget_credential: Callable[[str], None] = lambda credential: None,
         revoked_among: Callable[[list[str]], Awaitable[set[str]]] | None = None,
         credential_check_interval: float = 10.0,
+        flush_spacing: float = FLUSH_SPACING,
     ) -> None:
         self.eventlog = eventlog
         # Who views which project (presence.py); in memory unless the app says otherwise.
@@ -165,6 +172,8 @@ class Hub:
         self._ready = asyncio.Event()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        self.flush_spacing = flush_spacing
+        self._next_flush = 0.0  # loop time before which a flush waits (see _flush)
         self._writes = 0
         self._expiries = Expiries()
         # Replays reading the log at once: bounds the database load and the pages in memory.
@@ -254,14 +263,24 @@ class Hub:
         self._dirty.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            wait = self._next_flush - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Once per loop iteration: write every connection that got frames in it."""
+        """Write every connection that got frames since the last flush: once per loop
+        iteration, but after a large fan-out not again for ``flush_spacing`` seconds
+        (:data:`FLUSH_SPACING`), so that the events of changes committed meanwhile leave
+        together, one write per subscriber for all of them instead of one for each."""
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
+        if len(dirty) >= LARGE_FLUSH:
+            self._next_flush = asyncio.get_running_loop().time() + self.flush_spacing
 
     def slow(self, conn: Connection) -> None:
         self.metrics.slow_consumers.inc()
