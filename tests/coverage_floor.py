@@ -25,6 +25,7 @@ FULLY_COVERED = [
     "src/tidings/codes.py",
     "src/tidings/processes/state.py",
     "src/tidings/batches.py",
+    "src/tidings/stopping.py",
 ]
 
 

@@ -4,7 +4,6 @@ and revoking credentials."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +19,7 @@ from tidings.db import Database, after_commit
 from tidings.events import SESSION_REVOKED, EventLog
 from tidings.models import ApiToken, AuthSession, User
 from tidings.security import hash_secret
+from tidings.stopping import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +194,7 @@ class Authenticator:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         await self.flush()
 

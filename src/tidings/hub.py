@@ -44,6 +44,7 @@ from tidings.metrics import Metrics
 from tidings.openings import AccessCache, BoundsReader
 from tidings.presence import PRESENCE_TYPES, Presence
 from tidings.snapshot import Opening, Snapshots
+from tidings.stopping import cancel_and_wait
 from tidings.tails import Tails
 
 logger = logging.getLogger("tidings.hub")
@@ -202,9 +203,7 @@ class Hub:
         for conn in list(self.connections.values()):
             replays += (conn.replays or {}).values()
             conn.close(CloseCode.SERVICE_RESTART, self.restart_reason)  # cancels its replays
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *replays, return_exceptions=True)
+        await cancel_and_wait([*self._tasks, *replays])
         await self.presence.stop()
 
     @property

@@ -29,6 +29,7 @@ from typing import Any
 
 from tidings.broker import PresenceChanges, PresenceStore, Viewer, unreachable
 from tidings.events import EventLog
+from tidings.stopping import cancel_and_wait
 
 logger = logging.getLogger("tidings.presence")
 
@@ -128,8 +129,7 @@ class Presence:
         """Remove the node's entries at once (their users leave where no other node holds
         them) and announce it."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
         try:
             await self._announce(await self.store.forget(self.node))

@@ -50,6 +50,7 @@ from tidings.processes.state import (
 from tidings.processes.store import move, process_out, source_files
 from tidings.processes.work import Work
 from tidings.settings import Settings
+from tidings.stopping import cancel_and_wait
 from tidings.storage import Storage
 
 logger = logging.getLogger("tidings.processes")
@@ -144,10 +145,7 @@ class ProcessRunner:
     async def stop(self) -> None:
         """Stop every worker and fail this node's processes as ``interrupted``."""
         self._stopping = True
-        for task in (self._lease_task, self._sweep_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(t for t in (self._lease_task, self._sweep_task) if t is not None)
         queued = list(self._queue)
         self._queue.clear()
         running = [job for job in self._jobs.values() if job.task is not None]
