@@ -7,7 +7,8 @@ real clients can hit only by chance (the sockets themselves are tested over TCP 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,19 +150,23 @@ class World:
         return conn
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+@asynccontextmanager
+async def built_world(
+    tmp_path: Path, options: Callable[[Database], dict[str, Any]] = lambda db: {}
+) -> AsyncIterator[World]:
+    """A started hub on a fresh database with one user; ``options``: more of the hub's
+    keyword arguments, given the database."""
     db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
     await migrate(db.engine)
     async with db.write() as session:
         user = User(username="alice", password_hash="-")
         session.add(user)
-    broker = MemoryBroker()
     hub = Hub(
-        EventLog(db, broker, 10_000, "hub"),
+        EventLog(db, MemoryBroker(), 10_000, "hub"),
         Metrics(),
         heartbeat_interval=3600,
         head_sync_interval=3600,
+        **options(db),
     )
     await hub.start()
     try:
@@ -169,6 +174,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     finally:
         await hub.stop()
         await db.dispose()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with built_world(tmp_path) as world:
+        yield world
 
 
 def _brief(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -462,42 +473,31 @@ async def test_a_revocation_the_broker_lost_still_closes_the_sockets(tmp_path: P
     published): when the node learns it may have missed messages (its broker
     subscription came back), or at its next periodic check, it asks the database about
     the credentials of its open connections and closes the revoked ones' with 4401."""
-    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
-    await migrate(db.engine)
-    async with db.write() as session:
-        user = User(username="alice", password_hash="-")
-        session.add(user)
-        await session.flush()
-        tokens = [ApiToken(secret_hash=f"{i:064}", user_id=user.id) for i in range(2)]
-        session.add_all(tokens)
-    hub = Hub(
-        EventLog(db, MemoryBroker(), 10_000, "hub"),
-        Metrics(),
-        heartbeat_interval=3600,
-        head_sync_interval=3600,
-        revoked_among=Authenticator(db).revoked_among,
-        credential_check_interval=3600,
-    )
-    await hub.start()
-    try:
-        world = World(db, hub, user.id)
+
+    def checked(db: Database) -> dict[str, Any]:
+        return {
+            "revoked_among": Authenticator(db).revoked_among,
+            "credential_check_interval": 3600,
+        }
+
+    async with built_world(tmp_path, checked) as world:
+        async with world.db.write() as session:
+            tokens = [ApiToken(secret_hash=f"{i:064}", user_id=world.user_id) for i in range(2)]
+            session.add_all(tokens)
         revoked_socket, kept_socket = RecordingSocket(), RecordingSocket()
         revoked = world.connection(revoked_socket, client_id="revoked")
         kept = world.connection(kept_socket, client_id="kept")
         for conn, token in ((revoked, tokens[0]), (kept, tokens[1])):
-            hub._unregister(conn)
+            world.hub._unregister(conn)
             conn.credential = f"token:{token.id}"
-            hub.register(conn)  # indexed under its own token
-        async with db.write() as session:  # revoked, and no broker message at all
+            world.hub.register(conn)  # indexed under its own token
+        async with world.db.write() as session:  # revoked, and no broker message at all
             await session.execute(
                 update(ApiToken).where(ApiToken.id == tokens[0].id).values(revoked_at=utcnow())
             )
-        hub._maybe_missed()  # the broker subscription is back: messages may be lost
+        world.hub._maybe_missed()  # the broker subscription is back: messages may be lost
         await eventually(lambda: revoked_socket.closed == 4401)
         assert kept_socket.closed is None and kept.open
-    finally:
-        await hub.stop()
-        await db.dispose()
 
 
 class CountingSocket(RecordingSocket):
@@ -516,21 +516,7 @@ async def test_after_a_large_fan_out_the_next_events_leave_together(tmp_path: Pa
     """Each change committed on its own used to cost every subscriber a write of its own:
     after a flush to many connections, the next waits a little (here 1 s, to be sure of
     it on any machine), and what arrives meanwhile leaves in one write each."""
-    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
-    await migrate(db.engine)
-    async with db.write() as session:
-        user = User(username="alice", password_hash="-")
-        session.add(user)
-    hub = Hub(
-        EventLog(db, MemoryBroker(), 10_000, "hub"),
-        Metrics(),
-        heartbeat_interval=3600,
-        head_sync_interval=3600,
-        flush_spacing=1.0,
-    )
-    await hub.start()
-    try:
-        world = World(db, hub, user.id)
+    async with built_world(tmp_path, lambda db: {"flush_spacing": 1.0}) as world:
         watched = await world.project()
         sockets = [CountingSocket() for _ in range(LARGE_FLUSH)]
         for n, socket in enumerate(sockets):
@@ -540,13 +526,10 @@ async def test_after_a_large_fan_out_the_next_events_leave_together(tmp_path: Pa
         first, second, third = await world.change(watched, 3)
         await asyncio.sleep(1.5)  # whatever flushes the subscribes caused are over
         before = [s.writes for s in sockets]
-        hub.fan_out(first)  # a large flush, at once
+        world.hub.fan_out(first)  # a large flush, at once
         await eventually(lambda: all(s.messages[-1].get("seq") == 2 for s in sockets))
-        hub.fan_out(second)
+        world.hub.fan_out(second)
         await asyncio.sleep(0)  # the next loop iteration: it waits all the same
-        hub.fan_out(third)
+        world.hub.fan_out(third)
         await eventually(lambda: all(s.messages[-1].get("seq") == 4 for s in sockets))
         assert [s.writes - b for s, b in zip(sockets, before, strict=True)] == [2] * len(sockets)
-    finally:
-        await hub.stop()
-        await db.dispose()
