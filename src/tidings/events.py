@@ -51,8 +51,8 @@ MEMBER_REMOVED = "control.member_removed"
 _UNPUBLISHED_CONTROL = {
     MEMBER_REMOVED: "the removal's own event still ends the member's subscriptions",
     SESSION_REVOKED: (
-        "other nodes refuse the credential within 30 s (their caches), but its sockets "
-        "there stay open until it expires"
+        "other nodes refuse the credential, and close its sockets, within 10 s (their "
+        "credential caches expire; they check their open connections' credentials)"
     ),
 }
 
