@@ -288,3 +288,42 @@ async def test_two_nodes_time_out_each_process_exactly_once(
     completed = [orjson.loads(f)["process_id"] for f in frames]
     assert sorted(completed) == sorted(ids)  # each once
     assert all(orjson.loads(f)["process"]["error"] == "timeout" for f in frames)
+
+
+async def test_a_result_removed_while_it_is_being_sent_is_sent_whole(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Found by CI (a flaky run of the test above): a sweep on another node removed the
+    export while a download of it had sent its headers, and the body broke off (the file
+    was opened only then). Now the file is open before the answer starts."""
+    from shutil import rmtree
+
+    from tidings.api.processes import _serve
+
+    a = make_server()
+    alice = await create_user(a.settings, "alice")
+    async with api(a, alice) as client:
+        pid = (await create_project(client))["id"]
+        assert (await upload(client, pid, "a.txt", b"hello")).status_code == 201
+        ws = await connected(a, alice)
+        await subscribe(ws, pid)
+        export = await start(client, pid, "export")
+        await recv_until(
+            ws, lambda m: m["type"] == "process.completed" and m["process_id"] == export["id"]
+        )
+        whole = (await client.get(f"/api/projects/{pid}/processes/{export['id']}/result")).content
+        process = Process(id=export["id"], project_id=pid, status="succeeded")  # as read
+        response = _serve(a.services, process, "export.zip")  # the answer, not yet sent
+        rmtree(a.settings.results_dir / pid / export["id"])  # the sweep, meanwhile
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(3600)
+            return {}
+
+        await response({"type": "http", "method": "GET", "headers": []}, receive, send)
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        assert body == whole and int(dict(sent[0]["headers"])[b"content-length"]) == len(whole)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
-from typing import Annotated, Any, Literal
+import os
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, BinaryIO, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 
 from tidings.access import visible_project
 from tidings.api.deps import App, CurrentUser, current_user, not_found, project_row, tell_seq
@@ -174,7 +178,7 @@ async def cancel_process(
     return {**process_out(process), "seq": seq}
 
 
-@router.get("/{process_id}/result", response_class=FileResponse)
+@router.get("/{process_id}/result", response_class=StreamingResponse)
 async def download_result(project_id: Id, process_id: Id, user: CurrentUser, app: App) -> Any:
     """The artefact of a succeeded process that makes one (``export``: the zip)."""
     process = await project_row(app, user.user_id, project_id, Process, process_id)
@@ -184,7 +188,7 @@ async def download_result(project_id: Id, process_id: Id, user: CurrentUser, app
     return _serve(app, process, kind.artefact)
 
 
-@router.get("/{process_id}/result/{name}", response_class=FileResponse)
+@router.get("/{process_id}/result/{name}", response_class=StreamingResponse)
 async def download_result_file(
     project_id: Id, process_id: Id, name: PathFileName, user: CurrentUser, app: App
 ) -> Any:
@@ -193,23 +197,38 @@ async def download_result_file(
     return _serve(app, process, name)
 
 
-def _serve(app: App, process: Process, name: str) -> FileResponse:
+RESULT_GONE = "the result was deleted after TIDINGS_RESULT_RETENTION; run the process again"
+RESULT_CHUNK = 64 * 1024  # bytes read from a result file at a time
+
+
+def _serve(app: App, process: Process, name: str) -> StreamingResponse:
+    """The file, opened before the answer starts: a sweep (any node's) that removes it
+    meanwhile leaves the open file readable to its end, where a response that opened it
+    only once its headers were sent broke off mid-body."""
     if process.status != Status.SUCCEEDED:
         raise HTTPException(status.HTTP_409_CONFLICT, f"process is {process.status}")
     if process.result_deleted_at is not None:
-        raise HTTPException(
-            status.HTTP_410_GONE,
-            "the result was deleted after TIDINGS_RESULT_RETENTION; run the process again",
-        )
+        raise HTTPException(status.HTTP_410_GONE, RESULT_GONE)
     path = app.processes.output(process.project_id, process.id, name)
     if path is None:
         raise not_found("result file")
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise HTTPException(status.HTTP_410_GONE, RESULT_GONE) from None
+    size = os.fstat(handle.fileno()).st_size
     guessed, _ = mimetypes.guess_type(name)
-    return FileResponse(
-        path,
+    return StreamingResponse(
+        _chunks(handle),
         media_type=served_type(guessed or "application/octet-stream"),
-        headers=download_headers(name),
+        headers={**download_headers(name), "Content-Length": str(size)},
+        background=BackgroundTask(handle.close),
     )
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(handle.read, RESULT_CHUNK):
+        yield chunk
 
 
 async def process_driver(project_id: Id, process_id: Id, request: Request, app: App) -> None:
