@@ -43,7 +43,6 @@ from tidings.presence import Presence as NodePresence
 from tidings.processes import ProcessRunner
 from tidings.security import Passwords, hash_password, new_password
 from tidings.settings import Settings
-from tidings.stopping import cancel_and_wait
 from tidings.storage import Storage
 from tidings.throttle import LoginThrottle
 from tidings.transport import OPTIONS_KEY, TransportOptions
@@ -119,19 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Each connection holds a few dozen long-lived objects, which every run of the
         # collector's older generations walks: at Python's default (a young-generation
         # run every 700 allocations), 10,000 clients reconnecting at once took nearly
-        # twice as long to catch up (docs/performance.md). The young generation is
-        # collected every second instead, so that a steady trickle of garbage cycles
-        # does not wait for TIDINGS_GC_THRESHOLD allocations to be freed.
+        # twice as long to catch up (docs/performance.md).
         gc_thresholds = gc.get_threshold()
-        collector = None
         if settings.gc_threshold:
             gc.set_threshold(settings.gc_threshold)
-            collector = asyncio.create_task(_collect_young(), name="tidings-gc")
         try:
             yield lifespan_state(settings)  # uvicorn hands it to every /ws transport
         finally:
-            if collector is not None:
-                await cancel_and_wait([collector])
             gc.set_threshold(*gc_thresholds)
             # Each part stops even if one before it fails (the database may be down):
             # a node must always be able to stop.
@@ -171,15 +164,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.append(stream.route())
     dashboard.mount(app)
     return app
-
-
-YOUNG_COLLECTION_INTERVAL = 1.0  # seconds between collections of the young generation
-
-
-async def _collect_young() -> None:
-    while True:
-        await asyncio.sleep(YOUNG_COLLECTION_INTERVAL)
-        gc.collect(0)
 
 
 # Seconds a client should wait before retrying a request the database could not serve.
