@@ -176,6 +176,24 @@ async def test_active_processes_per_project_are_capped(
 # -- results expire ----------------------------------------------------------------------
 
 
+async def exported(
+    server: ServerThread, user: Any, client: httpx.AsyncClient
+) -> tuple[str, dict[str, Any]]:
+    """A project with one file and an export of it that succeeded: its id and the
+    export's process."""
+    pid = (await create_project(client))["id"]
+    assert (await upload(client, pid, "a.txt", b"hello")).status_code == 201
+    ws = await connected(server, user)
+    await subscribe(ws, pid)
+    export = await start(client, pid, "export")
+    done = await recv_until(
+        ws, lambda m: m["type"] == "process.completed" and m["process_id"] == export["id"]
+    )
+    assert done["process"]["status"] == "succeeded"
+    await ws.close()
+    return pid, export
+
+
 async def test_results_expire_on_every_node_once(
     make_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -186,15 +204,7 @@ async def test_results_expire_on_every_node_once(
     make_server(result_retention=retention, sweep_interval=0.05)  # a second node, sweeping
     alice = await create_user(a.settings, "alice")
     async with api(a, alice) as client:
-        pid = (await create_project(client))["id"]
-        assert (await upload(client, pid, "a.txt", b"hello")).status_code == 201
-        ws = await connected(a, alice)
-        await subscribe(ws, pid)
-        export = await start(client, pid, "export")
-        done = await recv_until(
-            ws, lambda m: m["type"] == "process.completed" and m["process_id"] == export["id"]
-        )
-        assert done["process"]["status"] == "succeeded"
+        pid, export = await exported(a, alice, client)
         result = f"/api/projects/{pid}/processes/{export['id']}/result"
         assert (await client.get(result)).status_code == 200  # kept until the retention ends
         externals = []
@@ -303,14 +313,7 @@ async def test_a_result_removed_while_it_is_being_sent_is_sent_whole(
     a = make_server()
     alice = await create_user(a.settings, "alice")
     async with api(a, alice) as client:
-        pid = (await create_project(client))["id"]
-        assert (await upload(client, pid, "a.txt", b"hello")).status_code == 201
-        ws = await connected(a, alice)
-        await subscribe(ws, pid)
-        export = await start(client, pid, "export")
-        await recv_until(
-            ws, lambda m: m["type"] == "process.completed" and m["process_id"] == export["id"]
-        )
+        pid, export = await exported(a, alice, client)
         whole = (await client.get(f"/api/projects/{pid}/processes/{export['id']}/result")).content
         process = Process(id=export["id"], project_id=pid, status="succeeded")  # as read
         response = _serve(a.services, process, "export.zip")  # the answer, not yet sent
