@@ -632,26 +632,31 @@ async def test_ping_answered_promptly_during_a_large_export(
             await upload_big(client, pid, f"part{index}.bin", 100)
         ws = await connected(server, alice)
         await subscribe(ws, pid)
-        process = await start(client, pid, "export")
-        await recv_until(ws, of(process["id"], "process.started"))
         worst = 0.0
         pings = 0
-        finished = False
-        while not finished:
-            sent = time.monotonic()
-            await send(ws, {"type": "ping", "id": pings})
-            while True:
-                message = await recv(ws)
-                if message.get("process_id") == process["id"]:
-                    finished = finished or message["type"] == "process.completed"
-                elif message["type"] == "pong":
-                    break
-                assert message["type"] != "error", message
-            worst = max(worst, time.monotonic() - sent)
-            pings += 1
-            await asyncio.sleep(60 * MS)  # within the per-connection message rate limit
+        # A fast disk can finish an export within a few pings: export again
+        # until enough pings were answered while one ran.
+        for _ in range(20):
+            process = await start(client, pid, "export")
+            await recv_until(ws, of(process["id"], "process.started"))
+            finished = False
+            while not finished:
+                sent = time.monotonic()
+                await send(ws, {"type": "ping", "id": pings})
+                while True:
+                    message = await recv(ws)
+                    if message.get("process_id") == process["id"]:
+                        finished = finished or message["type"] == "process.completed"
+                    elif message["type"] == "pong":
+                        break
+                    assert message["type"] != "error", message
+                worst = max(worst, time.monotonic() - sent)
+                pings += 1
+                await asyncio.sleep(60 * MS)  # within the per-connection message rate limit
+            if pings >= 5:
+                break
         assert worst < 100 * MS, f"a ping took {worst * 1000:.0f} ms"
-        assert pings >= 5, "the export ended too soon to measure anything"
+        assert pings >= 5, "twenty exports ended too soon to measure anything"
         state = (await client.get(f"/api/projects/{pid}/processes/{process['id']}")).json()
         assert state["status"] == "succeeded" and state["result"]["files"] == 3
         await ws.close()
