@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings.db import listed
 from tidings.models import Member, Project
 
 
@@ -31,6 +32,11 @@ async def audience(session: AsyncSession, project: Project) -> list[str]:
     return [project.owner_id, *rows]
 
 
+_MEMBERSHIPS = select(Member.project_id, Member.user_id).where(
+    Member.project_id.in_(listed("projects")), Member.user_id.in_(listed("users"))
+)
+
+
 async def memberships(
     session: AsyncSession, project_ids: Iterable[str], user_ids: Iterable[str]
 ) -> set[tuple[str, str]]:
@@ -39,9 +45,5 @@ async def memberships(
     projects, users = list(project_ids), list(user_ids)
     if not projects or not users:
         return set()
-    rows = await session.execute(
-        select(Member.project_id, Member.user_id).where(
-            Member.project_id.in_(projects), Member.user_id.in_(users)
-        )
-    )
+    rows = await session.execute(_MEMBERSHIPS, {"projects": projects, "users": users})
     return {(pid, uid) for pid, uid in rows}

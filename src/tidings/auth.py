@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.authcache import CredentialCache
-from tidings.db import Database, after_commit
+from tidings.db import Database, after_commit, listed
 from tidings.events import SESSION_REVOKED, EventLog
 from tidings.models import ApiToken, AuthSession, User
 from tidings.security import hash_secret
@@ -44,6 +44,12 @@ CACHE_TTL = 10.0
 CACHE_ENTRIES = 10_000
 RECHECK_BATCH = 500  # credentials per query of revoked_among()
 LAST_USED_FLUSH = 1.0  # seconds between writes of the tokens' last use
+
+# Which of a batch of sessions or tokens are not revoked (see db.listed).
+_LIVE = {
+    kind: select(model.id).where(model.id.in_(listed("ids")), model.revoked_at.is_(None))
+    for kind, model in (("session", AuthSession), ("token", ApiToken))
+}
 
 
 async def authenticate(
@@ -174,15 +180,11 @@ class Authenticator:
         their sockets if the broker lost the revocation (expiry it checks by itself)."""
         live: set[str] = set()
         async with self.db.read() as session:
-            for kind, model in (("session", AuthSession), ("token", ApiToken)):
+            for kind, statement in _LIVE.items():
                 idents = [c.partition(":")[2] for c in credentials if c.startswith(kind + ":")]
                 for start in range(0, len(idents), RECHECK_BATCH):
-                    rows = await session.scalars(
-                        select(model.id).where(
-                            model.id.in_(idents[start : start + RECHECK_BATCH]),
-                            model.revoked_at.is_(None),
-                        )
-                    )
+                    batch = idents[start : start + RECHECK_BATCH]
+                    rows = await session.scalars(statement, {"ids": batch})
                     live.update(f"{kind}:{ident}" for ident in rows)
         return set(credentials) - live
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import BindParameter, Connection, bindparam, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -22,6 +22,18 @@ from sqlalchemy.ext.asyncio import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def listed(name: str) -> BindParameter[Any]:
+    """``column.in_(listed("ids"))``, in a statement built once (at import) and run with
+    ``{"ids": [...]}``.
+
+    A ``column.in_([...])`` built for each call leaves a reference cycle behind (the
+    list's parameter object is in its own ``_cloned_set``): garbage that only the
+    collector frees, and with the young generation's raised threshold
+    (``TIDINGS_GC_THRESHOLD``) a held node's periodic queries piled it up for hours."""
+    return bindparam(name, expanding=True)
+
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant will do: it only has to be the same on every node migrating one database.

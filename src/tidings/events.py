@@ -24,7 +24,7 @@ from tidings import schema
 from tidings.access import memberships, visible_to
 from tidings.batches import Batches
 from tidings.broker import Broker
-from tidings.db import Database, after_commit
+from tidings.db import Database, after_commit, listed
 from tidings.models import Event, Project
 
 logger = logging.getLogger("tidings.events")
@@ -55,6 +55,11 @@ _UNPUBLISHED_CONTROL = {
         "credential caches expire; they check their open connections' credentials)"
     ),
 }
+
+
+# Built once: see db.listed.
+_HEADS = select(Project.id, Project.last_seq).where(Project.id.in_(listed("ids")))
+_OWNERS = select(Project.id, Project.owner_id).where(Project.id.in_(listed("ids")))
 
 
 # ``values(last_seq=NEXT_SEQ)``: the next seq of the project, taken in the statement that
@@ -296,9 +301,7 @@ class EventLog:
     async def heads(self, project_ids: Sequence[str]) -> dict[str, int]:
         """Latest seq of each existing project among ``project_ids``."""
         async with self.db.read() as session:
-            rows = await session.execute(
-                select(Project.id, Project.last_seq).where(Project.id.in_(project_ids))
-            )
+            rows = await session.execute(_HEADS, {"ids": list(project_ids)})
             return {pid: seq for pid, seq in rows}
 
     async def read_after(
@@ -417,9 +420,7 @@ class PageReader:
         projects = {request[0] for request in batch}
         users = {request[1] for request in batch}
         async with self.db.snapshot() as session:
-            rows = await session.execute(
-                select(Project.id, Project.owner_id).where(Project.id.in_(projects))
-            )
+            rows = await session.execute(_OWNERS, {"ids": list(projects)})
             owners: dict[str, str] = {pid: owner for pid, owner in rows}
             members = await memberships(session, owners, users)
             pages: dict[_PageKey, list[LoggedEvent]] = {}

@@ -26,11 +26,19 @@ from sqlalchemy import func, select
 
 from tidings.access import memberships
 from tidings.batches import Batches
-from tidings.db import Database
+from tidings.db import Database, listed
 from tidings.models import Event, Project
 
 ACCESS_TTL = 30.0  # seconds a grant is trusted: bounds a revocation the broker lost
 BATCH = 500  # subscribes answered by one batched read, at most
+
+# Each project's owner, head and oldest logged seq (see db.listed).
+_BOUNDS = select(
+    Project.id,
+    Project.owner_id,
+    Project.last_seq,
+    select(func.min(Event.seq)).where(Event.project_id == Project.id).scalar_subquery(),
+).where(Project.id.in_(listed("ids")))
 
 
 class AccessCache:
@@ -137,13 +145,8 @@ class BoundsReader:
     async def _query(self, batch: list[tuple[str, str]]) -> list[Bounds | None]:
         projects = {project_id for project_id, _ in batch}
         users = {user_id for _, user_id in batch}
-        oldest = select(func.min(Event.seq)).where(Event.project_id == Project.id)
         async with self.db.snapshot() as session:  # one view of the database for both
-            rows = await session.execute(
-                select(
-                    Project.id, Project.owner_id, Project.last_seq, oldest.scalar_subquery()
-                ).where(Project.id.in_(projects))
-            )
+            rows = await session.execute(_BOUNDS, {"ids": list(projects)})
             found = {pid: (owner, latest, first) for pid, owner, latest, first in rows}
             members = await memberships(session, found, users)
         answers: list[Bounds | None] = []

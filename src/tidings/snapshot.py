@@ -30,7 +30,7 @@ from tidings.db import Database
 from tidings.events import log_bounds
 from tidings.models import File, Process, Project, User
 from tidings.processes.state import ACTIVE
-from tidings.processes.store import process_out
+from tidings.processes.store import process_out, status_in
 
 RECENT_PROCESSES = 50
 # The rest of a `subscribed` reply around its snapshot: type, ids, seq, flags, timestamp.
@@ -91,7 +91,7 @@ class Snapshots:
         used = REPLY_OVERHEAD + _size(out)
 
         newest_first = (Process.created_at.desc(), Process.id)
-        active_filter = Process.status.in_([s.value for s in ACTIVE])
+        active_filter = status_in(ACTIVE)
         active = await session.scalars(
             select(Process)
             .where(Process.project_id == project_id, active_filter)

@@ -26,6 +26,7 @@ from tidings.auth import bearer_token
 from tidings.models import Process
 from tidings.processes import KINDS, Busy, Conflict, NotFound, ProcessOut, Status, process_out
 from tidings.processes.state import ACTIVE, valid_fraction
+from tidings.processes.store import status_in
 from tidings.security import WORKER_TOKEN_PREFIX, hash_secret, new_secret
 from tidings.storage import UploadError, clean_folder
 
@@ -246,7 +247,7 @@ async def process_driver(project_id: Id, process_id: Id, request: Request, app: 
                     Process.id == process_id,
                     Process.project_id == project_id,
                     Process.worker_token_hash == hash_secret(token),
-                    Process.status.in_([s.value for s in ACTIVE]),
+                    status_in(ACTIVE),
                 )
             )
         if found is None:

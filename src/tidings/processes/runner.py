@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.db import Database, after_commit
+from tidings.db import Database, after_commit, listed
 from tidings.events import PROCESS_COMPLETED, PROCESS_PROGRESS, PROCESS_STARTED, EventLog
 from tidings.models import Process
 from tidings.processes.kinds import Kind
@@ -47,7 +47,7 @@ from tidings.processes.state import (
     Progress,
     Status,
 )
-from tidings.processes.store import move, process_out, source_files
+from tidings.processes.store import move, process_out, source_files, status_in
 from tidings.processes.work import Work
 from tidings.settings import Settings
 from tidings.stopping import cancel_and_wait
@@ -59,6 +59,14 @@ logger = logging.getLogger("tidings.processes")
 MIN_POLL = 0.02
 STOP_GRACE = 10.0  # seconds a shutdown waits for worker threads to notice the stop flag
 SWEEP_BATCH = 100  # processes one sweep pass handles at most, per kind of sweep
+
+# The lease of this node's processes renewed (see db.listed): which are still active.
+_HEARTBEAT = (
+    update(Process)
+    .where(Process.id.in_(listed("ids")), status_in(ACTIVE))
+    .values(heartbeat_at=bindparam("now"))
+    .returning(Process.id)
+)
 
 
 class NotFound(Exception):
@@ -187,7 +195,7 @@ class ProcessRunner:
             .select_from(Process)
             .where(
                 Process.project_id == project_id,
-                Process.status.in_([s.value for s in ACTIVE]),
+                status_in(ACTIVE),
             )
         )
         if (active or 0) >= self.max_active:
@@ -499,17 +507,7 @@ class ProcessRunner:
                         .where(Process.id == job.id, Process.status == Status.RUNNING.value)
                         .values(progress=job.progress.fraction, message=job.progress.message)
                     )
-            held = set(
-                await session.scalars(
-                    update(Process)
-                    .where(
-                        Process.id.in_([j.id for j in jobs]),
-                        Process.status.in_([s.value for s in ACTIVE]),
-                    )
-                    .values(heartbeat_at=now)
-                    .returning(Process.id)
-                )
-            )
+            held = set(await session.scalars(_HEARTBEAT, {"ids": [j.id for j in jobs], "now": now}))
         for job in jobs:
             if job.id not in held:  # cancelled elsewhere, swept, or its project deleted
                 job.progress.stop.set()
@@ -526,7 +524,7 @@ class ProcessRunner:
                 await session.scalars(
                     update(Process)
                     .where(
-                        Process.status.in_([s.value for s in ACTIVE]),
+                        status_in(ACTIVE),
                         Process.kind != "external",
                         or_(Process.heartbeat_at.is_(None), Process.heartbeat_at < cutoff),
                     )

@@ -7,6 +7,7 @@ deletion) exactly one wins, and only the winner emits ``process.completed``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,12 @@ def process_out(process: Process) -> dict[str, Any]:
     return ProcessOut.model_validate(process, from_attributes=True).model_dump(mode="json")
 
 
+@functools.cache
+def status_in(statuses: frozenset[Status]) -> Any:
+    """``Process.status IN (…)``, built once per set of statuses (see db.listed)."""
+    return Process.status.in_(sorted(s.value for s in statuses))
+
+
 async def move(
     session: AsyncSession,
     process_id: str,
@@ -50,7 +57,7 @@ async def move(
     """
     rows = await session.scalars(
         update(Process)
-        .where(Process.id == process_id, Process.status.in_([s.value for s in from_]), *where)
+        .where(Process.id == process_id, status_in(frozenset(from_)), *where)
         .values(status=to.value, **values)
         .returning(Process),
         execution_options={"populate_existing": True},
