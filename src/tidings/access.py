@@ -4,17 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import BindParameter, ColumnElement, bindparam, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import listed
-from tidings.models import Member, Project
+from tidings.models import MEMBERS, PROJECTS, Project
 
 
-def visible_to(user_id: str):  # type: ignore[no-untyped-def]
-    """A WHERE clause: projects ``user_id`` owns or is a member of."""
-    is_member = exists().where(Member.project_id == Project.id, Member.user_id == user_id)
-    return or_(Project.owner_id == user_id, is_member)
+def visible_to(user_id: str | BindParameter[str]) -> ColumnElement[bool]:
+    """A WHERE clause: projects ``user_id`` owns or is a member of (a value, or a bound
+    parameter of a statement built once)."""
+    is_member = exists().where(MEMBERS.c.project_id == PROJECTS.c.id, MEMBERS.c.user_id == user_id)
+    return or_(PROJECTS.c.owner_id == user_id, is_member)
+
+
+_SEES = select(PROJECTS.c.id).where(
+    PROJECTS.c.id == bindparam("project_id"), visible_to(bindparam("user_id"))
+)
+_MEMBER_IDS = select(MEMBERS.c.user_id).where(MEMBERS.c.project_id == bindparam("project_id"))
+
+
+async def sees(session: AsyncSession, user_id: str, project_id: str) -> bool:
+    """Whether ``user_id`` may see the project (which exists)."""
+    found = await session.scalar(_SEES, {"project_id": project_id, "user_id": user_id})
+    return found is not None
+
+
+async def member_ids(session: AsyncSession, project_id: str) -> list[str]:
+    """The project's members' user ids (not its owner's)."""
+    return list(await session.scalars(_MEMBER_IDS, {"project_id": project_id}))
 
 
 async def visible_project(
@@ -28,12 +46,11 @@ async def visible_project(
 
 async def audience(session: AsyncSession, project: Project) -> list[str]:
     """User ids who see ``project``: they get its ``project.*`` events unsubscribed."""
-    rows = await session.scalars(select(Member.user_id).where(Member.project_id == project.id))
-    return [project.owner_id, *rows]
+    return [project.owner_id, *await member_ids(session, project.id)]
 
 
-_MEMBERSHIPS = select(Member.project_id, Member.user_id).where(
-    Member.project_id.in_(listed("projects")), Member.user_id.in_(listed("users"))
+_MEMBERSHIPS = select(MEMBERS.c.project_id, MEMBERS.c.user_id).where(
+    MEMBERS.c.project_id.in_(listed("projects")), MEMBERS.c.user_id.in_(listed("users"))
 )
 
 

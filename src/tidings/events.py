@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
@@ -25,7 +25,7 @@ from tidings.access import memberships, visible_to
 from tidings.batches import Batches
 from tidings.broker import Broker
 from tidings.db import Database, after_commit, listed
-from tidings.models import Event, Project
+from tidings.models import EVENTS, PROJECTS, Event, Project
 
 logger = logging.getLogger("tidings.events")
 
@@ -57,14 +57,24 @@ _UNPUBLISHED_CONTROL = {
 }
 
 
-# Built once: see db.listed.
-_HEADS = select(Project.id, Project.last_seq).where(Project.id.in_(listed("ids")))
-_OWNERS = select(Project.id, Project.owner_id).where(Project.id.in_(listed("ids")))
-
-
 # ``values(last_seq=NEXT_SEQ)``: the next seq of the project, taken in the statement that
 # row-locks it (see EventLog.append).
-NEXT_SEQ = Project.last_seq + 1
+NEXT_SEQ = PROJECTS.c.last_seq + 1
+
+# The statements of the hot paths, built once (see models.PROJECTS and db.listed).
+_HEADS = select(PROJECTS.c.id, PROJECTS.c.last_seq).where(PROJECTS.c.id.in_(listed("ids")))
+_OWNERS = select(PROJECTS.c.id, PROJECTS.c.owner_id).where(PROJECTS.c.id.in_(listed("ids")))
+_TAKE_SEQ = (
+    update(PROJECTS)
+    .where(PROJECTS.c.id == bindparam("project_id"))
+    .values(last_seq=NEXT_SEQ)
+    .returning(PROJECTS.c.last_seq)
+)
+_TAKE_SEQ_IF_VISIBLE = _TAKE_SEQ.where(visible_to(bindparam("user_id")))
+_LOG = insert(EVENTS)
+_TRIM = delete(EVENTS).where(
+    EVENTS.c.project_id == bindparam("project_id"), EVENTS.c.seq <= bindparam("upto")
+)
 
 
 def timestamp(moment: datetime | None = None) -> str:
@@ -144,16 +154,16 @@ async def log_bounds(
 
 
 async def next_seq(
-    session: AsyncSession, project_id: str, *where: ColumnElement[bool]
+    session: AsyncSession, project_id: str, visible_to: str | None = None
 ) -> int | None:
-    """Take the project's next seq (for :meth:`EventLog.append`) if it exists and matches
-    ``where`` (an access check), in one statement that also row-locks it; else None."""
-    seq = await session.scalar(
-        update(Project)
-        .where(Project.id == project_id, *where)
-        .values(last_seq=NEXT_SEQ)
-        .returning(Project.last_seq)
-    )
+    """Take the project's next seq (for :meth:`EventLog.append`) if it exists and, with
+    ``visible_to``, that user may see it, in one statement that also row-locks it; else
+    None."""
+    if visible_to is None:
+        seq = await session.scalar(_TAKE_SEQ, {"project_id": project_id})
+    else:
+        params = {"project_id": project_id, "user_id": visible_to}
+        seq = await session.scalar(_TAKE_SEQ_IF_VISIBLE, params)
     return None if seq is None else int(seq)
 
 
@@ -228,19 +238,16 @@ class EventLog:
         frame = encode(
             {"type": type, "project_id": project_id, "seq": seq, "timestamp": timestamp(), **body}
         )
-        await session.execute(
-            insert(Event).values(
-                project_id=project_id,
-                seq=seq,
-                type=type,
-                frame=frame.decode(),
-                created_at=datetime.now(UTC),
-            )
-        )
+        row = {
+            "project_id": project_id,
+            "seq": seq,
+            "type": type,
+            "frame": frame.decode(),
+            "created_at": datetime.now(UTC),
+        }
+        await session.execute(_LOG, row)
         if seq > self.history:
-            await session.execute(
-                delete(Event).where(Event.project_id == project_id, Event.seq <= seq - self.history)
-            )
+            await session.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
         envelope = Envelope(
             type=type,
             frame=frame,

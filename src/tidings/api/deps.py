@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Response, status
 
-from tidings.access import visible_project
+from tidings.access import sees
 from tidings.auth import (
     COOKIE_NAME,
     UNSAFE_METHODS,
@@ -110,7 +110,7 @@ async def project_row(
     found" if they cannot see it, else "file not found" (or process) if it is not the
     project's."""
     async with app.db.read() as session:
-        if await visible_project(session, user_id, project_id) is None:
+        if not await sees(session, user_id, project_id):
             raise not_found()
         row = await session.get(model, row_id)
     if row is None or row.project_id != project_id:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from tidings.access import visible_project, visible_to
+from tidings.access import sees, visible_project
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.paging import Limit
 from tidings.api.schemas import Body
@@ -150,13 +150,13 @@ async def publish(
     event = {"data": body.data}
     if idempotency_key is None and not body.durable:
         async with app.db.read() as session:
-            if await visible_project(session, user.user_id, project_id) is None:
+            if not await sees(session, user.user_id, project_id):
                 raise not_found()
         await app.eventlog.publish_ephemeral(project_id, body.type, event)
         return {}
     if idempotency_key is None:  # the hot path: one statement takes the seq, one logs
         async with app.db.write() as session:
-            taken = await next_seq(session, project_id, visible_to(user.user_id))
+            taken = await next_seq(session, project_id, visible_to=user.user_id)
             if taken is None:
                 raise not_found()
             seq = await app.eventlog.append(session, project_id, taken, body.type, event)

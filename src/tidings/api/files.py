@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
-from tidings.access import visible_project, visible_to
+from tidings.access import sees, visible_project
 from tidings.api.deps import App, CurrentUser, not_found, project_row, tell_seq
 from tidings.api.paging import Limit, Offset, page
 from tidings.api.schemas import FileCreated, FileOut, FilePage, file_event, file_out
@@ -26,13 +26,15 @@ from tidings.assets import (
 )
 from tidings.db import after_commit
 from tidings.events import FILE_DELETED, FILE_UPLOADED, next_seq
-from tidings.models import File, new_id
+from tidings.models import FILES, File, new_id
 from tidings.storage import UploadError, clean_folder, clean_name
 
 router = APIRouter(prefix="/api/projects/{project_id}/files", tags=["files"])
 
 # Multipart headers and small fields around the file, on top of the file size limit.
 MULTIPART_OVERHEAD = 64 * 1024
+
+_ADD_FILE = insert(FILES)  # built once (see models.FILES)
 
 
 @router.post(
@@ -66,7 +68,7 @@ async def upload_file(
     interrupted upload leaves neither a file nor a row.
     """
     async with app.db.read() as session:
-        if await visible_project(session, user.user_id, project_id) is None:
+        if not await sees(session, user.user_id, project_id):
             raise not_found()
     limit = app.settings.max_upload_bytes
     declared = request.headers.get("content-length")
@@ -97,10 +99,10 @@ async def upload_file(
             created_at=datetime.now(UTC),
         )
         async with app.db.write() as session:
-            taken = await next_seq(session, project_id, visible_to(user.user_id))
+            taken = await next_seq(session, project_id, visible_to=user.user_id)
             if taken is None:
                 raise not_found()
-            await session.execute(insert(File).values(**_columns(file)))
+            await session.execute(_ADD_FILE, _columns(file))
             seq = await app.eventlog.append(
                 session, project_id, taken, FILE_UPLOADED, {"file": file_event(file)}
             )
@@ -126,7 +128,7 @@ async def upload_file(
 
 def _columns(file: File) -> dict[str, Any]:
     """The row of a new ``File``, for a Core insert (no unit of work on the hot path)."""
-    return {c.key: getattr(file, c.key) for c in File.__table__.columns}
+    return {c.key: getattr(file, c.key) for c in FILES.columns}
 
 
 @router.get("", response_model=FilePage)
@@ -139,7 +141,7 @@ async def list_files(
     offset: Offset = 0,
 ) -> Any:
     async with app.db.read() as session:
-        if await visible_project(session, user.user_id, project_id) is None:
+        if not await sees(session, user.user_id, project_id):
             raise not_found()
         where = [File.project_id == project_id]
         if path is not None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from tidings import schema
-from tidings.access import visible_project
+from tidings.access import sees
 from tidings.api.deps import App, CurrentUser, not_found
 from tidings.api.validation import Id
 
@@ -19,6 +19,6 @@ async def project_presence(project_id: Id, user: CurrentUser, app: App) -> Any:
     """The distinct users subscribed to the project on any node, by username: the list a
     ``subscribed`` reply carries, which ``presence.joined`` / ``presence.left`` update."""
     async with app.db.read() as session:
-        if await visible_project(session, user.user_id, project_id) is None:
+        if not await sees(session, user.user_id, project_id):
             raise not_found()
     return await app.hub.presence.viewers(project_id)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.background import BackgroundTask
 
-from tidings.access import visible_project
+from tidings.access import sees, visible_project
 from tidings.api.deps import App, CurrentUser, current_user, not_found, project_row, tell_seq
 from tidings.api.paging import Limit, Offset, page
 from tidings.api.schemas import Body
@@ -147,7 +147,7 @@ async def list_processes(
 ) -> Any:
     """The project's processes, newest first."""
     async with app.db.read() as session:
-        if await visible_project(session, user.user_id, project_id) is None:
+        if not await sees(session, user.user_id, project_id):
             raise not_found()
         where = [Process.project_id == project_id]
         if status_ is not None:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.access import audience, visible_project, visible_to
+from tidings.access import audience, member_ids, visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.schemas import (
     MemberAdded,
@@ -30,7 +30,7 @@ from tidings.events import (
     PROJECT_DELETED,
     PROJECT_UPDATED,
 )
-from tidings.models import Member, Project, User
+from tidings.models import MEMBERS, PROJECTS, USERS, Member, Project, User
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -55,39 +55,42 @@ async def record_project_event(
     return await app.eventlog.record(session, project.id, type, body, users, revoked)
 
 
-# What a change's UPDATE … RETURNING hands back: the project as ``project_out`` reads it
-# and its owner's name, so that the change, its seq and its event need no other query.
-_CHANGED = (
-    Project.id,
-    Project.name,
-    Project.description,
-    Project.owner_id,
-    Project.created_at,
-    Project.updated_at,
-    Project.last_seq,
-    select(User.username).where(User.id == Project.owner_id).scalar_subquery().label("owner"),
+# A change to a project takes its next seq in the UPDATE … RETURNING that makes it, the
+# statement that also row-locks it (PostgreSQL): the lock is held from there to the
+# commit only. What it hands back is the project as ``project_out`` reads it and its
+# owner's name, so that the change, its seq and its event need no other query. Built
+# once (see models.PROJECTS).
+_READ_BY_PROJECT_OUT = (
+    "id",
+    "name",
+    "description",
+    "owner_id",
+    "created_at",
+    "updated_at",
+    "last_seq",
 )
-
-
-async def _change(
-    session: AsyncSession, project_id: str, allowed: Any, values: dict[str, Any]
-) -> Row[Any] | None:
-    """Apply ``values`` to the project if ``allowed`` (a WHERE clause) and take its next
-    seq, in one statement, which is also the one that row-locks it (PostgreSQL): the lock
-    is held from here to the commit only. None: no such project, or not allowed."""
-    statement = (
-        update(Project)
-        .where(Project.id == project_id, allowed)
-        .values(last_seq=NEXT_SEQ, **values)
-        .returning(*_CHANGED)
+_TAKE_SEQ = (
+    update(PROJECTS)
+    .where(PROJECTS.c.id == bindparam("project_id"))
+    .values(last_seq=NEXT_SEQ)
+    .returning(
+        *(PROJECTS.c[name] for name in _READ_BY_PROJECT_OUT),
+        select(USERS.c.username)
+        .where(USERS.c.id == PROJECTS.c.owner_id)
+        .scalar_subquery()
+        .label("owner"),
     )
-    return (await session.execute(statement)).first()
-
-
-async def _members(session: AsyncSession, project_id: str) -> list[str]:
-    return list(
-        await session.scalars(select(Member.user_id).where(Member.project_id == project_id))
-    )
+)
+# PATCH, by anyone who sees the project: the fields given; None keeps a field as it is.
+_EDIT = _TAKE_SEQ.where(visible_to(bindparam("user_id"))).values(
+    name=func.coalesce(bindparam("name", type_=String), PROJECTS.c.name),
+    description=func.coalesce(bindparam("description", type_=String), PROJECTS.c.description),
+    updated_at=bindparam("now", type_=PROJECTS.c.updated_at.type),
+)
+# A member added, by the owner only.
+_TAKE_SEQ_IF_OWNER = _TAKE_SEQ.where(PROJECTS.c.owner_id == bindparam("user_id"))
+_USER_NAMED = select(USERS.c.id, USERS.c.username).where(USERS.c.username == bindparam("username"))
+_ADD_MEMBER = insert(MEMBERS)
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
@@ -133,17 +136,19 @@ async def get_project(project_id: Id, user: CurrentUser, app: App) -> Any:
 async def update_project(
     project_id: Id, body: ProjectPatch, user: CurrentUser, app: App, response: Response
 ) -> Any:
-    values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
-    if body.name is not None:
-        values["name"] = body.name
-    if body.description is not None:
-        values["description"] = body.description
+    params = {
+        "project_id": project_id,
+        "user_id": user.user_id,
+        "name": body.name,
+        "description": body.description,
+        "now": datetime.now(UTC),
+    }
     async with app.db.write() as session:
-        row = await _change(session, project_id, visible_to(user.user_id), values)
+        row = (await session.execute(_EDIT, params)).first()
         if row is None:
             raise not_found()
         out = project_out(row, row.owner)
-        audience = [row.owner_id, *await _members(session, project_id)]
+        audience = [row.owner_id, *await member_ids(session, project_id)]
         seq = await app.eventlog.append(
             session, project_id, row.last_seq, PROJECT_UPDATED, {"data": out}, audience
         )
@@ -203,25 +208,19 @@ async def add_member(
     project_id: Id, body: MemberIn, user: CurrentUser, app: App, response: Response
 ) -> Any:
     async with app.db.write() as session:
-        target = (
-            await session.execute(
-                select(User.id, User.username).where(User.username == body.username)
-            )
-        ).first()
-        row = await _change(session, project_id, Project.owner_id == user.user_id, {})
+        target = (await session.execute(_USER_NAMED, {"username": body.username})).first()
+        params = {"project_id": project_id, "user_id": user.user_id}
+        row = (await session.execute(_TAKE_SEQ_IF_OWNER, params)).first()
         if row is None:
             await _owned_project(session, user.user_id, project_id)  # raises 404 or 403
             raise not_found()  # it was deleted meanwhile
         if target is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
-        members = await _members(session, project_id)
+        members = await member_ids(session, project_id)
         if target.id == row.owner_id or target.id in members:
             raise HTTPException(status.HTTP_409_CONFLICT, "already a member")
-        await session.execute(
-            insert(Member).values(
-                project_id=project_id, user_id=target.id, created_at=datetime.now(UTC)
-            )
-        )
+        added = {"project_id": project_id, "user_id": target.id, "created_at": datetime.now(UTC)}
+        await session.execute(_ADD_MEMBER, added)
         # The new member's project list learns of the project through this event.
         audience = [row.owner_id, *members, target.id]
         body_out = {"data": project_out(row, row.owner)}
