@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, event, inspect, text
 
+from tests.conftest import on_stacks
 from tidings.db import MIGRATIONS, Database, create_engine, migrate
 from tidings.models import Base
 
@@ -71,3 +72,34 @@ async def test_sqlite_writers_of_a_node_take_turns_in_arrival_order(tmp_path: Pa
         assert order == list(range(40))
     finally:
         await db.dispose()
+
+
+@on_stacks("postgres-redis")
+async def test_a_connection_asyncpg_says_is_stuck_is_not_pooled_again(database_url: str) -> None:
+    """asyncpg's ``InternalClientError`` ("cannot switch to state 12; another operation
+    (2) is in progress") says the connection's protocol is stuck mid-operation: it is
+    discarded, so the next checkout gets a new one, and the rest of the pool is kept.
+    The stuck state itself could not be brought about on purpose; the statement here
+    fails with the error asyncpg raises then."""
+    from asyncpg.exceptions import InternalClientError
+
+    engine = create_engine(database_url)
+    stuck = "SELECT 'stuck'"
+
+    def fail(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement == stuck:
+            raise InternalClientError("cannot switch to state 12; another operation (2)")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", fail)
+    backend = text("SELECT pg_backend_pid()")
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            pids = [(await c.execute(backend)).scalar() for c in (first, second)]
+            with pytest.raises(InternalClientError):
+                await first.exec_driver_sql(stuck)
+        async with engine.connect() as a, engine.connect() as b:
+            again = {(await c.execute(backend)).scalar() for c in (a, b)}
+        assert pids[0] not in again  # the stuck one was discarded
+        assert pids[1] in again  # the other was kept
+    finally:
+        await engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import BindParameter, Connection, bindparam, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -55,25 +55,52 @@ _UNAVAILABLE_NAMES = frozenset(
 )
 
 
-def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached (refused, lost, shutting
-    down, starting up) rather than that a statement failed. A transaction cut off this way
-    rolled back, unless the connection was lost during its COMMIT itself."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it wraps (a driver's error) or was raised from, and so on."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig or current.__cause__ or current.__context__
+
+
+def _named(exc: BaseException, names: frozenset[str]) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (refused, lost, shutting
+    down, starting up) rather than that a statement failed. A transaction cut off this way
+    rolled back, unless the connection was lost during its COMMIT itself."""
+    for current in _causes(exc):
         if isinstance(current, ConnectionError | TimeoutError):
             return True
         if isinstance(current, DBAPIError) and (
             current.connection_invalidated or isinstance(current, OperationalError | InterfaceError)
         ):
             return True
-        if any(cls.__name__ in _UNAVAILABLE_NAMES for cls in type(current).__mro__):
+        if _named(current, _UNAVAILABLE_NAMES):
             return True
-        orig = current.orig if isinstance(current, DBAPIError) else None
-        current = orig or current.__cause__ or current.__context__
     return False
+
+
+# asyncpg's error for a connection whose protocol is stuck in the middle of an operation
+# ("cannot switch to state 12; another operation (2) is in progress").
+_WEDGED_NAMES = frozenset({"InternalClientError"})
+
+
+def _discard_wedged(context: ExceptionContext) -> None:
+    """A ``handle_error`` listener: a connection asyncpg says is stuck in the middle of an
+    operation is discarded, not handed back to the pool. SQLAlchemy discards a
+    connection on a driver error only if its socket is already closed, so a stuck one
+    went back to the pool and failed whoever took it next (defect 9 of
+    docs/reliability.md: replays closed with 1012, a few requests answered 500). The
+    rest of the pool is kept: the other connections are fine."""
+    if any(_named(cause, _WEDGED_NAMES) for cause in _causes(context.original_exception)):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -86,7 +113,9 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    event.listen(engine.sync_engine, "handle_error", _discard_wedged)
+    return engine
 
 
 def _sqlite_on_connect(dbapi_connection: object, _record: object) -> None:
