@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tidings import Settings, create_app
 from tidings.db import Database, create_engine, migrate
-from tidings.models import ApiToken, User
+from tidings.models import ApiToken, Project, User
 from tidings.security import TOKEN_PREFIX, hash_password, hash_secret, new_secret
 from tidings.server import uvicorn_options
 
@@ -610,6 +610,24 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) ->
 
 
 # -- REST helpers: look behind the API at the database and the disk ----------------------
+
+
+@pytest.fixture
+async def log_db(database_url: str) -> AsyncIterator[tuple[Database, str, str]]:
+    """A migrated database of the matrix with one user and their project, for tests
+    of the event log and what reads it: ``(db, project_id, owner_id)``."""
+    db = Database(create_engine(database_url))
+    await migrate(db.engine)
+    async with db.write() as session:
+        user = User(username="owner", password_hash="x")
+        session.add(user)
+        await session.flush()
+        project = Project(name="p", owner_id=user.id, last_seq=0)
+        session.add(project)
+    try:
+        yield db, project.id, user.id
+    finally:
+        await db.dispose()
 
 
 async def db_scalars(settings: Settings, statement: Any) -> list[Any]:

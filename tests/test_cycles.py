@@ -8,16 +8,15 @@ the credential recheck grew a held node's memory by megabytes an hour (``make ho
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from tidings.access import memberships
 from tidings.auth import Authenticator
 from tidings.broker.memory import MemoryBroker
-from tidings.db import Database, create_engine, migrate
+from tidings.db import Database
 from tidings.events import PROJECT_UPDATED, EventLog
-from tidings.models import Project, User
 from tidings.openings import BoundsReader
 from tidings.processes.state import ACTIVE, Status
 from tidings.processes.store import move
@@ -38,22 +37,14 @@ async def cycles_made(work: Callable[[], Awaitable[object]], times: int = 20) ->
 
 
 @pytest.fixture
-async def world(database_url: str) -> AsyncIterator[tuple[Database, EventLog, str, str]]:
-    db = Database(create_engine(database_url))
-    await migrate(db.engine)
-    async with db.write() as session:
-        user = User(username="owner", password_hash="x")
-        session.add(user)
-        await session.flush()
-        project = Project(name="p", owner_id=user.id, last_seq=0)
-        session.add(project)
+async def world(
+    log_db: tuple[Database, str, str],
+) -> tuple[Database, EventLog, str, str]:
+    db, project_id, owner_id = log_db
     log = EventLog(db, MemoryBroker(), history=100, channel="test")
     async with db.write() as session:
-        await log.record(session, project.id, PROJECT_UPDATED, {"data": {}})
-    try:
-        yield db, log, project.id, user.id
-    finally:
-        await db.dispose()
+        await log.record(session, project_id, PROJECT_UPDATED, {"data": {}})
+    return db, log, project_id, owner_id
 
 
 async def test_the_head_sync_makes_no_cycles(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -193,22 +193,6 @@ class RecordingBroker:
 
     async def subscribe(self, channel: str, on_resubscribed: Any = None) -> Any:
         raise NotImplementedError  # the event log only publishes
-
-
-@pytest.fixture
-async def log_db(database_url: str) -> AsyncIterator[tuple[Database, str, str]]:
-    db = Database(create_engine(database_url))
-    await migrate(db.engine)
-    async with db.write() as session:
-        user = User(username="owner", password_hash="x")
-        session.add(user)
-        await session.flush()
-        project = Project(name="p", owner_id=user.id, last_seq=0)
-        session.add(project)
-    try:
-        yield db, project.id, user.id
-    finally:
-        await db.dispose()
 
 
 async def test_event_is_published_only_after_commit(log_db: tuple[Database, str, str]) -> None:
