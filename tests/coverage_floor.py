@@ -26,6 +26,7 @@ FULLY_COVERED = [
     "src/tidings/processes/state.py",
     "src/tidings/batches.py",
     "src/tidings/stopping.py",
+    "src/tidings/outages.py",
 ]
 
 

@@ -18,6 +18,7 @@ from tidings.authcache import CredentialCache
 from tidings.db import Database, after_commit, listed
 from tidings.events import SESSION_REVOKED, EventLog
 from tidings.models import ApiToken, AuthSession, User
+from tidings.outages import log_failure
 from tidings.security import hash_secret
 from tidings.stopping import cancel_and_wait
 
@@ -213,9 +214,9 @@ class Authenticator:
             await asyncio.sleep(interval)
             try:
                 await self.flush()
-            except Exception:
+            except Exception as exc:
                 # Bookkeeping only: a token's last use may be a little older than it was.
-                logger.exception("recording API tokens' last use failed")
+                log_failure(logger, exc, "recording API tokens' last use failed")
 
 
 async def _find_token(db: Database, secret_hash: str) -> tuple[Principal, datetime | None] | None:

@@ -23,7 +23,6 @@ import orjson
 from tidings.broker import create_presence_store
 from tidings.codes import CloseCode, ErrorCode
 from tidings.connection import Connection
-from tidings.db import unavailable
 from tidings.delivery import ENDING_TYPES, Step, Subscription, Verdict, snapshot_needed
 from tidings.events import (
     CUSTOM_PREFIX,
@@ -42,6 +41,7 @@ from tidings.frames import Frame
 from tidings.messages import Subscribe, Unsubscribe, error
 from tidings.metrics import Metrics
 from tidings.openings import AccessCache, BoundsReader
+from tidings.outages import log_failure
 from tidings.presence import PRESENCE_TYPES, Presence
 from tidings.snapshot import Opening, Snapshots
 from tidings.stopping import cancel_and_wait
@@ -333,8 +333,8 @@ class Hub:
             generation = self.access.generation
             try:
                 opening = await self._read_opening(conn, sub, since)
-            except Exception:
-                logger.exception("subscribe %s to %s failed", conn.client_id, project_id)
+            except Exception as exc:
+                log_failure(logger, exc, "subscribe %s to %s failed", conn.client_id, project_id)
                 opening, failed = None, True
             if opening is not None:
                 channel.oldest = max(channel.oldest, opening.oldest)
@@ -541,8 +541,8 @@ class Hub:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("replay of %s for %s failed", project_id, conn.client_id)
+        except Exception as exc:
+            log_failure(logger, exc, "replay of %s for %s failed", project_id, conn.client_id)
             conn.close(CloseCode.SERVICE_RESTART, "replay failed; resume")
 
     async def _restart(self, conn: Connection, sub: Subscription) -> None:
@@ -705,8 +705,7 @@ class Hub:
             try:
                 revoked = await self.revoked_among(list(self.by_credential))
             except Exception as exc:
-                if not unavailable(exc):
-                    logger.exception("checking open connections' credentials failed")
+                log_failure(logger, exc, "checking open connections' credentials failed")
                 continue
             for credential in revoked:
                 self.revoke(credential)
@@ -729,10 +728,7 @@ class Hub:
             try:
                 heads = await self.eventlog.heads(list(self.channels))
             except Exception as exc:
-                if unavailable(exc):  # down or restarting: a line each, not a traceback
-                    logger.warning("head sync failed (%s: %s)", type(exc).__name__, exc)
-                else:
-                    logger.exception("head sync failed")
+                log_failure(logger, exc, "head sync failed")
                 continue
             for project_id, head in heads.items():
                 channel = self.channels.get(project_id)

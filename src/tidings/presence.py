@@ -27,8 +27,9 @@ import logging
 import uuid
 from typing import Any
 
-from tidings.broker import PresenceChanges, PresenceStore, Viewer, unreachable
+from tidings.broker import PresenceChanges, PresenceStore, Viewer
 from tidings.events import EventLog
+from tidings.outages import log_failure
 from tidings.stopping import cancel_and_wait
 
 logger = logging.getLogger("tidings.presence")
@@ -99,15 +100,9 @@ class Presence:
         try:
             found = await self.store.viewers(project_id)
         except Exception as exc:
-            if unreachable(exc):  # an outage fails every read: a line each, no traceback
-                logger.warning(
-                    "presence of %s not read (%s: %s); this node's viewers only",
-                    project_id,
-                    type(exc).__name__,
-                    exc,
-                )
-            else:
-                logger.exception("reading the presence of %s failed", project_id)
+            log_failure(
+                logger, exc, "presence of %s not read; this node's viewers only", project_id
+            )
             found = sorted(
                 (v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns),
                 key=lambda v: (v.username, v.user_id),
@@ -133,8 +128,8 @@ class Presence:
             self._task = None
         try:
             await self._announce(await self.store.forget(self.node))
-        except Exception:
-            logger.exception("removing this node's presence failed; it expires")
+        except Exception as exc:
+            log_failure(logger, exc, "removing this node's presence failed; it expires")
         await self.store.disconnect()
 
     async def _run(self) -> None:
@@ -151,8 +146,8 @@ class Presence:
                     await self._announce(await self.store.expire())
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("presence update failed; retrying")
+            except Exception as exc:
+                log_failure(logger, exc, "presence update failed; retrying")
                 await asyncio.sleep(self.interval)
 
     async def _sync(self) -> None:

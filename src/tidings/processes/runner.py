@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tidings.db import Database, after_commit, listed
 from tidings.events import PROCESS_COMPLETED, PROCESS_PROGRESS, PROCESS_STARTED, EventLog
 from tidings.models import Process
+from tidings.outages import log_failure
 from tidings.processes.kinds import Kind
 from tidings.processes.state import (
     ACTIVE,
@@ -490,8 +491,8 @@ class ProcessRunner:
             try:
                 await self.renew()
                 await self.sweep()
-            except Exception:
-                logger.exception("process lease renewal failed")
+            except Exception as exc:
+                log_failure(logger, exc, "process lease renewal failed")
 
     async def renew(self) -> None:
         """Renew the leases of this node's processes; stop any taken away meanwhile."""
@@ -553,8 +554,8 @@ class ProcessRunner:
             try:
                 await self.time_out_externals()
                 await self.expire_results()
-            except Exception:
-                logger.exception("process sweep failed")
+            except Exception as exc:
+                log_failure(logger, exc, "process sweep failed")
 
     async def time_out_externals(self) -> int:
         """Fail ``external`` processes without a report for ``external_timeout``: error
