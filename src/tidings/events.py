@@ -154,15 +154,15 @@ async def log_bounds(
 
 
 async def next_seq(
-    session: AsyncSession, project_id: str, visible_to: str | None = None
+    session: AsyncSession, project_id: str, seen_by: str | None = None
 ) -> int | None:
     """Take the project's next seq (for :meth:`EventLog.append`) if it exists and, with
-    ``visible_to``, that user may see it, in one statement that also row-locks it; else
+    ``seen_by``, that user may see it, in one statement that also row-locks it; else
     None."""
-    if visible_to is None:
+    if seen_by is None:
         seq = await session.scalar(_TAKE_SEQ, {"project_id": project_id})
     else:
-        params = {"project_id": project_id, "user_id": visible_to}
+        params = {"project_id": project_id, "user_id": seen_by}
         seq = await session.scalar(_TAKE_SEQ_IF_VISIBLE, params)
     return None if seq is None else int(seq)
 

@@ -156,7 +156,7 @@ async def publish(
         return {}
     if idempotency_key is None:  # the hot path: one statement takes the seq, one logs
         async with app.db.write() as session:
-            taken = await next_seq(session, project_id, visible_to=user.user_id)
+            taken = await next_seq(session, project_id, seen_by=user.user_id)
             if taken is None:
                 raise not_found()
             seq = await app.eventlog.append(session, project_id, taken, body.type, event)

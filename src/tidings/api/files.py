@@ -99,7 +99,7 @@ async def upload_file(
             created_at=datetime.now(UTC),
         )
         async with app.db.write() as session:
-            taken = await next_seq(session, project_id, visible_to=user.user_id)
+            taken = await next_seq(session, project_id, seen_by=user.user_id)
             if taken is None:
                 raise not_found()
             await session.execute(_ADD_FILE, _columns(file))

@@ -69,7 +69,7 @@ _READ_BY_PROJECT_OUT = (
     "updated_at",
     "last_seq",
 )
-_TAKE_SEQ = (
+_CHANGE = (
     update(PROJECTS)
     .where(PROJECTS.c.id == bindparam("project_id"))
     .values(last_seq=NEXT_SEQ)
@@ -82,13 +82,13 @@ _TAKE_SEQ = (
     )
 )
 # PATCH, by anyone who sees the project: the fields given; None keeps a field as it is.
-_EDIT = _TAKE_SEQ.where(visible_to(bindparam("user_id"))).values(
+_EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
     name=func.coalesce(bindparam("name", type_=String), PROJECTS.c.name),
     description=func.coalesce(bindparam("description", type_=String), PROJECTS.c.description),
     updated_at=bindparam("now", type_=PROJECTS.c.updated_at.type),
 )
 # A member added, by the owner only.
-_TAKE_SEQ_IF_OWNER = _TAKE_SEQ.where(PROJECTS.c.owner_id == bindparam("user_id"))
+_CHANGE_IF_OWNER = _CHANGE.where(PROJECTS.c.owner_id == bindparam("user_id"))
 _USER_NAMED = select(USERS.c.id, USERS.c.username).where(USERS.c.username == bindparam("username"))
 _ADD_MEMBER = insert(MEMBERS)
 
@@ -210,7 +210,7 @@ async def add_member(
     async with app.db.write() as session:
         target = (await session.execute(_USER_NAMED, {"username": body.username})).first()
         params = {"project_id": project_id, "user_id": user.user_id}
-        row = (await session.execute(_TAKE_SEQ_IF_OWNER, params)).first()
+        row = (await session.execute(_CHANGE_IF_OWNER, params)).first()
         if row is None:
             await _owned_project(session, user.user_id, project_id)  # raises 404 or 403
             raise not_found()  # it was deleted meanwhile
