@@ -27,18 +27,18 @@ from sqlalchemy import func, select
 from tidings.access import memberships
 from tidings.batches import Batches
 from tidings.db import Database, listed
-from tidings.models import Event, Project
+from tidings.models import EVENTS, PROJECTS
 
 ACCESS_TTL = 30.0  # seconds a grant is trusted: bounds a revocation the broker lost
 BATCH = 500  # subscribes answered by one batched read, at most
 
 # Each project's owner, head and oldest logged seq (see db.listed).
 _BOUNDS = select(
-    Project.id,
-    Project.owner_id,
-    Project.last_seq,
-    select(func.min(Event.seq)).where(Event.project_id == Project.id).scalar_subquery(),
-).where(Project.id.in_(listed("ids")))
+    PROJECTS.c.id,
+    PROJECTS.c.owner_id,
+    PROJECTS.c.last_seq,
+    select(func.min(EVENTS.c.seq)).where(EVENTS.c.project_id == PROJECTS.c.id).scalar_subquery(),
+).where(PROJECTS.c.id.in_(listed("ids")))
 
 
 class AccessCache:
