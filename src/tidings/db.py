@@ -130,19 +130,26 @@ def _sqlite_on_connect(dbapi_connection: object, _record: object) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get(_WRITE_OPTION):
+    options = conn.get_execution_options()
+    if options.get(_WRITE_OPTION):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
+    elif not options.get(_READ_OPTION):
         conn.exec_driver_sql("BEGIN")
+    # Database.read() begins nothing: each of its statements reads a snapshot of its own,
+    # as on PostgreSQL (READ COMMITTED), and a BEGIN would cost every read three more
+    # trips to aiosqlite's thread.
 
 
 _WRITE_OPTION = "tidings_write"
+_READ_OPTION = "tidings_read"
 AFTER_COMMIT = "tidings_after_commit"
 
 
 class Database:
     """Short, explicit transactions: ``async with db.read()`` / ``async with db.write()``,
-    and ``async with db.snapshot()`` for several reads that must agree with each other.
+    and ``async with db.snapshot()`` for several reads that must agree with each other
+    (in ``read()`` each statement sees what was committed when it began, on both
+    databases).
 
     A write transaction commits when its block ends without an exception, and only then
     runs the callbacks queued with :func:`after_commit` (this is how events reach the
@@ -158,7 +165,9 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        self._read = async_sessionmaker(
+            engine.execution_options(**{_READ_OPTION: True}), expire_on_commit=False
+        )
         self._write = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
