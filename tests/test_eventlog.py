@@ -377,43 +377,33 @@ async def test_replay_pages_read_at_once_are_one_batch_with_each_readers_answer(
 
 
 async def test_readers_of_one_page_with_different_room_share_one_read(
-    database_url: str,
+    log_db: tuple[Database, str, str],
 ) -> None:
     """After a restart every client replays the same few pages, but each has its own room
     in its queue: the page is read once, and cut to each reader's room (always at least
     one event, as a page read alone). A later batch takes it from memory, unless the
     project has been deleted since (its log is its tombstone now)."""
-    db = Database(create_engine(database_url))
-    await migrate(db.engine)
+    db, pid, owner = log_db
     log = EventLog(db, MemoryBroker(), 100, "nowhere")
-    try:
-        async with db.write() as session:
-            owner = User(username="a", password_hash="-")
-            session.add(owner)
-            await session.flush()
-            project = Project(name="p", owner_id=owner.id, last_seq=0)
-            session.add(project)
-            await session.flush()
-            for i in range(5):
-                await log.record(session, project.id, FILE_UPLOADED, {"n": i})
-        size = len((await log.read_after(project.id, 0, 1))[0].frame)
-        budgets = [1, 2 * size, 3 * size - 1, size]
-        asked = [(project.id, owner.id, 0, 100, budget) for budget in budgets]
-        pages = await asyncio.gather(*(log.read_visible_after(*a) for a in asked))
-        seqs = [None if page is None else [e.seq for e in page] for page in pages]
-        assert seqs == [[1], [1, 2], [1, 2], [1]]
-        assert (log.pages.queries, log.pages.pages) == (1, 1)
-        for budget, page in zip(budgets, pages, strict=True):
-            assert page == await log.read_after(project.id, 0, 100, budget)  # as alone
-        later = await log.read_visible_after(project.id, owner.id, 0, 100, 4 * size)
-        assert [e.seq for e in later or []] == [1, 2, 3, 4]
-        assert (log.pages.queries, log.pages.pages) == (2, 1)  # from memory
-        async with db.write() as session:
-            seq = await log.record(session, project.id, PROJECT_DELETED, {})
-            await log.forget_project(session, project.id, keep_from=seq)
-            await session.execute(delete(Project).where(Project.id == project.id))
-        gone = await log.read_visible_after(project.id, "someone else", 0, 100, 4 * size)
-        assert [e.seq for e in gone or []] == [seq]
-        assert log.pages.pages == 2
-    finally:
-        await db.dispose()
+    async with db.write() as session:
+        for i in range(5):
+            await log.record(session, pid, FILE_UPLOADED, {"n": i})
+    size = len((await log.read_after(pid, 0, 1))[0].frame)
+    budgets = [1, 2 * size, 3 * size - 1, size]
+    asked = [(pid, owner, 0, 100, budget) for budget in budgets]
+    pages = await asyncio.gather(*(log.read_visible_after(*a) for a in asked))
+    seqs = [None if page is None else [e.seq for e in page] for page in pages]
+    assert seqs == [[1], [1, 2], [1, 2], [1]]
+    assert (log.pages.queries, log.pages.pages) == (1, 1)
+    for budget, page in zip(budgets, pages, strict=True):
+        assert page == await log.read_after(pid, 0, 100, budget)  # as alone
+    later = await log.read_visible_after(pid, owner, 0, 100, 4 * size)
+    assert [e.seq for e in later or []] == [1, 2, 3, 4]
+    assert (log.pages.queries, log.pages.pages) == (2, 1)  # from memory
+    async with db.write() as session:
+        seq = await log.record(session, pid, PROJECT_DELETED, {})
+        await log.forget_project(session, pid, keep_from=seq)
+        await session.execute(delete(Project).where(Project.id == pid))
+    gone = await log.read_visible_after(pid, "someone else", 0, 100, 4 * size)
+    assert [e.seq for e in gone or []] == [seq]
+    assert log.pages.pages == 2
