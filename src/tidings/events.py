@@ -64,12 +64,11 @@ NEXT_SEQ = PROJECTS.c.last_seq + 1
 # The statements of the hot paths, built once (see models.PROJECTS and db.listed).
 _HEADS = select(PROJECTS.c.id, PROJECTS.c.last_seq).where(PROJECTS.c.id.in_(listed("ids")))
 _OWNERS = select(PROJECTS.c.id, PROJECTS.c.owner_id).where(PROJECTS.c.id.in_(listed("ids")))
-_TAKE_SEQ = (
-    update(PROJECTS)
-    .where(PROJECTS.c.id == bindparam("project_id"))
-    .values(last_seq=NEXT_SEQ)
-    .returning(PROJECTS.c.last_seq)
+# Takes the project's next seq; callers add what it should hand back (RETURNING).
+SEQ_BUMP = (
+    update(PROJECTS).where(PROJECTS.c.id == bindparam("project_id")).values(last_seq=NEXT_SEQ)
 )
+_TAKE_SEQ = SEQ_BUMP.returning(PROJECTS.c.last_seq)
 _TAKE_SEQ_IF_VISIBLE = _TAKE_SEQ.where(visible_to(bindparam("user_id")))
 _LOG = insert(EVENTS)
 _TRIM = delete(EVENTS).where(

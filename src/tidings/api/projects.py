@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import String, bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.access import audience, member_ids, visible_project, visible_to
@@ -25,10 +25,10 @@ from tidings.api.validation import Id, PathUsername
 from tidings.db import after_commit
 from tidings.events import (
     MEMBER_REMOVED,
-    NEXT_SEQ,
     PROJECT_CREATED,
     PROJECT_DELETED,
     PROJECT_UPDATED,
+    SEQ_BUMP,
 )
 from tidings.models import MEMBERS, PROJECTS, USERS, Member, Project, User
 
@@ -60,26 +60,18 @@ async def record_project_event(
 # commit only. What it hands back is the project as ``project_out`` reads it and its
 # owner's name, so that the change, its seq and its event need no other query. Built
 # once (see models.PROJECTS).
-_READ_BY_PROJECT_OUT = (
-    "id",
-    "name",
-    "description",
-    "owner_id",
-    "created_at",
-    "updated_at",
-    "last_seq",
-)
-_CHANGE = (
-    update(PROJECTS)
-    .where(PROJECTS.c.id == bindparam("project_id"))
-    .values(last_seq=NEXT_SEQ)
-    .returning(
-        *(PROJECTS.c[name] for name in _READ_BY_PROJECT_OUT),
-        select(USERS.c.username)
-        .where(USERS.c.id == PROJECTS.c.owner_id)
-        .scalar_subquery()
-        .label("owner"),
-    )
+_CHANGE = SEQ_BUMP.returning(
+    PROJECTS.c.id,
+    PROJECTS.c.name,
+    PROJECTS.c.description,
+    PROJECTS.c.owner_id,
+    PROJECTS.c.created_at,
+    PROJECTS.c.updated_at,
+    PROJECTS.c.last_seq,
+    select(USERS.c.username)
+    .where(USERS.c.id == PROJECTS.c.owner_id)
+    .scalar_subquery()
+    .label("owner"),
 )
 # PATCH, by anyone who sees the project: the fields given; None keeps a field as it is.
 _EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
