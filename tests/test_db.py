@@ -103,3 +103,23 @@ async def test_a_connection_asyncpg_says_is_stuck_is_not_pooled_again(database_u
         assert pids[1] in again  # the other was kept
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_reads_begin_nothing_snapshots_and_writes_do(tmp_path: Path) -> None:
+    """A read's statements each see their own snapshot (no BEGIN: three fewer trips to
+    the driver's thread); a snapshot begins a transaction, a write takes the lock first."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'begin.db'}"))
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for block in (db.read, db.snapshot, db.write):
+            async with block() as session:
+                await session.execute(text("SELECT 1"))
+        assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN", "BEGIN IMMEDIATE"]
+        assert statements.count("SELECT 1") == 3
+    finally:
+        await db.dispose()
