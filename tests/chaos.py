@@ -370,16 +370,22 @@ class Ledger:
         intervals = self.visible.get((project_id, user_id))
         return bool(intervals) and intervals[-1][1] is None
 
-    def member_at(
-        self, user_id: str, project_id: str, at: float, committed: dict[tuple[str, int], float]
+    def member_during(
+        self,
+        user_id: str,
+        project_id: str,
+        start: float,
+        end: float,
+        committed: dict[tuple[str, int], float],
     ) -> bool:
-        """Whether ``user_id`` was a member at the wall-clock time ``at`` (the commit times
-        of the changes that added and removed them, from the log)."""
+        """Whether ``user_id`` was a member at some moment between the wall-clock times
+        ``start`` and ``end`` (the commit times of the changes that added and removed them,
+        from the log)."""
         for first, last in self.visible.get((project_id, user_id), []):
             assert first is not None
-            if committed.get((project_id, first), 0.0) <= at and (
-                last is None or at <= committed.get((project_id, last), float("inf"))
-            ):
+            added = committed.get((project_id, first), 0.0)
+            removed = float("inf") if last is None else committed.get((project_id, last), 0.0)
+            if added <= end and start <= removed:
                 return True
         return False
 
@@ -678,6 +684,12 @@ class Watch:
     first_since: int | None = None  # the position its first subscription started from
     received: list[int] = field(default_factory=list)  # durable seqs from the stream
     ended: str | None = None  # why the subscription ended (access revoked, not found)
+    # When the subscribe now waiting was sent (a resubscribe the Python client makes by
+    # itself: after the previous reply), and, for the stream now open, from when it was
+    # asked for until it was answered: the node decided the user's access in between.
+    asked: float | None = None
+    window: tuple[float, float] = (0.0, 0.0)
+    windows: dict[int, tuple[float, float]] = field(default_factory=dict)  # by seq received
 
     @property
     def last(self) -> int | None:
@@ -741,6 +753,9 @@ class Client:
                     watch.first_since = int(message["seq"])
                 if message.get("recovered") is False:
                     self.unrecovered += 1
+                now = time.time()
+                watch.window = (watch.asked or now, now)
+                watch.asked = now
                 streaming.add(project_id)
             return
         if kind == "unsubscribed" and message.get("reason"):
@@ -760,6 +775,7 @@ class Client:
         if watch is None or project_id not in streaming:
             return  # the project list's copy (audience), not the subscription's stream
         watch.received.append(seq)
+        watch.windows.setdefault(seq, watch.window)
         committed = timestamp(message.get("timestamp"))
         if measured and committed is not None and committed >= self.measure_from:
             latency = time.time() - committed
@@ -781,6 +797,18 @@ class Client:
 
     def wanted(self) -> list[str]:
         return [p for p, w in self.watches.items() if w.ended is None]
+
+    def ask(self, project_id: str) -> None:
+        """About to send a subscribe to the project."""
+        self.watches[project_id].asked = time.time()
+
+    def window(self, project_id: str, seq: int) -> tuple[float, float] | None:
+        """From the subscribe to its reply, for the stream that carried ``seq`` (None: no
+        stream did, e.g. the project list's copy of a ``project.*`` event)."""
+        for p, watch in [*self.past, *self.watches.items()]:
+            if p == project_id and seq in watch.windows:
+                return watch.windows[seq]
+        return None
 
     def since(self, project_id: str) -> int | None:
         return self.watches[project_id].last
@@ -896,6 +924,7 @@ class Client:
         streaming: set[str] = set()
         try:
             for project_id in self.wanted():
+                self.ask(project_id)
                 message: dict[str, Any] = {"type": "subscribe", "project_id": project_id}
                 since = self.since(project_id)
                 if since is not None:
@@ -935,6 +964,7 @@ class Client:
             for project_id in self.wanted():
                 # The reply is also the next `subscribed` the iteration yields, in order:
                 # what precedes it of this project is the project list's, not the stream.
+                self.ask(project_id)
                 with contextlib.suppress(SubscriptionError):
                     await asyncio.wait_for(
                         client.subscribe(project_id, since=self.since(project_id)), 15
@@ -1117,6 +1147,7 @@ def audit(
     ledger = writers.ledger
     owners = {p.id: writers.users[p.owner].id for p in writers.projects}
     lost = duplicated = out_of_order = leaked = checked = not_settled = history = 0
+    crossed = 0  # history received after the member's next removal had committed
     examples: list[str] = []
     heads = {p: (events[-1][0] if events else 0) for p, events in logs.items()}
     for client in clients:
@@ -1153,16 +1184,26 @@ def audit(
         for (project_id, seq), at in client.seen.items():
             if project_id not in owners or ledger.can_see(owners, client.user.id, project_id, seq):
                 continue
-            if ledger.member_at(client.user.id, project_id, at, writers.committed_at):
-                # Resumed after being added again: the project's history from while they
-                # were not a member, which REST's history shows a member too.
+            window = client.window(project_id, seq)
+            if window is not None and ledger.member_during(
+                client.user.id, project_id, *window, writers.committed_at
+            ):
+                # Resumed by a member: the project's history from while they were not one
+                # (REST shows a member the same), on a subscription the node answered
+                # while they were a member. It may still arrive after their next removal:
+                # what a node queued before it heard of a removal is sent.
                 history += 1
+                if not ledger.member_during(
+                    client.user.id, project_id, at, at, writers.committed_at
+                ):
+                    crossed += 1
             else:
                 leaked += 1
                 if len(examples) < 20:
                     examples.append(
-                        f"leak: {client.user.username} got {project_id} seq {seq}; "
-                        f"visible {ledger.visible.get((project_id, client.user.id))}"
+                        f"leak: {client.user.username} got {project_id} seq {seq} at {at:.3f}, "
+                        f"asked for and answered {window}; visible "
+                        f"{ledger.visible.get((project_id, client.user.id))}"
                     )
     logged = {(p, seq): kind for p, events in logs.items() for seq, kind in events}
     without = [c for c in ledger.changes if logged.get((c[0], c[1])) != c[2]]
@@ -1193,6 +1234,7 @@ def audit(
         seconds=seconds,
         details={
             "examples": examples,
+            "history_after_removal": crossed,
             "without_event": without[:10],
             "retried": ledger.retried,
             "fault_seconds": {k: round(v, 2) for k, v in ledger.fault_seconds.items()},

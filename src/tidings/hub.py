@@ -719,22 +719,25 @@ class Hub:
                 conn.push(frame)
 
     async def _sync_heads(self) -> None:
-        """Catch events whose broker message never came (a node died between commit and
-        publish, or a broker reconnect): compare each channel's head with the log."""
         while True:
             await asyncio.sleep(self.head_sync_interval)
-            if not self.channels:
-                continue
             try:
-                heads = await self.eventlog.heads(list(self.channels))
+                await self.sync_heads()
             except Exception as exc:
                 log_failure(logger, exc, "head sync failed")
+
+    async def sync_heads(self) -> None:
+        """Catch events whose broker message never came (a node died between commit and
+        publish, or a broker reconnect): compare each channel's head with the log. Run
+        every ``head_sync_interval`` seconds."""
+        if not self.channels:
+            return
+        heads = await self.eventlog.heads(list(self.channels))
+        for project_id, head in heads.items():
+            channel = self.channels.get(project_id)
+            if channel is None or head <= channel.head:
                 continue
-            for project_id, head in heads.items():
-                channel = self.channels.get(project_id)
-                if channel is None or head <= channel.head:
-                    continue
-                self._catch_up(project_id, channel, head)
+            self._catch_up(project_id, channel, head)
 
     def _catch_up(self, project_id: str, channel: Channel, head: int) -> None:
         """The log holds events up to ``head``, which the channel may not have seen: the
