@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -121,5 +122,41 @@ async def test_sqlite_reads_begin_nothing_snapshots_and_writes_do(tmp_path: Path
                 await session.execute(text("SELECT 1"))
         assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN", "BEGIN IMMEDIATE"]
         assert statements.count("SELECT 1") == 3
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_connections_are_rolled_back_on_return_only_when_a_transaction_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's reset on return asks the driver to roll back only a transaction still
+    open: a committed write or snapshot costs no trip for it; a write that failed before
+    its commit leaves nothing open behind (the next writer gets the lock at once)."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'reset.db'}"))
+    rollbacks = 0
+    rollback = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        nonlocal rollbacks
+        rollbacks += 1
+        await rollback(self)
+
+    try:
+        async with db.write() as session:  # the first connection, as SQLAlchemy sets it up
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+        monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+        for block in (db.snapshot, db.write, db.snapshot, db.write):
+            async with block() as session:
+                await session.execute(text("SELECT count(*) FROM t"))
+        assert rollbacks == 0
+        with pytest.raises(ZeroDivisionError):
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO t VALUES (1)"))
+                1 / 0  # noqa: B018
+        assert rollbacks == 1
+        async with asyncio.timeout(10), db.write() as session:  # the lock is free
+            await session.execute(text("INSERT INTO t VALUES (2)"))
+        async with db.read() as session:
+            assert (await session.execute(text("SELECT n FROM t"))).scalars().all() == [2]
     finally:
         await db.dispose()

@@ -11,13 +11,14 @@ reads racing with all of it.
 The rule, checked as the node queues each frame for a guest's socket: a durable event
 of the project is sent to the guest only if they could see it (a member when it was
 committed, their own removal included), or they are a member now (a member reads the
-project's history), or it was committed before the removal that ended the membership on
-which its subscription was answered, and the node has not been told of that removal (its
-event or its control message) yet. A subscription is answered on a membership that
-lasted while its subscribe waited, or on one the node could not know had ended: not told
-of its removal, and handed nothing after it (a gap it must notice, as the missing event
-may be the removal). A node cannot act on news it does not have; once it has it, nothing
-more is sent.
+project's history), or it was committed before the end of a membership the node may act
+on for its subscription, and the node has not been told of that end (the removal's event
+or its control message) yet. A node may act on a membership that lasted while the
+subscribe waited, or one it could not know had ended when it answered (not told of the
+removal, and handed nothing after it: a gap it must notice, as the missing event may be
+the removal), or one that began while the subscription lasted (each page of the log it
+reads, it reads as the user may see it then). A node cannot act on news it does not
+have; once it has it, nothing more is sent.
 
 A seed that breaks the rule prints its trace: ``python -m tests.test_hub_races SEED``
 replays it alone (``SEED LAST`` a range).
@@ -77,7 +78,9 @@ class Watched(OutboundQueue[Frame]):
         self.name = name
         # For each subscribe sent and not answered yet, in order: the member epochs since.
         self.asks: deque[set[int]] = deque()
-        self.granted: set[int] = set()  # those of the subscription answered last
+        # Those of the subscription answered last, and every membership since, during
+        # which it may read a page of the log: None while no subscription is answered.
+        self.granted: set[int] | None = None
 
     def put(self, item: Frame) -> bool:
         self.sim.queued(self, orjson.loads(item.text))
@@ -152,18 +155,19 @@ class Simulation:
         if kind in ("error", "unsubscribed"):
             if kind == "error":
                 socket.asks.popleft()
-            socket.granted = set()
+            socket.granted = None
             self.trace.append(f"  {socket.name} is sent {kind}")
             return
         if kind in NOT_EVENTS or not isinstance(seq, int):
             return
         self.seen = max(self.seen, seq)
         self.trace.append(f"  {socket.name} is sent {kind} {seq}")
-        if self.visible(seq) or self.member or any(self.carries(e, seq) for e in socket.granted):
+        granted = socket.granted or set()
+        if self.visible(seq) or self.member or any(self.carries(e, seq) for e in granted):
             return
         self.leaks.append(
             f"{socket.name} is sent seq {seq}; membership changes {self.changes}, "
-            f"subscription answered in member epochs {sorted(socket.granted)}, "
+            f"subscription answered in member epochs {sorted(granted)}, "
             f"the node handed up to {self.known} and told of {sorted(self.told)}"
         )
 
@@ -190,6 +194,8 @@ class Simulation:
             for watched in self.guests:
                 for epochs in watched.asks:
                     epochs.add(self.epoch)
+                if watched.granted is not None:
+                    watched.granted.add(self.epoch)
         async with self.world.db.write() as session:
             if member:
                 self.member = True  # a read may see it before the commit returns

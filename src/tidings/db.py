@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import BindParameter, Connection, bindparam, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,11 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # The pool's rollback on return is ours (_sqlite_on_reset): only when needed.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "reset", _sqlite_on_reset)
         return engine
     engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     event.listen(engine.sync_engine, "handle_error", _discard_wedged)
@@ -138,6 +142,19 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # Database.read() begins nothing: each of its statements reads a snapshot of its own,
     # as on PostgreSQL (READ COMMITTED), and a BEGIN would cost every read three more
     # trips to aiosqlite's thread.
+
+
+def _sqlite_on_reset(
+    dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, state: PoolResetState
+) -> None:
+    """A connection going back to the pool is rolled back only if a transaction is still
+    open on it (a block that failed before its commit): after a commit, or a read (which
+    begins nothing), there is nothing to roll back, and asking aiosqlite would cost every
+    checkout one more trip to its thread. A connection being discarded needs nothing."""
+    if state.terminate_only or not state.asyncio_safe:
+        return
+    if record.driver_connection.in_transaction:  # type: ignore[union-attr]
+        dbapi_connection.rollback()
 
 
 _WRITE_OPTION = "tidings_write"
