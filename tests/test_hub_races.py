@@ -349,7 +349,7 @@ async def simulate(tmp_path: Path, seed: int, steps: int = STEPS) -> Simulation:
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
-async def test_a_removed_guest_gets_nothing_from_before_their_next_addition(
+async def test_a_guest_is_sent_nothing_beyond_what_their_memberships_allow(
     tmp_path: Path, seed: int
 ) -> None:
     sim = await simulate(tmp_path, seed)
