@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
@@ -25,7 +25,7 @@ from tidings.access import memberships, visible_to
 from tidings.batches import Batches
 from tidings.broker import Broker
 from tidings.db import Database, after_commit, listed
-from tidings.models import EVENTS, PROJECTS, Event, Project
+from tidings.models import EVENTS, PROJECTS, Event
 
 logger = logging.getLogger("tidings.events")
 
@@ -74,6 +74,27 @@ _LOG = insert(EVENTS)
 _TRIM = delete(EVENTS).where(
     EVENTS.c.project_id == bindparam("project_id"), EVENTS.c.seq <= bindparam("upto")
 )
+# A user's view of the project's log bounds: (latest, oldest logged seq or NULL).
+_BOUNDS = select(
+    PROJECTS.c.last_seq,
+    select(func.min(EVENTS.c.seq)).where(EVENTS.c.project_id == PROJECTS.c.id).scalar_subquery(),
+).where(PROJECTS.c.id == bindparam("project_id"), visible_to(bindparam("user_id")))
+# A page of the log: events after `after`, at most `limit`, none past `upto`; and the sizes
+# of the frames such a page would hold, read first when the page is bounded in bytes.
+_AFTER = (EVENTS.c.project_id == bindparam("project_id"), EVENTS.c.seq > bindparam("after"))
+_SIZES = (
+    select(EVENTS.c.seq, func.length(EVENTS.c.frame))
+    .where(*_AFTER)
+    .order_by(EVENTS.c.seq)
+    .limit(bindparam("limit"))
+)
+_PAGE = (
+    select(EVENTS.c.seq, EVENTS.c.type, EVENTS.c.frame)
+    .where(*_AFTER, EVENTS.c.seq <= bindparam("upto"))
+    .order_by(EVENTS.c.seq)
+    .limit(bindparam("limit"))
+)
+_NO_SEQ_AFTER = 2**63 - 1  # `upto` of a page bounded by its count alone
 
 
 def timestamp(moment: datetime | None = None) -> str:
@@ -140,12 +161,8 @@ async def log_bounds(
     """:meth:`EventLog.bounds` in ``session``'s transaction (to read more in the same one).
 
     ``oldest`` is ``latest + 1`` when the log holds nothing of the project."""
-    oldest = select(func.min(Event.seq)).where(Event.project_id == project_id).scalar_subquery()
-    row = (
-        await session.execute(
-            select(Project.last_seq, oldest).where(Project.id == project_id, visible_to(user_id))
-        )
-    ).first()
+    params = {"project_id": project_id, "user_id": user_id}
+    row = (await session.execute(_BOUNDS, params)).first()
     if row is None:
         return None
     latest, first = row
@@ -346,26 +363,18 @@ async def logged_after(
     with ``max_bytes``, no more frames than fit in that many bytes — but always the first
     one, however large, so a reader makes progress. The sizes are read first, then only
     the frames that fit: a page never holds more than its reader has room for."""
-    where: list[ColumnElement[bool]] = [Event.project_id == project_id, Event.seq > after]
+    params = {"project_id": project_id, "after": after, "limit": limit, "upto": _NO_SEQ_AFTER}
     if max_bytes is not None:
-        sizes = await session.execute(
-            select(Event.seq, func.length(Event.frame))
-            .where(*where)
-            .order_by(Event.seq)
-            .limit(limit)
-        )
         last, total = after, 0
-        for seq, size in sizes:
+        for seq, size in await session.execute(_SIZES, params):
             total += size
             if total > max_bytes and last > after:
                 break
             last = seq
         if last == after:
             return []
-        where.append(Event.seq <= last)
-    rows = await session.execute(
-        select(Event.seq, Event.type, Event.frame).where(*where).order_by(Event.seq).limit(limit)
-    )
+        params["upto"] = last
+    rows = await session.execute(_PAGE, params)
     return [LoggedEvent(seq, type_, frame) for seq, type_, frame in rows]
 
 
