@@ -531,6 +531,11 @@ class Report:
     growth_mib_per_hour: float
     growth_ci95_mib_per_hour: float
     resolution_mib_per_hour: float  # one page over the window, per hour
+    # Python's allocated blocks (objects) over the same window: growth per hour, ± its 95 %
+    # interval; and their count at the window's start and end.
+    blocks_per_hour: float
+    blocks_ci95_per_hour: float
+    held_blocks: tuple[int, int]
     held_tasks: int
     gc_while_held: dict[str, int]  # collections and objects collected, by generation
     left: dict[str, int]
@@ -601,6 +606,11 @@ class Report:
                 f"{self.growth_ci95_mib_per_hour:.2f}, one page ±"
                 f"{self.resolution_mib_per_hour:.2f}; within noise: "
                 f"{VERDICTS[self.within_noise]})",
+            ),
+            (
+                "Python blocks growth per hour (± 95 %); window start → end",
+                f"{self.blocks_per_hour:+,.0f} ± {self.blocks_ci95_per_hour:,.0f};"
+                f" {self.held_blocks[0]:,} → {self.held_blocks[1]:,}",
             ),
             ("left by", ", ".join(f"{way} {n}" for way, n in self.left.items())),
             ("back to baseline after (s)", f"{self.returned_seconds:.1f}"),
@@ -677,9 +687,12 @@ async def run(plan: Plan, keep: bool = False) -> Report:
         sampler = asyncio.create_task(sample_memory(node, stop))
         writing = asyncio.create_task(writer.run(plan.event_interval, stop))
         held_tasks = 0
+        blocks: list[tuple[float, int]] = []  # Python's allocated blocks, every 5 s
         while time.monotonic() < held_at + plan.hold_seconds:
             await asyncio.sleep(min(5.0, held_at + plan.hold_seconds - time.monotonic()))
-            held_tasks = max(held_tasks, int((await node.metrics())["tidings_asyncio_tasks"]))
+            scraped = await node.metrics()
+            held_tasks = max(held_tasks, int(scraped["tidings_asyncio_tasks"]))
+            blocks.append((time.monotonic(), int(scraped["tidings_python_allocated_blocks"])))
         stop.set()
         samples = await sampler
         await writing
@@ -706,6 +719,8 @@ async def run(plan: Plan, keep: bool = False) -> Report:
         per_second, error = slope(window)
         span = window[-1][0] - window[0][0] if window else 0.0
         held_rss = statistics.fmean(rss for _, rss in window) if window else 0.0
+        counted = [(t, n) for t, n in blocks if t >= held_at + plan.rss_warmup_seconds]
+        per_second_blocks, blocks_error = slope(counted)
         return Report(
             plan=plan.name,
             clients=len(clients),
@@ -731,6 +746,9 @@ async def run(plan: Plan, keep: bool = False) -> Report:
             growth_mib_per_hour=round(per_second * 3600 / 1024, 3),
             growth_ci95_mib_per_hour=round(1.96 * error * 3600 / 1024, 3),
             resolution_mib_per_hour=round(PAGE_KIB / span * 3600 / 1024, 3) if span else 0.0,
+            blocks_per_hour=round(per_second_blocks * 3600),
+            blocks_ci95_per_hour=round(min(1.96 * blocks_error * 3600, 1e12)),
+            held_blocks=(counted[0][1], counted[-1][1]) if counted else (0, 0),
             held_tasks=held_tasks,
             gc_while_held={k: gc_after[k] - gc_before[k] for k in gc_after},
             left=left,

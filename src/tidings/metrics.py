@@ -10,6 +10,7 @@ subscription gauges, what an operator needs to see a node leak over days.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -37,6 +38,14 @@ class Metrics:
             "when the clients leave",
             registry=registry,
         )
+        # Objects alive (or awaiting the collector) by count, not by the allocator's pages:
+        # what the held-load suite tells a growing structure from resident-memory steps by.
+        Gauge(
+            "tidings_python_allocated_blocks",
+            "Memory blocks the Python interpreter has allocated and not freed "
+            "(sys.getallocatedblocks)",
+            registry=registry,
+        ).set_function(sys.getallocatedblocks)
         self.connections = Gauge(
             "tidings_ws_connections", "Open WebSocket connections", registry=registry
         )
