@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     resume_tail_bytes: int = Field(
         default=16 * MiB,
         ge=0,
-        description="frame characters of the newest events of active projects a node keeps "
-        "in memory to answer resumes without the database; 0: none",
+        description="memory the newest events of active projects may take on a node (their "
+        "frames and about 200 bytes each besides), kept to answer resumes without the "
+        "database; 0: none",
     )
     event_history: int = Field(default=10_000, gt=0)
     replay_concurrency: int = Field(
