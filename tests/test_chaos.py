@@ -54,3 +54,21 @@ async def test_under_chaos_every_event_arrives_once_in_order_and_nowhere_else() 
     assert report.lost == 0, report.details["examples"]
     assert report.not_settled == 0, report.details["examples"]
     assert report.leaked == 0, report.details["examples"]
+
+
+def test_history_is_judged_by_when_its_subscription_was_answered() -> None:
+    """Defect 11 of docs/reliability.md, the check's own: a guest added again at 23 and
+    removed again at 24 resumes in between with the `since` of their first membership; the
+    older events 21 and 22 arrive after the second removal. They were answered while the
+    guest was a member: history, not a leak. A subscription answered while they were not
+    a member at all is a leak, whenever its events arrive."""
+    ledger = chaos.Ledger()
+    ledger.visible[("p", "guest")] = [[4, 20], [23, 24]]
+    committed = {("p", 20): 100.0, ("p", 23): 110.0, ("p", 24): 110.126}
+    assert not ledger.can_see({"p": "owner"}, "guest", "p", 21)
+    answered = (110.05, 110.08)  # asked for and answered while a member again
+    assert ledger.member_during("guest", "p", *answered, committed)
+    arrived = 110.2  # after the second removal
+    assert not ledger.member_during("guest", "p", arrived, arrived, committed)
+    in_the_gap = (105.0, 105.1)  # answered while not a member: a leak
+    assert not ledger.member_during("guest", "p", *in_the_gap, committed)
