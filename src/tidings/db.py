@@ -148,9 +148,10 @@ def _sqlite_on_reset(
     dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, state: PoolResetState
 ) -> None:
     """A connection going back to the pool is rolled back only if a transaction is still
-    open on it (a block that failed before its commit): after a commit, or a read (which
-    begins nothing), there is nothing to roll back, and asking aiosqlite would cost every
-    checkout one more trip to its thread. A connection being discarded needs nothing."""
+    open on it (a block that failed before its commit): after the commit of a write or a
+    snapshot there is nothing to roll back, and asking aiosqlite would cost each one more
+    trip to its thread. (A read ends its own transaction as its session closes.) A
+    connection being discarded needs nothing."""
     if state.terminate_only or not state.asyncio_safe:
         return
     if record.driver_connection.in_transaction:  # type: ignore[union-attr]
