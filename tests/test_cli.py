@@ -283,7 +283,6 @@ async def test_serve_does_not_believe_forwarded_headers_by_default(tmp_path: Pat
         await node.stop()
 
 
-@pytest.mark.timeout(180)
 def _interruptible() -> None:
     """In the child: Ctrl-C as a shell's foreground job gets it. A test run started in the
     background without job control ignores SIGINT, its children inherit that, and a Python
@@ -291,6 +290,7 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.timeout(180)
 async def test_listen_prints_events_across_a_server_restart(tmp_path: Path) -> None:
     """``tidings listen --json`` (URL and token from the environment) follows a project
     while its server restarts and another node takes an upload meanwhile: every event is
