@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import BindParameter, Connection, bindparam, event, text
+from sqlalchemy import BindParameter, Connection, Engine, Executable, Result, bindparam, event, text
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -162,6 +164,37 @@ _WRITE_OPTION = "tidings_write"
 _READ_OPTION = "tidings_read"
 AFTER_COMMIT = "tidings_after_commit"
 
+T = TypeVar("T")
+Callback = Callable[[], Awaitable[Any]]
+
+
+class Tx:
+    """The write transaction a function given to :meth:`Database.commit` runs in: plain
+    (not async) statements on ``connection``, and :func:`after_commit` for what must
+    happen once it is durable."""
+
+    __slots__ = ("connection", "info")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.info: dict[str, Any] = {AFTER_COMMIT: []}
+
+    def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
+        return self.connection.execute(statement, params)
+
+    def scalar(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
+        return self.connection.scalar(statement, params)
+
+    def scalars(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
+        return list(self.connection.scalars(statement, params))
+
+
+def _transact(connection: Connection, work: Callable[[Tx], T]) -> tuple[T, list[Callback]]:
+    tx = Tx(connection)
+    with connection.begin():
+        result = work(tx)
+    return result, tx.info[AFTER_COMMIT]
+
 
 class Database:
     """Short, explicit transactions: ``async with db.read()`` / ``async with db.write()``,
@@ -179,16 +212,21 @@ class Database:
     SQLite's busy handler; writers of other processes (the CLI, other workers) still meet
     at ``BEGIN IMMEDIATE``. A write must not open another write inside it: it would wait
     for itself.
+
+    The frequent writes use :meth:`commit` instead: the whole transaction is a plain
+    function, which on SQLite runs in one trip to a thread of the node's own (aiosqlite
+    goes to its thread and back for every cursor, execute, fetch, begin and commit: three
+    or four trips a statement, each of which costs more than the statement).
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        write_engine = engine.execution_options(**{_WRITE_OPTION: True})
+        self._write_engine = write_engine
         self._read = async_sessionmaker(
             engine.execution_options(**{_READ_OPTION: True}), expire_on_commit=False
         )
-        self._write = async_sessionmaker(
-            engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
-        )
+        self._write = async_sessionmaker(write_engine, expire_on_commit=False)
         # SQLite: a read transaction in WAL mode already sees one snapshot of the database
         # from its first read to its end (BEGIN is explicit, see _sqlite_on_begin).
         # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot;
@@ -201,6 +239,14 @@ class Database:
         self._snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
         # PostgreSQL locks rows, not the database: its writers need no queue of ours.
         self._writers = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # SQLite in a file: commit()'s transactions run in this thread, on a connection of
+        # its own (the sqlite3 module's, through SQLAlchemy), in the writers' queue above.
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._sync_engine = _sqlite_sync_engine(engine.url.set(drivername="sqlite"))
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-writer")
 
     def _turn(self) -> AbstractAsyncContextManager[object]:
         return self._writers if self._writers is not None else nullcontext()
@@ -227,21 +273,79 @@ class Database:
             session.info[AFTER_COMMIT] = []
             async with session.begin():
                 yield session
-            callbacks: list[Callable[[], Awaitable[Any]]] = session.info.pop(AFTER_COMMIT)
-        for callback in callbacks:
-            try:
-                await callback()
-            except Exception:
-                # E.g. the broker is down: the event is in the log, and clients catch up
-                # from it by seq; the committed change itself stands.
-                logger.exception("after-commit callback failed")
+            callbacks: list[Callback] = session.info.pop(AFTER_COMMIT)
+        await _run_callbacks(callbacks)
+
+    async def commit(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work(tx)`` in a write transaction of its own and return what it returns;
+        an exception it raises rolls the transaction back and is raised here. ``work`` is
+        a plain function: it runs statements on ``tx`` and does nothing else that waits or
+        touches the node's state (it may run in another thread); what must follow the
+        commit goes to :func:`after_commit`, as with :meth:`write`.
+
+        The transaction, then its callbacks, run to the end even if the caller is
+        cancelled meanwhile: a change that commits is published."""
+        job = asyncio.ensure_future(self._commit(work))
+        job.add_done_callback(_retrieved)
+        return await asyncio.shield(job)
+
+    async def _commit(self, work: Callable[[Tx], T]) -> T:
+        async with self._turn():
+            if self._thread is not None:  # None once disposed: then the engine says so
+                loop = asyncio.get_running_loop()
+                result, callbacks = await loop.run_in_executor(self._thread, self._in_thread, work)
+            else:
+                async with self._write_engine.connect() as connection:
+                    result, callbacks = await connection.run_sync(_transact, work)
+        await _run_callbacks(callbacks)
+        return result
+
+    def _in_thread(self, work: Callable[[Tx], T]) -> tuple[T, list[Callback]]:
+        assert self._sync_engine is not None
+        with self._sync_engine.connect() as connection:
+            return _transact(connection, work)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        thread, self._thread = self._thread, None
+        if thread is not None and self._sync_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, self._sync_engine.dispose)
+            thread.shutdown(wait=False)
 
 
-def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``callback`` once the write transaction of ``session`` has committed."""
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    """A commit whose caller was cancelled: its outcome is nobody's to raise."""
+    if not job.cancelled():
+        job.exception()
+
+
+async def _run_callbacks(callbacks: list[Callback]) -> None:
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            # E.g. the broker is down: the event is in the log, and clients catch up
+            # from it by seq; the committed change itself stands.
+            logger.exception("after-commit callback failed")
+
+
+def _sqlite_sync_engine(url: Any) -> Engine:
+    """The plain sqlite3 engine of :meth:`Database.commit`'s thread: its one connection is
+    opened, used and closed there, and set up as the async engine's are."""
+    engine = create_sync_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+    ).execution_options(**{_WRITE_OPTION: True})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def after_commit(session: AsyncSession | Tx, callback: Callback) -> None:
+    """Run ``callback`` once the write transaction of ``session`` (of :meth:`Database.write`
+    or :meth:`Database.commit`) has committed."""
     callbacks = session.info.get(AFTER_COMMIT)
     if callbacks is None:
         raise RuntimeError("after_commit() needs a session from Database.write()")

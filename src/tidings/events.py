@@ -24,7 +24,7 @@ from tidings import schema
 from tidings.access import memberships, visible_to
 from tidings.batches import Batches
 from tidings.broker import Broker
-from tidings.db import Database, after_commit, listed
+from tidings.db import Database, Tx, after_commit, listed
 from tidings.models import EVENTS, PROJECTS, Event
 
 logger = logging.getLogger("tidings.events")
@@ -58,7 +58,7 @@ _UNPUBLISHED_CONTROL = {
 
 
 # ``values(last_seq=NEXT_SEQ)``: the next seq of the project, taken in the statement that
-# row-locks it (see EventLog.append).
+# row-locks it (see EventLog.log).
 NEXT_SEQ = PROJECTS.c.last_seq + 1
 
 # The statements of the hot paths, built once (see models.PROJECTS and db.listed).
@@ -169,17 +169,18 @@ async def log_bounds(
     return (first if first is not None else latest + 1, latest)
 
 
-async def next_seq(
-    session: AsyncSession, project_id: str, seen_by: str | None = None
-) -> int | None:
-    """Take the project's next seq (for :meth:`EventLog.append`) if it exists and, with
-    ``seen_by``, that user may see it, in one statement that also row-locks it; else
-    None."""
-    if seen_by is None:
-        seq = await session.scalar(_TAKE_SEQ, {"project_id": project_id})
-    else:
-        params = {"project_id": project_id, "user_id": seen_by}
-        seq = await session.scalar(_TAKE_SEQ_IF_VISIBLE, params)
+async def next_seq(session: AsyncSession, project_id: str) -> int | None:
+    """Take the project's next seq (for :meth:`EventLog.record`) if it exists, in one
+    statement that also row-locks it; else None."""
+    seq = await session.scalar(_TAKE_SEQ, {"project_id": project_id})
+    return None if seq is None else int(seq)
+
+
+def take_seq(tx: Tx, project_id: str, seen_by: str) -> int | None:
+    """Take the project's next seq (for :meth:`EventLog.log`) if it exists and ``seen_by``
+    may see it, in one statement that also row-locks it; else None. In a transaction of
+    :meth:`Database.commit`."""
+    seq = tx.scalar(_TAKE_SEQ_IF_VISIBLE, {"project_id": project_id, "user_id": seen_by})
     return None if seq is None else int(seq)
 
 
@@ -233,22 +234,43 @@ class EventLog:
         seq = await next_seq(session, project_id)
         if seq is None:
             raise LookupError(f"project {project_id} does not exist")
-        return await self.append(session, project_id, seq, type, body, audience, revoked)
+        row, envelope = self._entry(project_id, seq, type, body, audience, revoked)
+        await session.execute(_LOG, row)
+        if seq > self.history:
+            await session.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
+        after_commit(session, lambda: self._publish_committed(envelope))
+        return seq
 
-    async def append(
+    def log(
         self,
-        session: AsyncSession,
+        tx: Tx,
+        project_id: str,
+        seq: int,
+        type: str,
+        body: dict[str, Any],
+        audience: Iterable[str] = (),
+    ) -> int:
+        """:meth:`record`, in a transaction of :meth:`Database.commit`, for a caller that
+        has bumped ``projects.last_seq`` to ``seq`` itself (:func:`take_seq`, or
+        ``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING that makes its change: one
+        statement fewer). Returns ``seq``."""
+        row, envelope = self._entry(project_id, seq, type, body, audience, ())
+        tx.execute(_LOG, row)
+        if seq > self.history:
+            tx.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
+        after_commit(tx, lambda: self._publish_committed(envelope))
+        return seq
+
+    @staticmethod
+    def _entry(
         project_id: str,
         seq: int,
         type: str,
         body: dict[str, Any] | Callable[[int], dict[str, Any]],
-        audience: Iterable[str] = (),
-        revoked: Iterable[str] = (),
-    ) -> int:
-        """:meth:`record` for a caller that has bumped ``projects.last_seq`` to ``seq``
-        itself, in this transaction (``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING
-        that makes its change): one statement, and one round trip, fewer. Returns ``seq``.
-        """
+        audience: Iterable[str],
+        revoked: Iterable[str],
+    ) -> tuple[dict[str, Any], Envelope]:
+        """The log's row of an event and the envelope published once it is committed."""
         if callable(body):
             body = body(seq)
         frame = encode(
@@ -261,9 +283,6 @@ class EventLog:
             "frame": frame.decode(),
             "created_at": datetime.now(UTC),
         }
-        await session.execute(_LOG, row)
-        if seq > self.history:
-            await session.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
         envelope = Envelope(
             type=type,
             frame=frame,
@@ -272,8 +291,7 @@ class EventLog:
             audience=tuple(audience),
             revoked=tuple(revoked),
         )
-        after_commit(session, lambda: self._publish_committed(envelope))
-        return seq
+        return row, envelope
 
     async def _publish_committed(self, envelope: Envelope) -> None:
         """After the commit the event is in the log: a publish that fails (the broker is

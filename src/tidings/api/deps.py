@@ -47,7 +47,9 @@ class Services:
     processes: ProcessRunner
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async, though it awaits nothing: FastAPI runs a plain function dependency in a
+    # worker thread, a trip there and back on every request.
     services: Services = request.app.state.services
     return services
 

@@ -22,8 +22,8 @@ from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.paging import Limit
 from tidings.api.schemas import Body
 from tidings.api.validation import INT64_MAX, Id
-from tidings.db import after_commit
-from tidings.events import CUSTOM_TYPE, log_bounds, logged_after, next_seq
+from tidings.db import Tx, after_commit
+from tidings.events import CUSTOM_TYPE, log_bounds, logged_after, take_seq
 from tidings.idempotency import KEY_PATTERN, KeyReused, claim, fingerprint, settle
 from tidings.settings import KiB
 
@@ -155,11 +155,14 @@ async def publish(
         await app.eventlog.publish_ephemeral(project_id, body.type, event)
         return {}
     if idempotency_key is None:  # the hot path: one statement takes the seq, one logs
-        async with app.db.write() as session:
-            taken = await next_seq(session, project_id, seen_by=user.user_id)
+
+        def log(tx: Tx) -> int:
+            taken = take_seq(tx, project_id, seen_by=user.user_id)
             if taken is None:
                 raise not_found()
-            seq = await app.eventlog.append(session, project_id, taken, body.type, event)
+            return app.eventlog.log(tx, project_id, taken, body.type, event)
+
+        seq = await app.db.commit(log)
         tell_seq(response, seq)
         return {"seq": seq}
     async with app.db.write() as session:

@@ -24,8 +24,8 @@ from tidings.assets import (
     download_headers,
     served_type,
 )
-from tidings.db import after_commit
-from tidings.events import FILE_DELETED, FILE_UPLOADED, next_seq
+from tidings.db import Tx, after_commit
+from tidings.events import FILE_DELETED, FILE_UPLOADED, take_seq
 from tidings.models import FILES, File, new_id
 from tidings.storage import UploadError, clean_folder, clean_name
 
@@ -98,16 +98,18 @@ async def upload_file(
             sha256=upload.sha256,
             created_at=datetime.now(UTC),
         )
-        async with app.db.write() as session:
-            taken = await next_seq(session, project_id, seen_by=user.user_id)
+
+        def add(tx: Tx) -> int:
+            taken = take_seq(tx, project_id, seen_by=user.user_id)
             if taken is None:
                 raise not_found()
-            await session.execute(_ADD_FILE, _columns(file))
-            seq = await app.eventlog.append(
-                session, project_id, taken, FILE_UPLOADED, {"file": file_event(file)}
-            )
+            tx.execute(_ADD_FILE, _columns(file))
+            seq = app.eventlog.log(tx, project_id, taken, FILE_UPLOADED, {"file": file_event(file)})
             # Placed before the commit; the handlers below remove it if the commit fails.
             app.storage.place(upload, project_id, file_id)
+            return seq
+
+        seq = await app.db.commit(add)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
     except InvalidContentType as exc:
@@ -117,6 +119,10 @@ async def upload_file(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{folder.rstrip('/')}/{name} already exists"
         ) from None
+    except asyncio.CancelledError:
+        # Database.commit() finishes a change whose caller is cancelled: if it commits,
+        # its file must be there (one that does not stays behind, unlisted and harmless).
+        raise
     except BaseException:
         app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
         raise

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy import String, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.access import audience, member_ids, visible_project, visible_to
+from tidings.access import MEMBER_IDS, audience, visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.schemas import (
     MemberAdded,
@@ -22,7 +22,7 @@ from tidings.api.schemas import (
     project_out,
 )
 from tidings.api.validation import Id, PathUsername
-from tidings.db import after_commit
+from tidings.db import Tx, after_commit
 from tidings.events import (
     MEMBER_REMOVED,
     PROJECT_CREATED,
@@ -135,15 +135,19 @@ async def update_project(
         "description": body.description,
         "now": datetime.now(UTC),
     }
-    async with app.db.write() as session:
-        row = (await session.execute(_EDIT, params)).first()
+
+    def change(tx: Tx) -> tuple[dict[str, Any], int]:
+        row = tx.execute(_EDIT, params).first()
         if row is None:
             raise not_found()
         out = project_out(row, row.owner)
-        audience = [row.owner_id, *await member_ids(session, project_id)]
-        seq = await app.eventlog.append(
-            session, project_id, row.last_seq, PROJECT_UPDATED, {"data": out}, audience
+        audience = [row.owner_id, *tx.scalars(MEMBER_IDS, {"project_id": project_id})]
+        seq = app.eventlog.log(
+            tx, project_id, row.last_seq, PROJECT_UPDATED, {"data": out}, audience
         )
+        return out, seq
+
+    out, seq = await app.db.commit(change)
     tell_seq(response, seq)
     return out
 
@@ -164,15 +168,6 @@ async def delete_project(project_id: Id, user: CurrentUser, app: App, response: 
 
 
 # -- members ---------------------------------------------------------------------------
-
-
-async def _owned_project(session: AsyncSession, user_id: str, project_id: str) -> Project:
-    project = await visible_project(session, user_id, project_id, for_update=True)
-    if project is None:
-        raise not_found()
-    if project.owner_id != user_id:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner manages members")
-    return project
 
 
 @router.get("/{project_id}/members", response_model=list[MemberOut])
@@ -199,28 +194,37 @@ async def list_members(project_id: Id, user: CurrentUser, app: App) -> Any:
 async def add_member(
     project_id: Id, body: MemberIn, user: CurrentUser, app: App, response: Response
 ) -> Any:
-    async with app.db.write() as session:
-        target = (await session.execute(_USER_NAMED, {"username": body.username})).first()
-        params = {"project_id": project_id, "user_id": user.user_id}
-        row = (await session.execute(_CHANGE_IF_OWNER, params)).first()
-        if row is None:
-            await _owned_project(session, user.user_id, project_id)  # raises 404 or 403
-            raise not_found()  # it was deleted meanwhile
+
+    def add(tx: Tx) -> MemberAdded | None:
+        target = tx.execute(_USER_NAMED, {"username": body.username}).first()
+        row = tx.execute(_CHANGE_IF_OWNER, {"project_id": project_id, "user_id": user.user_id})
+        project = row.first()
+        if project is None:
+            return None  # no such project, or not the caller's: told apart below
         if target is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
-        members = await member_ids(session, project_id)
-        if target.id == row.owner_id or target.id in members:
+        members = tx.scalars(MEMBER_IDS, {"project_id": project_id})
+        if target.id == project.owner_id or target.id in members:
             raise HTTPException(status.HTTP_409_CONFLICT, "already a member")
         added = {"project_id": project_id, "user_id": target.id, "created_at": datetime.now(UTC)}
-        await session.execute(_ADD_MEMBER, added)
+        tx.execute(_ADD_MEMBER, added)
         # The new member's project list learns of the project through this event.
-        audience = [row.owner_id, *members, target.id]
-        body_out = {"data": project_out(row, row.owner)}
-        seq = await app.eventlog.append(
-            session, project_id, row.last_seq, PROJECT_UPDATED, body_out, audience
+        audience = [project.owner_id, *members, target.id]
+        body_out = {"data": project_out(project, project.owner)}
+        seq = app.eventlog.log(
+            tx, project_id, project.last_seq, PROJECT_UPDATED, body_out, audience
         )
-    tell_seq(response, seq)
-    return MemberAdded(user_id=target.id, username=target.username, role="member", seq=seq)
+        return MemberAdded(user_id=target.id, username=target.username, role="member", seq=seq)
+
+    added = await app.db.commit(add)
+    if added is None:
+        async with app.db.read() as session:
+            project = await visible_project(session, user.user_id, project_id)
+        if project is not None and project.owner_id != user.user_id:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner manages members")
+        raise not_found()
+    tell_seq(response, added.seq)
+    return added
 
 
 @router.delete("/{project_id}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
