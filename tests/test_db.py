@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -12,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, event, inspect, text
 
 from tests.conftest import on_stacks
-from tidings.db import MIGRATIONS, Database, create_engine, migrate
+from tidings.db import MIGRATIONS, Database, Tx, after_commit, create_engine, migrate
 from tidings.models import Base
 
 
@@ -160,3 +162,119 @@ async def test_sqlite_connections_are_rolled_back_on_return_only_when_a_transact
             assert (await session.execute(text("SELECT n FROM t"))).scalars().all() == [2]
     finally:
         await db.dispose()
+
+
+async def rows(db: Database) -> list[int]:
+    async with db.read() as session:
+        return list((await session.execute(text("SELECT n FROM t ORDER BY n"))).scalars())
+
+
+async def test_commit_runs_a_plain_function_in_a_transaction_then_its_callbacks(
+    database_url: str,
+) -> None:
+    """What ``work`` returns comes back once it is committed, and its after-commit
+    callbacks see the change; an exception rolls it back, runs no callback and is raised."""
+    db = Database(create_engine(database_url))
+    seen: list[list[int]] = []
+
+    async def look() -> None:
+        seen.append(await rows(db))
+
+    def insert(n: int, fail: bool = False) -> Callable[[Tx], int]:
+        def work(tx: Tx) -> int:
+            tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+            after_commit(tx, look)
+            if fail:
+                raise LookupError(n)
+            return int(tx.scalar(text("SELECT count(*) FROM t")))
+
+        return work
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+        assert await db.commit(insert(1)) == 1
+        assert seen == [[1]]
+        with pytest.raises(LookupError):
+            await db.commit(insert(2, fail=True))
+        assert seen == [[1]]
+        assert await db.commit(insert(3)) == 2
+        assert await rows(db) == [1, 3]
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_commits_and_writes_take_turns_in_arrival_order(tmp_path: Path) -> None:
+    """:meth:`Database.commit` (its own connection, in a thread) and :meth:`Database.write`
+    (aiosqlite's) queue for the one write lock together."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}"))
+    order: list[int] = []
+
+    def slow(i: int) -> Callable[[Tx], None]:
+        def work(tx: Tx) -> None:
+            tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": i})
+            time.sleep(0.005)  # in the commit thread: hold the lock a while
+            order.append(i)
+
+        return work
+
+    async def writer(i: int) -> None:
+        if i % 2:
+            await db.commit(slow(i))
+            return
+        async with db.write() as session:
+            await session.execute(text("INSERT INTO t VALUES (:n)"), {"n": i})
+            await asyncio.sleep(0.005)
+            order.append(i)
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+        writers = []
+        for i in range(40):  # one arriving each millisecond: the lock is held for 5
+            writers.append(asyncio.create_task(writer(i)))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*writers)
+        assert order == list(range(40))
+        assert await rows(db) == list(range(40))
+    finally:
+        await db.dispose()
+
+
+async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
+    database_url: str,
+) -> None:
+    """A change that commits is published: cancelling the request that made it (a server
+    stopping, say) does not stop its transaction half way or skip its callbacks."""
+    db = Database(create_engine(database_url))
+    called = asyncio.Event()
+    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
+
+    def work(tx: Tx) -> None:
+        if pause:
+            tx.execute(text(pause))
+        else:
+            time.sleep(0.3)  # in the commit thread
+        tx.execute(text("INSERT INTO t VALUES (7)"))
+        after_commit(tx, _set(called))
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+        caller = asyncio.create_task(db.commit(work))
+        await asyncio.sleep(0.1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        async with asyncio.timeout(30):
+            await called.wait()
+        assert await rows(db) == [7]
+    finally:
+        await db.dispose()
+
+
+def _set(event: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    async def callback() -> None:
+        event.set()
+
+    return callback
