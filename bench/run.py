@@ -7,8 +7,8 @@ cancels. Prints one JSON line per run as it ends, then a markdown table per scen
 the targets. Everything is on loopback, bounded in count and in time.
 
     python bench/run.py [--rounds N]
-                        [--only write,fanout,e2e,e2e-writers,stalled,resume,connect,
-                                restart,restart-node,idle,idle-node]
+                        [--only write,write-kinds,fanout,e2e,e2e-writers,stalled,resume,
+                                connect,restart,restart-node,idle,idle-node]
                         [--ablation] [--quick] [--out FILE]
 
 ``make bench BENCH_ARGS="--only write"`` runs one phase alone.
@@ -110,6 +110,28 @@ def write_cases(scale: int) -> dict[str, dict[str, Any]]:
     }
 
 
+# One kind of change at a time (writes.py's KINDS), 8 writers on one project.
+WRITE_KINDS = {
+    "project PATCH": "patch",
+    "custom event": "event",
+    "file upload": "upload",
+    "member add": "member",
+}
+
+
+def write_kind_cases(scale: int) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "scenario": "write",
+            "writers": 8,
+            "projects": 1,
+            "changes": WRITE_CHANGES // scale,
+            "kinds": [kind],
+        }
+        for name, kind in WRITE_KINDS.items()
+    }
+
+
 E2E_WRITER_CHANGES = 800
 
 RESTART = (
@@ -152,6 +174,14 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
             "custom event, in turn), no subscribers",
             ("tidings", "tidings-pg"),
             write_cases(scale),
+            WRITE,
+        ),
+        Scenario(
+            "write-kinds",
+            "Writes, one kind of change at a time: 8 writers on one project, no subscribers "
+            "(member adds: the project gains a member with each)",
+            ("tidings", "tidings-pg"),
+            write_kind_cases(scale),
             WRITE,
         ),
         Scenario(
@@ -667,24 +697,26 @@ def targets(selected: list[Scenario]) -> str:
         shown = "–" if measured is None else f"{measured:,.2f}{unit}"
         checks.append((name, shown, None if measured is None else ok(measured)))
 
-    if (s := by_name.get("write")) is not None:
+    for s in (by_name.get("write"), by_name.get("write-kinds")):
+        if s is None:
+            continue
         for variant in s.variants:
             label = VARIANTS[variant].label
             for case, config in s.cases.items():
                 check(
-                    f"write {case}, {label}: changes/s ≥ 1,000",
+                    f"{s.name} {case}, {label}: changes/s ≥ 1,000",
                     s.median(case, variant, "changes_per_s"),
                     lambda v: v >= 1000,
                 )
                 if config["writers"] == 8:
                     check(
-                        f"write {case}, {label}: p99 ≤ 50 ms",
+                        f"{s.name} {case}, {label}: p99 ≤ 50 ms",
                         s.median(case, variant, "p99_ms"),
                         lambda v: v <= 50,
                         " ms",
                     )
                     check(
-                        f"write {case}, {label}: max ≤ 200 ms",
+                        f"{s.name} {case}, {label}: max ≤ 200 ms",
                         s.median(case, variant, "max_ms"),
                         lambda v: v <= 200,
                         " ms",

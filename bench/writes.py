@@ -7,13 +7,15 @@ the command line; it prints JSON lines with a ``phase`` like ``loadgen.py`` (``r
 Each of ``writers`` writers keeps one keep-alive HTTP/1.1 connection and sends its next
 change as soon as the last one is answered, cycling through the kinds of change: project
 PATCH, a small file upload, a member add (a user made for it beforehand) and a durable
-custom event. Writer ``i`` writes to project ``i mod len(projects)``. A change counts when
-it is answered 2xx; its latency is from the first byte sent to the last byte of the answer.
+custom event (or only the ``kinds`` given). Writer ``i`` writes to project
+``i mod len(projects)``. A change counts when it is answered 2xx; its latency is from the
+first byte sent to the last byte of the answer.
 The HTTP client is a few lines over asyncio streams, so that the load generator costs
 little next to the server and keeps up with a fast one.
 
     python bench/writes.py '{"host", "port", "token", "projects": [...],
-                             "users": PREFIX, "writers": 8, "changes": 4000}'
+                             "users": PREFIX, "writers": 8, "changes": 4000,
+                             "kinds": ["patch"]}'
 
 Member adds use the users ``PREFIX0``, ``PREFIX1`` … (``changes`` of them).
 """
@@ -81,11 +83,12 @@ async def writer(
     host, port, token = config["host"], config["port"], config["token"]
     projects: list[str] = config["projects"]
     project = projects[index % len(projects)]
+    kinds: list[str] = config.get("kinds") or list(KINDS)
     reader, stream = await asyncio.open_connection(host, port)
     errors: list[str] = []
     try:
         for n in range(config["changes"] // config["writers"]):
-            kind = KINDS[(n + index) % len(KINDS)]
+            kind = kinds[(n + index) % len(kinds)]
             user = users.pop() if kind == "member" else f"w{index}"
             request = change(kind, n, project, user, f"{host}:{port}", token)
             began = time.perf_counter()
