@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -278,3 +279,32 @@ def _set(event: asyncio.Event) -> Callable[[], Awaitable[None]]:
         event.set()
 
     return callback
+
+
+async def test_sqlite_commits_connection_is_set_up_as_the_async_engines_are(
+    tmp_path: Path,
+) -> None:
+    """Foreign keys on, WAL, and the write lock taken at ``BEGIN``, before the first
+    statement: another connection cannot begin a write meanwhile."""
+    path = tmp_path / "setup.db"
+    db = Database(create_engine(f"sqlite+aiosqlite:///{path}"))
+
+    def look(tx: Tx) -> tuple[int, str, str | None]:
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            locked = None
+        except sqlite3.OperationalError as exc:
+            locked = str(exc)
+        finally:
+            other.close()
+        return (
+            tx.scalar(text("PRAGMA foreign_keys")),
+            tx.scalar(text("PRAGMA journal_mode")),
+            locked,
+        )
+
+    try:
+        assert await db.commit(look) == (1, "wal", "database is locked")
+    finally:
+        await db.dispose()

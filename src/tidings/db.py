@@ -291,7 +291,7 @@ class Database:
 
     async def _commit(self, work: Callable[[Tx], T]) -> T:
         async with self._turn():
-            if self._thread is not None:  # None once disposed: then the engine says so
+            if self._thread is not None:
                 loop = asyncio.get_running_loop()
                 result, callbacks = await loop.run_in_executor(self._thread, self._in_thread, work)
             else:
@@ -348,7 +348,7 @@ def after_commit(session: AsyncSession | Tx, callback: Callback) -> None:
     or :meth:`Database.commit`) has committed."""
     callbacks = session.info.get(AFTER_COMMIT)
     if callbacks is None:
-        raise RuntimeError("after_commit() needs a session from Database.write()")
+        raise RuntimeError("after_commit() needs Database.write()'s session or commit()'s tx")
     callbacks.append(callback)
 
 
