@@ -537,3 +537,33 @@ async def test_after_a_large_fan_out_the_next_events_leave_together(tmp_path: Pa
         world.hub.fan_out(third)
         await eventually(lambda: all(s.messages[-1].get("seq") == 4 for s in sockets))
         assert [s.writes - b for s, b in zip(sockets, before, strict=True)] == [2] * len(sockets)
+
+
+async def test_subscribes_answered_by_one_read_catch_their_channel_up_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart every client of a project comes back at once, and one batched read
+    tells all of them of events the node never got from the broker. The channel is caught
+    up once, not once per subscribe going through all of its subscribers (10,000 clients
+    on 100 projects: a million checks, a second of the restart's catch-up)."""
+    project_id = await world.project()
+    await world.change(project_id, 5)  # seq 2..6, in the log, never published
+    catch_ups: list[int] = []
+    catch_up = world.hub._catch_up
+
+    def counted(project_id: str, channel: Channel, head: int) -> None:
+        catch_ups.append(head)
+        catch_up(project_id, channel, head)
+
+    monkeypatch.setattr(world.hub, "_catch_up", counted)
+    sockets = [RecordingSocket() for _ in range(50)]
+    conns = [world.connection(s, client_id=f"c{i}") for i, s in enumerate(sockets)]
+    for conn in conns:
+        conn.receive(subscribe(project_id, since=1))
+    for conn in conns:
+        await conn.idle()
+    for socket in sockets:
+        await eventually(lambda s=socket: len(s.messages) == 6)
+        updates = [m["seq"] for m in socket.messages if m["type"] == PROJECT_UPDATED]
+        assert updates == [2, 3, 4, 5, 6]
+    assert catch_ups == [6]

@@ -325,7 +325,6 @@ class Hub:
     ) -> None:
         project_id = sub.project_id
         channel = self._join(conn, project_id)
-        seen_head = channel.head  # what this node had heard of before this subscribe
         opening, failed = None, False
         if from_memory:
             opening = self._known_opening(conn, sub, since, channel)
@@ -339,10 +338,14 @@ class Hub:
             if opening is not None:
                 channel.oldest = max(channel.oldest, opening.oldest)
                 channel.synced = True
-                if opening.latest > seen_head:
+                if opening.latest > channel.head:
                     # An event this node never got from the broker (read from the log just
                     # now): the live subscribers have not seen it either, and head sync will
-                    # not tell them once the head is raised.
+                    # not tell them once the head is raised. (Compared with the head now,
+                    # not before the read: whatever raised it meanwhile told them, the
+                    # broker's next event by its gap or another subscribe by this call. The
+                    # many subscribes of one read batch catch the channel up once, not each
+                    # going through all of its subscribers.)
                     self._catch_up(project_id, channel, opening.latest)
                 # Ignored if anything was revoked while reading.
                 self.access.grant(conn.user_id, project_id, generation, opening.latest)
