@@ -341,11 +341,12 @@ class Hub:
                 if opening.latest > channel.head:
                     # An event this node never got from the broker (read from the log just
                     # now): the live subscribers have not seen it either, and head sync will
-                    # not tell them once the head is raised. (Compared with the head now,
-                    # not before the read: whatever raised it meanwhile told them, the
-                    # broker's next event by its gap or another subscribe by this call. The
-                    # many subscribes of one read batch catch the channel up once, not each
-                    # going through all of its subscribers.)
+                    # not tell them once the head is raised. Compared with the head now,
+                    # not the head before the read: whatever raised it meanwhile has told
+                    # them (a broker event by the gap it opens; another subscribe, a replay
+                    # or the head sync by this very call). So the many subscribes answered
+                    # by one batched read catch the channel up once, instead of each going
+                    # through all of its subscribers.
                     self._catch_up(project_id, channel, opening.latest)
                 # Ignored if anything was revoked while reading.
                 self.access.grant(conn.user_id, project_id, generation, opening.latest)
