@@ -349,7 +349,8 @@ async def test_listen_prints_events_across_a_server_restart(tmp_path: Path) -> N
             assert (await upload(http, pid, "after.txt")).status_code == 201
         await line_with(type="file.uploaded", seq=4)
         listener.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(listener.wait(), TIMEOUT) == 130
+        # Its close handshake and exit, on a machine that may be busy with other work.
+        assert await asyncio.wait_for(listener.wait(), TIMEOUT * 3) == 130
         assert b"Traceback" not in await listener.stderr.read()
     finally:
         if listener.returncode is None:

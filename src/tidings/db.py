@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import BindParameter, Connection, Engine, Executable, Result, bindparam, event, text
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -221,12 +221,11 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        write_engine = engine.execution_options(**{_WRITE_OPTION: True})
-        self._write_engine = write_engine
+        self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
         self._read = async_sessionmaker(
             engine.execution_options(**{_READ_OPTION: True}), expire_on_commit=False
         )
-        self._write = async_sessionmaker(write_engine, expire_on_commit=False)
+        self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
         # SQLite: a read transaction in WAL mode already sees one snapshot of the database
         # from its first read to its end (BEGIN is explicit, see _sqlite_on_begin).
         # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot;
@@ -329,7 +328,7 @@ async def _run_callbacks(callbacks: list[Callback]) -> None:
             logger.exception("after-commit callback failed")
 
 
-def _sqlite_sync_engine(url: Any) -> Engine:
+def _sqlite_sync_engine(url: URL) -> Engine:
     """The plain sqlite3 engine of :meth:`Database.commit`'s thread: its one connection is
     opened, used and closed there, and set up as the async engine's are."""
     engine = create_sync_engine(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings import schema
@@ -234,11 +234,10 @@ class EventLog:
         seq = await next_seq(session, project_id)
         if seq is None:
             raise LookupError(f"project {project_id} does not exist")
-        row, envelope = self._entry(project_id, seq, type, body, audience, revoked)
-        await session.execute(_LOG, row)
-        if seq > self.history:
-            await session.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
-        after_commit(session, lambda: self._publish_committed(envelope))
+        for statement, params in self._entry(
+            session, project_id, seq, type, body, audience, revoked
+        ):
+            await session.execute(statement, params)
         return seq
 
     def log(
@@ -254,23 +253,22 @@ class EventLog:
         has bumped ``projects.last_seq`` to ``seq`` itself (:func:`take_seq`, or
         ``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING that makes its change: one
         statement fewer). Returns ``seq``."""
-        row, envelope = self._entry(project_id, seq, type, body, audience, ())
-        tx.execute(_LOG, row)
-        if seq > self.history:
-            tx.execute(_TRIM, {"project_id": project_id, "upto": seq - self.history})
-        after_commit(tx, lambda: self._publish_committed(envelope))
+        for statement, params in self._entry(tx, project_id, seq, type, body, audience, ()):
+            tx.execute(statement, params)
         return seq
 
-    @staticmethod
     def _entry(
+        self,
+        transaction: AsyncSession | Tx,
         project_id: str,
         seq: int,
         type: str,
         body: dict[str, Any] | Callable[[int], dict[str, Any]],
         audience: Iterable[str],
         revoked: Iterable[str],
-    ) -> tuple[dict[str, Any], Envelope]:
-        """The log's row of an event and the envelope published once it is committed."""
+    ) -> list[tuple[Executable, dict[str, Any]]]:
+        """The statements that log an event in ``transaction`` (its row, and the trim the
+        retention asks for); its envelope is published once that transaction commits."""
         if callable(body):
             body = body(seq)
         frame = encode(
@@ -291,7 +289,11 @@ class EventLog:
             audience=tuple(audience),
             revoked=tuple(revoked),
         )
-        return row, envelope
+        after_commit(transaction, lambda: self._publish_committed(envelope))
+        statements: list[tuple[Executable, dict[str, Any]]] = [(_LOG, row)]
+        if seq > self.history:
+            statements.append((_TRIM, {"project_id": project_id, "upto": seq - self.history}))
+        return statements
 
     async def _publish_committed(self, envelope: Envelope) -> None:
         """After the commit the event is in the log: a publish that fails (the broker is
