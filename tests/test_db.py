@@ -13,6 +13,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import on_stacks
 from tidings.db import MIGRATIONS, Database, Tx, after_commit, create_engine, migrate
@@ -270,6 +271,53 @@ async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
         async with asyncio.timeout(30):
             await called.wait()
         assert await rows(db) == [7]
+    finally:
+        await db.dispose()
+
+
+async def test_what_a_transaction_that_does_not_commit_did_is_undone(
+    database_url: str,
+) -> None:
+    """``tx.if_rolled_back``: called when the work raises (even with its caller gone) or
+    the COMMIT is refused (a deferred constraint); not when the transaction commits."""
+    db = Database(create_engine(database_url))
+    undone: list[str] = []
+    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
+
+    def work(name: str, row: int, fail: bool = False, slow: bool = False) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            tx.if_rolled_back(lambda: undone.append(name))
+            if slow:
+                tx.execute(text(pause)) if pause else time.sleep(0.3)
+            tx.execute(text("INSERT INTO c VALUES (:p)"), {"p": row})
+            if fail:
+                raise LookupError(name)
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
+            await session.execute(
+                text("CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
+            )
+            await session.execute(text("INSERT INTO p VALUES (1)"))
+        await db.commit(work("committed", 1))
+        with pytest.raises(LookupError):
+            await db.commit(work("raised", 1, fail=True))
+        with pytest.raises(IntegrityError):
+            await db.commit(work("refused at commit", 99))  # no p 99: checked at COMMIT
+        caller = asyncio.create_task(db.commit(work("caller gone", 1, fail=True, slow=True)))
+        await asyncio.sleep(0.1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        async with asyncio.timeout(30):
+            while len(undone) < 3:
+                await asyncio.sleep(0.01)
+        assert undone == ["raised", "refused at commit", "caller gone"]
+        async with db.read() as session:
+            assert list(await session.scalars(text("SELECT p FROM c"))) == [1]
     finally:
         await db.dispose()
 

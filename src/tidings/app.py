@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import HTTPConnection, Request
@@ -33,7 +33,7 @@ from tidings.api.deps import Services
 from tidings.auth import Authenticator
 from tidings.broker import create_broker, create_presence_store
 from tidings.codes import restart_reason
-from tidings.db import Database, create_engine, migrate, unavailable
+from tidings.db import Database, create_engine, disk_full, migrate, unavailable
 from tidings.events import EventLog
 from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
@@ -155,10 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Handled inside the middleware stack (unlike `Exception` above, which Starlette also
     # re-raises, closing the client's keep-alive connection): a client retrying on the
     # same connection must not find it closed.
-    outages = (DBAPIError, ConnectionError, TimeoutError)
+    outages = (DBAPIError, OSError)  # OSError: ConnectionError, TimeoutError, a full disk
     for error in outages:
-        app.add_exception_handler(error, _unavailable)
-    app.add_middleware(Upgrades, errors=outages, handler=_unavailable)  # outermost of ours
+        app.add_exception_handler(error, _outage)
+    app.add_middleware(Upgrades, errors=outages, handler=_outage)  # outermost of ours
     for module in (health, auth, projects, presence, files, processes, events):
         app.include_router(module.router)
     app.router.routes.append(stream.route())
@@ -176,9 +176,25 @@ async def _internal_error(request: Request, exc: Exception) -> PlainTextResponse
     )
 
 
-async def _unavailable(request: HTTPConnection, exc: Exception) -> PlainTextResponse:
+async def _outage(request: HTTPConnection, exc: Exception) -> Response:
     """The database is down or restarting: the change was not made (its transaction
-    rolled back), so 503 and retry; a 500 would say the request itself broke something."""
+    rolled back), so 503 and retry; a 500 would say the request itself broke something.
+    A disk is full (the files', or the database's): nothing was changed either, and
+    retrying will not help until an operator makes room, so 507, said in the log too."""
+    if disk_full(exc):
+        first = next(iter(str(exc).splitlines()), "")
+        logger.error(
+            "%s %s: out of disk space (%s: %s)",
+            request.scope.get("method", "WS"),
+            request.url.path,
+            type(exc).__name__,
+            first,
+        )
+        return JSONResponse(
+            {"detail": "the server has no storage space left; nothing was changed"},
+            507,
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
     if not unavailable(exc):
         raise exc  # a statement that failed: the 500 above
     return PlainTextResponse(

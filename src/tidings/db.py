@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +92,26 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# PostgreSQL's "could not extend file …: No space left on device" (SQLSTATE 53100).
+_FULL_NAMES = frozenset({"DiskFullError"})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk (the files', SQLite's or PostgreSQL's) has no room
+    left for what was being written. Nothing was changed: the write failed before its
+    commit, or its commit failed (SQLite and PostgreSQL roll back a commit they cannot
+    write)."""
+    for current in _causes(exc):
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if getattr(current, "sqlite_errorname", None) == "SQLITE_FULL":
+            return True
+        if _named(current, _FULL_NAMES):
+            return True
+    return False
+
+
 # asyncpg's error for a connection whose protocol is stuck in the middle of an operation
 # ("cannot switch to state 12; another operation (2) is in progress").
 _WEDGED_NAMES = frozenset({"InternalClientError"})
@@ -170,14 +192,15 @@ Callback = Callable[[], Awaitable[Any]]
 
 class Tx:
     """The write transaction a function given to :meth:`Database.commit` runs in: plain
-    (not async) statements on ``connection``, and :func:`after_commit` for what must
-    happen once it is durable."""
+    (not async) statements on ``connection``, :func:`after_commit` for what must happen
+    once it is durable, and :meth:`if_rolled_back` for what must be undone if it is not."""
 
-    __slots__ = ("connection", "info")
+    __slots__ = ("_undo", "connection", "info")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.info: dict[str, Any] = {AFTER_COMMIT: []}
+        self._undo: list[Callable[[], object]] = []
 
     def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
         return self.connection.execute(statement, params)
@@ -188,11 +211,42 @@ class Tx:
     def scalars(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
         return list(self.connection.scalars(statement, params))
 
+    def if_rolled_back(self, undo: Callable[[], object]) -> None:
+        """Call ``undo()`` (plain, in the transaction's thread) if the transaction is known
+        not to have committed: the work raised, or its COMMIT failed with an answer (a
+        constraint, a full disk). Not when the connection was lost during the COMMIT
+        itself: the change may have been made, and what it needs must stay (a file its
+        row names)."""
+        self._undo.append(undo)
+
+    def rolled_back(self) -> None:
+        for undo in self._undo:
+            try:
+                undo()
+            except Exception:
+                logger.exception("undoing a rolled-back transaction's work failed")
+
 
 def _transact(connection: Connection, work: Callable[[Tx], T]) -> tuple[T, list[Callback]]:
     tx = Tx(connection)
-    with connection.begin():
+    transaction = connection.begin()
+    committing = False
+    try:
         result = work(tx)
+        committing = True
+        transaction.commit()
+    except BaseException as exc:
+        # After a failed statement, or a refused COMMIT, which can leave the transaction
+        # open (SQLite, on a deferred constraint): the connection goes back to the pool
+        # without it. On a lost connection this fails too, and the database has rolled
+        # back by itself; the error to raise is the first.
+        with contextlib.suppress(Exception):
+            transaction.rollback()
+        # A connection lost during the COMMIT itself leaves the outcome unknown: the
+        # change may have been made, so what it needs stays.
+        if not committing or disk_full(exc) or not unavailable(exc):
+            tx.rolled_back()
+        raise
     return result, tx.info[AFTER_COMMIT]
 
 

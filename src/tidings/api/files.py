@@ -105,8 +105,11 @@ async def upload_file(
                 raise not_found()
             tx.execute(_ADD_FILE, _columns(file))
             seq = app.eventlog.log(tx, project_id, taken, FILE_UPLOADED, {"file": file_event(file)})
-            # Placed before the commit; the handlers below remove it if the commit fails.
-            app.storage.place(upload, project_id, file_id)
+            # Placed before the commit, so that a committed row has its file; removed again
+            # if the transaction does not commit (even when this request was cancelled
+            # meanwhile: Database.commit() finishes the transaction regardless).
+            placed = app.storage.place(upload, project_id, file_id)
+            tx.if_rolled_back(lambda: placed.unlink(missing_ok=True))
             return seq
 
         seq = await app.db.commit(add)
@@ -115,17 +118,9 @@ async def upload_file(
     except InvalidContentType as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     except IntegrityError:
-        app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{folder.rstrip('/')}/{name} already exists"
         ) from None
-    except asyncio.CancelledError:
-        # Database.commit() finishes a change whose caller is cancelled: if it commits,
-        # its file must be there (one that does not stays behind, unlisted and harmless).
-        raise
-    except BaseException:
-        app.storage.file_path(project_id, file_id).unlink(missing_ok=True)
-        raise
     finally:
         upload.temp_path.unlink(missing_ok=True)
     tell_seq(response, seq)
