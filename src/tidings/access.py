@@ -32,7 +32,7 @@ async def sees(session: AsyncSession, user_id: str, project_id: str) -> bool:
 
 async def member_ids(session: AsyncSession, project_id: str) -> list[str]:
     """The project's members' user ids (not its owner's)."""
-    return list(await session.scalars(MEMBER_IDS, {"project_id": project_id}))
+    return list((await session.scalars(MEMBER_IDS, {"project_id": project_id})).all())
 
 
 async def visible_project(

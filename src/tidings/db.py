@@ -209,7 +209,7 @@ class Tx:
         return self.connection.scalar(statement, params)
 
     def scalars(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
-        return list(self.connection.scalars(statement, params))
+        return list(self.connection.scalars(statement, params).all())
 
     def if_rolled_back(self, undo: Callable[[], object]) -> None:
         """Call ``undo()`` (plain, in the transaction's thread) if the transaction is known
