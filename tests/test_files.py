@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import (
+    TIMEOUT,
     ServerThread,
     TestUser,
     api,
@@ -262,6 +263,29 @@ async def test_other_users_files_are_404(
     assert (await upload(bob_api, pid, "intruder.txt")).status_code == 404
     assert len(stored_files(server.settings)) == 1
     assert await file_rows(server) == ["a.txt"]
+
+
+async def test_a_large_upload_is_refused_before_its_body_is_read_when_the_project_is_not_seen(
+    alice_api: httpx.AsyncClient, bob: TestUser, server: ServerThread
+) -> None:
+    """A body over 64 KiB is received only for who may see the project: the 404 comes
+    while its bytes have not been sent. (A smaller one is received first and refused by
+    the upload's transaction: the test above.)"""
+    pid = (await create_project(alice_api))["id"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            f"POST /api/projects/{pid}/files HTTP/1.1\r\nHost: tidings\r\n"
+            f"Authorization: Bearer {bob.token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(TIMEOUT):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"404"
+    assert stored_files(server.settings) == []
 
 
 async def test_a_file_id_from_another_project_is_404(alice_api: httpx.AsyncClient) -> None:
