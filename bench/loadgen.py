@@ -27,6 +27,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -183,7 +184,20 @@ class Target:
         self.headers = [("Authorization", f"Bearer {token}")] if token else []
         if cookie:  # a browser's way: the session cookie instead of the token
             self.headers = [("Cookie", f"tidings_session={cookie}")]
+        # One credential a client (client i the i-th, round the list): what a server
+        # meets when its users come back, each with their own, none in its cache yet.
+        self.tokens: list[str] = []
+        if "tokens_file" in config:
+            self.tokens = Path(config["tokens_file"]).read_text().split()
         self.subprotocols: list[str] = config.get("subprotocols", [])
+        self._clients = 0
+
+    def next_headers(self) -> list[tuple[str, str]]:
+        """The headers of the next client to connect for the first time."""
+        self._clients += 1
+        if not self.tokens:
+            return self.headers
+        return [("Authorization", f"Bearer {self.tokens[self._clients % len(self.tokens)]}")]
 
     async def subscribers(
         self,
@@ -200,6 +214,7 @@ class Target:
             request["since"] = since
 
         async def one() -> WSClient:
+            headers = self.next_headers()
             async with gate:
                 sub = Subscriber()
                 client = await connect(
@@ -207,7 +222,7 @@ class Target:
                     self.port,
                     "/ws",
                     stats.on_messages,
-                    headers=self.headers,
+                    headers=headers,
                     subprotocols=self.subprotocols,
                     state=sub,
                 )
@@ -445,11 +460,21 @@ class Returner:
     went wrong for it (connects refused or reset, HTTP errors on the upgrade, ``error``
     messages, events out of order)."""
 
-    __slots__ = ("caught_up", "done", "errors", "head", "last_seq", "project", "subscribed")
+    __slots__ = (
+        "caught_up",
+        "done",
+        "errors",
+        "head",
+        "headers",
+        "last_seq",
+        "project",
+        "subscribed",
+    )
 
-    def __init__(self, project: str) -> None:
+    def __init__(self, project: str, headers: list[tuple[str, str]]) -> None:
         loop = asyncio.get_running_loop()
         self.project = project
+        self.headers = headers
         self.subscribed: asyncio.Future[None] = loop.create_future()  # this attempt's
         self.last_seq = 0
         self.head = 0  # the seq to reach after the restart
@@ -511,7 +536,7 @@ async def restart(config: dict[str, Any]) -> dict[str, Any]:
             target.port,
             "/ws",
             handler.on_messages,
-            headers=target.headers,
+            headers=who.headers,
             state=who,
             timeout=config.get("timeout", 120),
         )
@@ -531,7 +556,10 @@ async def restart(config: dict[str, Any]) -> dict[str, Any]:
             return await open_one(who, None)
 
     gate = asyncio.Semaphore(64)
-    returners = [Returner(projects[(offset + i) % len(projects)]) for i in range(config["clients"])]
+    returners = [
+        Returner(projects[(offset + i) % len(projects)], target.next_headers())
+        for i in range(config["clients"])
+    ]
     clients = await asyncio.gather(*(first(w, gate) for w in returners))
     gc.collect()
     emit({"phase": "ready"})

@@ -133,6 +133,10 @@ def write_kind_cases(scale: int) -> dict[str, dict[str, Any]]:
 
 
 E2E_WRITER_CHANGES = 800
+# The connect case whose every client brings a token of its own (none cached yet), as
+# users do; the other cases share one credential, cached after the first connect.
+ONE_TOKEN_EACH = "bearer token, one per client"
+WARM_CLIENTS = 100  # loadgen.py's connect_rate warms up with this many first
 
 RESTART = (
     Figure("catch_up_p50_s", "release → every missed event, p50 (s)", 3),
@@ -281,7 +285,11 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                     "auth": auth,
                     "servers": ["tidings", "tidings-pg"] + (["naive", "node"] if bare else []),
                 }
-                for auth, bare in (("bearer token", True), ("session cookie", False))
+                for auth, bare in (
+                    ("bearer token", True),
+                    ("session cookie", False),
+                    (ONE_TOKEN_EACH, False),
+                )
             },
             (
                 Figure("connects_per_s", "connections + subscriptions per second"),
@@ -302,7 +310,14 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                     "clients": restart_clients,
                     "projects": RESTART_PROJECTS,
                     "events": RESTART_EVENTS,
-                }
+                },
+                f"{restart_clients:,} clients, one token each": {
+                    "scenario": "restart",
+                    "clients": restart_clients,
+                    "projects": RESTART_PROJECTS,
+                    "events": RESTART_EVENTS,
+                    "auth": ONE_TOKEN_EACH,
+                },
             },
             RESTART,
             rounds=1,
@@ -425,6 +440,9 @@ def run_case(
         if config["scenario"] == "write":
             return loadgen(server, write_setup(server, config), "writes.py", profile=True)
         if config["scenario"] == "restart":
+            if config.get("auth") == ONE_TOKEN_EACH:
+                tokens = make_tokens(server, account, config["clients"])
+                config = {**config, "tokens_file": str(tokens)}
             return restart(server, config)
         if config["scenario"] == "e2e-writers":
             publish = variant.server == "node"
@@ -433,6 +451,9 @@ def run_case(
             return {**result, "lost": lost + result["partial_changes"]}
         if config.get("auth") == "session cookie":
             config = {**config, "cookie": server.login(account.password)}
+        if config.get("auth") == ONE_TOKEN_EACH:
+            tokens = make_tokens(server, account, config["clients"] + WARM_CLIENTS)
+            config = {**config, "tokens_file": str(tokens)}
         return loadgen(server, config)
     finally:
         server.stop()
@@ -587,6 +608,20 @@ def seed(server: Server, count: int) -> None:
         timeout=300,
     )
     response.raise_for_status()
+
+
+def make_tokens(server: Server, account: TidingsAccount, count: int) -> Path:
+    """A file of ``count`` API tokens of the bench user, one a line, for clients that each
+    bring their own (too many for the load generator's command line)."""
+    import httpx
+
+    response = httpx.post(
+        f"http://127.0.0.1:{server.port}/bench/tokens", json={"count": count}, timeout=300
+    )
+    response.raise_for_status()
+    path = account.root / f"tokens-{server.port}.txt"
+    path.write_text("\n".join(response.json()["tokens"]))
+    return path
 
 
 def write_setup(server: Server, config: dict[str, Any]) -> dict[str, Any]:

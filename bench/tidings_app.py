@@ -11,6 +11,8 @@
   next one stops it and writes its stats to ``file`` (for docs/performance.md).
 - ``POST /bench/users`` ``{"prefix", "count"}``: makes ``count`` users at once (no
   password: nobody logs in as them), for the write scenario's member adds.
+- ``POST /bench/tokens`` ``{"count"}``: makes ``count`` API tokens of user ``bench`` at
+  once and returns them, for clients that each bring a credential of their own.
 
 Users and tokens come from the real CLI (``tidings users create``, ``tokens create``), run
 by ``run.py`` before this starts, into the data dir's SQLite or, for the PostgreSQL
@@ -28,14 +30,15 @@ from pathlib import Path
 import orjson
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from tidings import Settings, create_app
 from tidings.db import Database
 from tidings.events import FILE_UPLOADED, Envelope, EventLog, encode, timestamp
-from tidings.models import User, new_id
+from tidings.models import ApiToken, User, new_id
+from tidings.security import TOKEN_PREFIX, hash_secret, new_secret
 from tidings.server import uvicorn_options
 
 SEED_BATCH = 1000
@@ -94,6 +97,20 @@ async def users(request: Request) -> JSONResponse:
     return JSONResponse({"users": names})
 
 
+async def tokens(request: Request) -> JSONResponse:
+    count = int((await request.json())["count"])
+    db: Database = request.app.state.services.db
+    made = [new_secret(TOKEN_PREFIX) for _ in range(count)]
+    async with db.write() as session:
+        user_id = await session.scalar(select(User.id).where(User.username == "bench"))
+        rows = [
+            {"id": new_id(), "secret_hash": hash_secret(t), "user_id": user_id, "name": "bench"}
+            for t in made
+        ]
+        await session.execute(insert(ApiToken), rows)
+    return JSONResponse({"tokens": made})
+
+
 async def profile(request: Request) -> JSONResponse:
     body = await request.json()
     profiler: cProfile.Profile | None = getattr(request.app.state, "profiler", None)
@@ -127,6 +144,7 @@ def main() -> None:
     app.router.add_websocket_route("/bench/publish", publish)
     app.router.add_route("/bench/seed", seed, methods=["POST"])
     app.router.add_route("/bench/users", users, methods=["POST"])
+    app.router.add_route("/bench/tokens", tokens, methods=["POST"])
     app.router.add_route("/bench/profile", profile, methods=["POST"])
     options = uvicorn_options(settings)
     if args.plain_asgi:

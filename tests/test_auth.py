@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, insert, select, update
 
 from tests.conftest import (
     TIMEOUT,
@@ -29,7 +29,7 @@ from tidings import auth as auth_module
 from tidings.auth import Authenticator, authenticate
 from tidings.db import Database, create_engine
 from tidings.models import ApiToken, AuthSession
-from tidings.security import hash_secret
+from tidings.security import TOKEN_PREFIX, hash_secret, new_secret
 
 
 def cookie_client(server: ServerThread, **headers: str) -> httpx.AsyncClient:
@@ -444,12 +444,56 @@ async def test_last_use_is_written_in_a_batch_off_the_request_path(
         await db.dispose()
 
 
-async def test_concurrent_misses_of_one_credential_share_one_read(
+async def test_many_credentials_coming_back_at_once_are_read_together_and_each_rightly(
+    server: ServerThread, alice: TestUser
+) -> None:
+    """Every user back at once, each with a credential of their own: a few queries for all
+    of them, and each answered for itself, revoked, expired and unknown ones refused."""
+    db = Database(create_engine(server.settings.effective_database_url))
+    authenticator = Authenticator(db)
+    now = datetime.now(UTC)
+    kinds = ["live"] * 60 + ["revoked", "expired", "unknown"]
+    secrets = [new_secret(TOKEN_PREFIX) for _ in kinds]
+    rows = [
+        {
+            "secret_hash": hash_secret(secret),
+            "user_id": alice.id,
+            "name": kind,
+            "revoked_at": now if kind == "revoked" else None,
+            "expires_at": now - timedelta(seconds=1) if kind == "expired" else None,
+        }
+        for secret, kind in zip(secrets, kinds, strict=True)
+        if kind != "unknown"
+    ]
+    queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM api_tokens" in statement:
+            queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with db.write() as session:
+            await session.execute(insert(ApiToken), rows)
+        answers = await asyncio.gather(
+            *(authenticator.authenticate(None, f"Bearer {secret}") for secret in secrets)
+        )
+        names = {p.credential: n for p, n in zip(answers, kinds, strict=True) if p is not None}
+        assert sorted(names.values()) == ["live"] * 60
+        assert len(set(names)) == 60  # each its own token
+        assert {p.user_id for p in answers if p is not None} == {alice.id}
+        assert len(queries) <= 2  # the first alone, the rest together (at most 500 a query)
+    finally:
+        await authenticator.stop()
+        await db.dispose()
+
+
+async def test_concurrent_misses_share_one_read(
     server: ServerThread, alice: TestUser, bob: TestUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Clients of one token coming back at once (after a restart, the cache empty) make
-    one token query, not one each; another token gets its own. A revocation heard while a
-    read is under way sends later callers to the database with a read of their own."""
+    """Clients coming back at once (after a restart, the cache empty) make one token query
+    together, whether they share a token or each bring their own. A revocation heard while
+    a read is under way sends later callers to the database with a read of their own."""
     db = Database(create_engine(server.settings.effective_database_url))
     authenticator = Authenticator(db)
     queries: list[str] = []
@@ -465,19 +509,19 @@ async def test_concurrent_misses_of_one_credential_share_one_read(
             authenticator.authenticate(None, f"Bearer {bob.token}"),
         )
         assert [a.user_id if a else None for a in answers] == [alice.id] * 20 + [bob.id]
-        assert len(queries) == 2
+        assert len(queries) == 1
 
         credential = answers[0].credential if answers[0] is not None else ""
         authenticator.forget(credential)
         queries.clear()
         reading = asyncio.Event()
-        find_token = auth_module._find_token
+        find_tokens = auth_module._find_tokens
 
-        async def held(db: Database, secret_hash: str) -> object:
+        async def held(db: Database, hashes: list[str]) -> object:
             await reading.wait()  # the read stays under way until the revocation is heard
-            return await find_token(db, secret_hash)
+            return await find_tokens(db, hashes)
 
-        monkeypatch.setattr(auth_module, "_find_token", held)
+        monkeypatch.setattr(auth_module, "_find_tokens", held)
         first = asyncio.ensure_future(authenticator.authenticate(None, f"Bearer {alice.token}"))
         await asyncio.sleep(0)
         async with db.write() as session:

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.authcache import CredentialCache
+from tidings.batches import Batches
 from tidings.db import Database, after_commit, listed
 from tidings.events import SESSION_REVOKED, EventLog
 from tidings.models import ApiToken, AuthSession, User
@@ -66,7 +67,7 @@ async def authenticate(
         token = bearer_token(authorization)
         if token is None:
             return None
-        found = await _find_token(db, hash_secret(token))
+        found = (await _find_tokens(db, [hash_secret(token)]))[0]
         if found is None:
             return None
         principal, last_used = found
@@ -75,7 +76,7 @@ async def authenticate(
             await _record_use(db, {principal.credential: now})
         return principal
     if cookie:
-        return await _find_session(db, hash_secret(cookie))
+        return (await _find_sessions(db, [hash_secret(cookie)]))[0]
     return None
 
 
@@ -91,7 +92,9 @@ class Authenticator:
     Misses of one credential at the same time (every client of one service or user coming
     back at once after a restart, when the cache is empty) share one database read, as
     long as nothing was forgotten since it began: a caller never gets an answer older
-    than the last revocation this node heard of.
+    than the last revocation this node heard of. Misses of different credentials at the
+    same time (every user coming back) are read in batches (``batches.py``): one query
+    for those that wait together, not one each.
     """
 
     def __init__(
@@ -112,6 +115,13 @@ class Authenticator:
         self._task: asyncio.Task[None] | None = None
         # Credential key → (cache generation when its read began, the read).
         self._reads: dict[str, tuple[int, asyncio.Future[Principal | None]]] = {}
+        # Reads of different credentials at the same time go to the database together.
+        self._tokens: Batches[str, tuple[Principal, datetime | None] | None] = Batches(
+            lambda hashes: _find_tokens(self.db, hashes), READ_BATCH
+        )
+        self._sessions: Batches[str, Principal | None] = Batches(
+            lambda hashes: _find_sessions(self.db, hashes), READ_BATCH
+        )
 
     async def authenticate(self, cookie: str | None, authorization: str | None) -> Principal | None:
         if authorization:
@@ -159,14 +169,14 @@ class Authenticator:
     async def _lookup(self, key: str, generation: int) -> Principal | None:
         principal: Principal | None
         if key[0] == "t":
-            found = await _find_token(self.db, key[1:])
+            found = await self._tokens.ask(key[1:])
             if found is None:
                 return None
             principal, last_used = found
             if last_used is not None:
                 self._recorded.setdefault(principal.credential, last_used)
         else:
-            principal = await _find_session(self.db, key[1:])
+            principal = await self._sessions.ask(key[1:])
             if principal is None:
                 return None
         self.cache.put(key, principal, self._clock(), generation)
@@ -219,28 +229,64 @@ class Authenticator:
                 log_failure(logger, exc, "recording API tokens' last use failed")
 
 
-async def _find_token(db: Database, secret_hash: str) -> tuple[Principal, datetime | None] | None:
-    """The principal of a live token with this hash, and its stored last use."""
+# The live tokens and sessions among a batch of secret hashes, with their users (built
+# once; see db.listed).
+_TOKENS = (
+    select(
+        ApiToken.secret_hash,
+        ApiToken.id,
+        User.id,
+        User.username,
+        ApiToken.last_used_at,
+        ApiToken.expires_at,
+    )
+    .join(User, User.id == ApiToken.user_id)
+    .where(ApiToken.secret_hash.in_(listed("hashes")), ApiToken.revoked_at.is_(None))
+)
+_SESSIONS = (
+    select(AuthSession.secret_hash, AuthSession.id, AuthSession.expires_at, User.id, User.username)
+    .join(User, User.id == AuthSession.user_id)
+    .where(AuthSession.secret_hash.in_(listed("hashes")), AuthSession.revoked_at.is_(None))
+)
+READ_BATCH = 500  # credentials per query when many clients come back at once
+
+
+async def _find_tokens(
+    db: Database, hashes: list[str]
+) -> list[tuple[Principal, datetime | None] | None]:
+    """For each secret hash, the principal of the live token that has it and its stored
+    last use; None for an unknown, revoked or expired one. One query."""
     async with db.read() as session:
-        row = (
-            await session.execute(
-                select(
-                    ApiToken.id,
-                    User.id,
-                    User.username,
-                    ApiToken.last_used_at,
-                    ApiToken.expires_at,
-                )
-                .join(User, User.id == ApiToken.user_id)
-                .where(ApiToken.secret_hash == secret_hash, ApiToken.revoked_at.is_(None))
-            )
-        ).first()
-    if row is None:
-        return None
-    token_id, user_id, username, last_used, expires_at = row
-    if expires_at is not None and expires_at <= datetime.now(UTC):
-        return None
-    return Principal(user_id, username, f"token:{token_id}", "bearer", expires_at), last_used
+        rows = await session.execute(_TOKENS, {"hashes": hashes})
+        found = {row[0]: row[1:] for row in rows}
+    now = datetime.now(UTC)
+    answers: list[tuple[Principal, datetime | None] | None] = []
+    for secret_hash in hashes:
+        row = found.get(secret_hash)
+        if row is None or (row[4] is not None and row[4] <= now):
+            answers.append(None)
+            continue
+        token_id, user_id, username, last_used, expires_at = row
+        principal = Principal(user_id, username, f"token:{token_id}", "bearer", expires_at)
+        answers.append((principal, last_used))
+    return answers
+
+
+async def _find_sessions(db: Database, hashes: list[str]) -> list[Principal | None]:
+    """:func:`_find_tokens` for session cookies."""
+    async with db.read() as session:
+        rows = await session.execute(_SESSIONS, {"hashes": hashes})
+        found = {row[0]: row[1:] for row in rows}
+    now = datetime.now(UTC)
+    answers: list[Principal | None] = []
+    for secret_hash in hashes:
+        row = found.get(secret_hash)
+        if row is None or row[1] <= now:
+            answers.append(None)
+            continue
+        session_id, expires_at, user_id, username = row
+        answers.append(Principal(user_id, username, f"session:{session_id}", "cookie", expires_at))
+    return answers
 
 
 async def _record_use(db: Database, uses: dict[str, datetime]) -> None:
