@@ -180,24 +180,27 @@ class Target:
         self.host: str = config["host"]
         self.port: int = config["port"]
         self.project_id: str = config["project_id"]
+        # Client k subscribes to projects[k mod len(projects)] (the restart scenario's
+        # own list is its config's "projects" too).
+        projects = config.get("projects")
+        self.projects: list[str] = projects if isinstance(projects, list) else [self.project_id]
         token, cookie = config.get("token"), config.get("cookie")
         self.headers = [("Authorization", f"Bearer {token}")] if token else []
         if cookie:  # a browser's way: the session cookie instead of the token
             self.headers = [("Cookie", f"tidings_session={cookie}")]
-        # One credential a client (client i the i-th, round the list): what a server
-        # meets when its users come back, each with their own, none in its cache yet.
+        # A token a client (client k the k-th), each of a user of its own: what a server
+        # meets when its users come back, none of them in its caches yet.
         self.tokens: list[str] = []
         if "tokens_file" in config:
             self.tokens = Path(config["tokens_file"]).read_text().split()
         self.subprotocols: list[str] = config.get("subprotocols", [])
-        self._clients = 0
+        self._clients = 0  # clients connected by subscribers() so far
 
-    def next_headers(self) -> list[tuple[str, str]]:
-        """The headers of the next client to connect for the first time."""
-        self._clients += 1
+    def headers_of(self, client: int) -> list[tuple[str, str]]:
+        """The headers of client number ``client`` (its token, with ``tokens_file``)."""
         if not self.tokens:
             return self.headers
-        return [("Authorization", f"Bearer {self.tokens[self._clients % len(self.tokens)]}")]
+        return [("Authorization", f"Bearer {self.tokens[client % len(self.tokens)]}")]
 
     async def subscribers(
         self,
@@ -209,12 +212,16 @@ class Target:
     ) -> list[WSClient]:
         """Connect ``count`` clients and subscribe each; return once all are subscribed."""
         gate = asyncio.Semaphore(concurrency)
-        request: dict[str, Any] = {"type": "subscribe", "project_id": self.project_id}
-        if since is not None:
-            request["since"] = since
 
         async def one() -> WSClient:
-            headers = self.next_headers()
+            client_number, self._clients = self._clients, self._clients + 1
+            headers = self.headers_of(client_number)
+            request: dict[str, Any] = {
+                "type": "subscribe",
+                "project_id": self.projects[client_number % len(self.projects)],
+            }
+            if since is not None:
+                request["since"] = since
             async with gate:
                 sub = Subscriber()
                 client = await connect(
@@ -557,7 +564,7 @@ async def restart(config: dict[str, Any]) -> dict[str, Any]:
 
     gate = asyncio.Semaphore(64)
     returners = [
-        Returner(projects[(offset + i) % len(projects)], target.next_headers())
+        Returner(projects[(offset + i) % len(projects)], target.headers_of(offset + i))
         for i in range(config["clients"])
     ]
     clients = await asyncio.gather(*(first(w, gate) for w in returners))

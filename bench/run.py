@@ -133,9 +133,10 @@ def write_kind_cases(scale: int) -> dict[str, dict[str, Any]]:
 
 
 E2E_WRITER_CHANGES = 800
-# The connect case whose every client brings a token of its own (none cached yet), as
-# users do; the other cases share one credential, cached after the first connect.
-ONE_TOKEN_EACH = "bearer token, one per client"
+# The cases whose every client is a user of its own with a token of its own (none in the
+# server's caches yet), as when a node's users come back, spread over RESTART_PROJECTS
+# projects; the others share one user and one credential, cached after the first connect.
+ONE_USER_EACH = "bearer token, one user per client"
 WARM_CLIENTS = 100  # loadgen.py's connect_rate warms up with this many first
 
 RESTART = (
@@ -288,7 +289,7 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                 for auth, bare in (
                     ("bearer token", True),
                     ("session cookie", False),
-                    (ONE_TOKEN_EACH, False),
+                    (ONE_USER_EACH, False),
                 )
             },
             (
@@ -311,12 +312,12 @@ def scenarios(quick: bool, ablation: bool) -> list[Scenario]:
                     "projects": RESTART_PROJECTS,
                     "events": RESTART_EVENTS,
                 },
-                f"{restart_clients:,} clients, one token each": {
+                f"{restart_clients:,} clients, one user each": {
                     "scenario": "restart",
                     "clients": restart_clients,
                     "projects": RESTART_PROJECTS,
                     "events": RESTART_EVENTS,
-                    "auth": ONE_TOKEN_EACH,
+                    "auth": ONE_USER_EACH,
                 },
             },
             RESTART,
@@ -440,10 +441,7 @@ def run_case(
         if config["scenario"] == "write":
             return loadgen(server, write_setup(server, config), "writes.py", profile=True)
         if config["scenario"] == "restart":
-            if config.get("auth") == ONE_TOKEN_EACH:
-                tokens = make_tokens(server, account, config["clients"])
-                config = {**config, "tokens_file": str(tokens)}
-            return restart(server, config)
+            return restart(server, account, config)
         if config["scenario"] == "e2e-writers":
             publish = variant.server == "node"
             result = loadgen(server, {**config, "publish": publish}, profile=True)
@@ -451,9 +449,10 @@ def run_case(
             return {**result, "lost": lost + result["partial_changes"]}
         if config.get("auth") == "session cookie":
             config = {**config, "cookie": server.login(account.password)}
-        if config.get("auth") == ONE_TOKEN_EACH:
-            tokens = make_tokens(server, account, config["clients"] + WARM_CLIENTS)
-            config = {**config, "tokens_file": str(tokens)}
+        if config.get("auth") == ONE_USER_EACH:
+            projects = make_projects(server, RESTART_PROJECTS)
+            clients = make_clients(server, account, config["clients"] + WARM_CLIENTS, projects)
+            config = {**config, "tokens_file": clients, "projects": projects}
         return loadgen(server, config)
     finally:
         server.stop()
@@ -491,21 +490,15 @@ def idle(server: Server, config: dict[str, Any], heartbeat: float) -> dict[str, 
     }
 
 
-def restart(server: Server, config: dict[str, Any]) -> dict[str, Any]:
+def restart(server: Server, account: TidingsAccount, config: dict[str, Any]) -> dict[str, Any]:
     """The restart scenario: clients held by load generators (at most
     ``RESTART_PER_LOADGEN`` each) while the server stops, events are committed with it down
     (``bench/seed.py``, a process of its own on the same database), and it starts again
     on the same port; then one line releases every client at once."""
-    import httpx
-
-    projects = [server.project_id]
-    auth = {"Authorization": f"Bearer {server.token}"}
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=auth) as client:
-        while len(projects) < config["projects"]:
-            response = client.post("/api/projects", json={"name": f"bench {len(projects)}"})
-            response.raise_for_status()
-            projects.append(response.json()["id"])
+    projects = make_projects(server, config["projects"])
     total = config["clients"]
+    if config.get("auth") == ONE_USER_EACH:
+        config = {**config, "tokens_file": make_clients(server, account, total, projects)}
     procs = [
         spawn(
             server,
@@ -610,18 +603,35 @@ def seed(server: Server, count: int) -> None:
     response.raise_for_status()
 
 
-def make_tokens(server: Server, account: TidingsAccount, count: int) -> Path:
-    """A file of ``count`` API tokens of the bench user, one a line, for clients that each
-    bring their own (too many for the load generator's command line)."""
+def make_projects(server: Server, count: int) -> list[str]:
+    """The server's project and ``count - 1`` more, made over REST."""
+    import httpx
+
+    projects = [server.project_id]
+    auth = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=auth) as client:
+        while len(projects) < count:
+            response = client.post("/api/projects", json={"name": f"bench {len(projects)}"})
+            response.raise_for_status()
+            projects.append(response.json()["id"])
+    return projects
+
+
+def make_clients(server: Server, account: TidingsAccount, count: int, projects: list[str]) -> str:
+    """``count`` users, each with a token and a member of one of ``projects`` (client
+    ``k`` of ``projects[k mod len(projects)]``, as the load generators assign them): the
+    path of a file of their tokens, one a line (too many for a command line)."""
     import httpx
 
     response = httpx.post(
-        f"http://127.0.0.1:{server.port}/bench/tokens", json={"count": count}, timeout=300
+        f"http://127.0.0.1:{server.port}/bench/clients",
+        json={"count": count, "projects": projects},
+        timeout=300,
     )
     response.raise_for_status()
     path = account.root / f"tokens-{server.port}.txt"
     path.write_text("\n".join(response.json()["tokens"]))
-    return path
+    return str(path)
 
 
 def write_setup(server: Server, config: dict[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,9 @@
   next one stops it and writes its stats to ``file`` (for docs/performance.md).
 - ``POST /bench/users`` ``{"prefix", "count"}``: makes ``count`` users at once (no
   password: nobody logs in as them), for the write scenario's member adds.
-- ``POST /bench/tokens`` ``{"count"}``: makes ``count`` API tokens of user ``bench`` at
-  once and returns them, for clients that each bring a credential of their own.
+- ``POST /bench/clients`` ``{"count", "projects"}``: makes ``count`` users at once, each
+  with an API token and a member of one of ``projects``, and returns their tokens: for
+  clients that are each a user of their own, none of them in the server's caches yet.
 
 Users and tokens come from the real CLI (``tidings users create``, ``tokens create``), run
 by ``run.py`` before this starts, into the data dir's SQLite or, for the PostgreSQL
@@ -30,14 +31,14 @@ from pathlib import Path
 import orjson
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from tidings import Settings, create_app
 from tidings.db import Database
 from tidings.events import FILE_UPLOADED, Envelope, EventLog, encode, timestamp
-from tidings.models import ApiToken, User, new_id
+from tidings.models import ApiToken, Member, User, new_id
 from tidings.security import TOKEN_PREFIX, hash_secret, new_secret
 from tidings.server import uvicorn_options
 
@@ -97,17 +98,32 @@ async def users(request: Request) -> JSONResponse:
     return JSONResponse({"users": names})
 
 
-async def tokens(request: Request) -> JSONResponse:
-    count = int((await request.json())["count"])
+async def clients(request: Request) -> JSONResponse:
+    """``count`` users at once, each with an API token and a member of one project
+    (user ``k`` of ``projects[k mod len(projects)]``); their tokens, in order."""
+    body = await request.json()
+    projects: list[str] = body["projects"]
     db: Database = request.app.state.services.db
-    made = [new_secret(TOKEN_PREFIX) for _ in range(count)]
+    made = [new_secret(TOKEN_PREFIX) for _ in range(int(body["count"]))]
+    users = [
+        {"id": new_id(), "username": f"client{k}", "password_hash": "!"} for k in range(len(made))
+    ]
     async with db.write() as session:
-        user_id = await session.scalar(select(User.id).where(User.username == "bench"))
-        rows = [
-            {"id": new_id(), "secret_hash": hash_secret(t), "user_id": user_id, "name": "bench"}
-            for t in made
-        ]
-        await session.execute(insert(ApiToken), rows)
+        await session.execute(insert(User), users)
+        await session.execute(
+            insert(ApiToken),
+            [
+                {"id": new_id(), "secret_hash": hash_secret(t), "user_id": u["id"], "name": "bench"}
+                for t, u in zip(made, users, strict=True)
+            ],
+        )
+        await session.execute(
+            insert(Member),
+            [
+                {"project_id": projects[k % len(projects)], "user_id": u["id"]}
+                for k, u in enumerate(users)
+            ],
+        )
     return JSONResponse({"tokens": made})
 
 
@@ -144,7 +160,7 @@ def main() -> None:
     app.router.add_websocket_route("/bench/publish", publish)
     app.router.add_route("/bench/seed", seed, methods=["POST"])
     app.router.add_route("/bench/users", users, methods=["POST"])
-    app.router.add_route("/bench/tokens", tokens, methods=["POST"])
+    app.router.add_route("/bench/clients", clients, methods=["POST"])
     app.router.add_route("/bench/profile", profile, methods=["POST"])
     options = uvicorn_options(settings)
     if args.plain_asgi:
