@@ -444,6 +444,18 @@ async def test_last_use_is_written_in_a_batch_off_the_request_path(
         await db.dispose()
 
 
+def token_queries(db: Database) -> list[str]:
+    """The statements ``db`` runs on the tokens' table from now on."""
+    queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM api_tokens" in statement:
+            queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    return queries
+
+
 async def test_many_credentials_coming_back_at_once_are_read_together_and_each_rightly(
     server: ServerThread, alice: TestUser
 ) -> None:
@@ -465,13 +477,7 @@ async def test_many_credentials_coming_back_at_once_are_read_together_and_each_r
         for secret, kind in zip(secrets, kinds, strict=True)
         if kind != "unknown"
     ]
-    queries: list[str] = []
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if "FROM api_tokens" in statement:
-            queries.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    queries = token_queries(db)
     try:
         async with db.write() as session:
             await session.execute(insert(ApiToken), rows)
@@ -496,13 +502,7 @@ async def test_concurrent_misses_share_one_read(
     a read is under way sends later callers to the database with a read of their own."""
     db = Database(create_engine(server.settings.effective_database_url))
     authenticator = Authenticator(db)
-    queries: list[str] = []
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if "FROM api_tokens" in statement:
-            queries.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    queries = token_queries(db)
     try:
         answers = await asyncio.gather(
             *(authenticator.authenticate(None, f"Bearer {alice.token}") for _ in range(20)),
