@@ -219,7 +219,7 @@ class Tx:
         row names)."""
         self._undo.append(undo)
 
-    def rolled_back(self) -> None:
+    def _rolled_back(self) -> None:
         for undo in self._undo:
             try:
                 undo()
@@ -245,7 +245,7 @@ def _transact(connection: Connection, work: Callable[[Tx], T]) -> tuple[T, list[
         # A connection lost during the COMMIT itself leaves the outcome unknown: the
         # change may have been made, so what it needs stays.
         if not committing or disk_full(exc) or not unavailable(exc):
-            tx.rolled_back()
+            tx._rolled_back()
         raise
     return result, tx.info[AFTER_COMMIT]
 
