@@ -91,7 +91,7 @@ def test_presence_once_the_subscription_is_announced_live_or_replaying() -> None
     assert d.offer_presence(F("p")) is Verdict.NONE  # pending: `subscribed` not sent yet
     d.start(sub, 1, 1, 9, 9)
     assert sub.state is SubState.RECOVERING
-    assert d.offer_presence(F("p")) is Verdict.FLUSH  # replaying: still delivered
+    assert d.offer_presence(F("p")) is Verdict.LATER  # replaying: still delivered
     live(d, "q")
     assert d.offer_presence(F("q")) is Verdict.NONE  # queued behind the first
     assert d.queue.count == 2
@@ -105,6 +105,22 @@ def test_only_an_empty_queue_asks_for_a_flush() -> None:
     assert d.offer(F("p", 7)) is Verdict.NONE  # a write is already on its way
     d.queue.drain()
     assert d.offer(F("p", 8)) is Verdict.FLUSH
+
+
+def test_presence_alone_waits_for_a_later_write_and_anything_after_it_takes_it_along() -> None:
+    d = delivery()
+    live(d)
+    assert d.offer_presence(F("p")) is Verdict.LATER  # alone: written later
+    assert d.offer_presence(F("p")) is Verdict.NONE  # the later write takes it too
+    assert d.offer(F("p", 6)) is Verdict.FLUSH  # not a presence change: at once, with them
+    assert d.offer_presence(F("p")) is Verdict.NONE  # a write is on its way
+    assert [f.seq for f in d.queue.drain()] == [None, None, 6, None]  # in order
+    assert d.offer_presence(F("p")) is Verdict.LATER
+    d.queue.drain()  # written by the later write
+    assert d.offer(F("p", 7)) is Verdict.FLUSH
+    assert d.offer(F("p", 8)) is Verdict.NONE
+    assert d.offer_presence(F("p")) is Verdict.NONE  # behind frames on their way
+    assert d.queue.count == 3
 
 
 def test_a_full_queue_is_a_slow_consumer_and_nothing_more_is_queued() -> None:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from tests.conftest import TIMEOUT, eventually
+from tidings import hub as hub_module
 from tidings.auth import Authenticator
 from tidings.broker.memory import MemoryBroker
 from tidings.connection import Connection
@@ -537,6 +538,47 @@ async def test_after_a_large_fan_out_the_next_events_leave_together(tmp_path: Pa
         world.hub.fan_out(third)
         await eventually(lambda: all(s.messages[-1].get("seq") == 4 for s in sockets))
         assert [s.writes - b for s, b in zip(sockets, before, strict=True)] == [2] * len(sockets)
+
+
+def presence_joined(project_id: str, user_id: str) -> Envelope:
+    user = {"id": user_id, "username": user_id}
+    body = {"type": "presence.joined", "project_id": project_id, "user": user}
+    return Envelope(type="presence.joined", frame=orjson.dumps(body), project_id=project_id)
+
+
+async def test_presence_changes_wait_for_company_and_take_no_event_with_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When clients come back together every arrival is a presence change for each viewer
+    of its project: alone in a queue, a change waits (``PRESENCE_WAIT``) and the ones that
+    join it leave in the same write. An event queued behind a waiting change is written at
+    once and takes it along, in order: events never wait for presence."""
+    project_id = await world.project()
+    sockets = [CountingSocket() for _ in range(3)]
+    for n, socket in enumerate(sockets):
+        conn = world.connection(socket, client_id=f"c{n}")
+        conn.receive(subscribe(project_id))
+        await conn.idle()
+    [change] = await world.change(project_id, 1)
+
+    def joined(socket: RecordingSocket) -> list[str]:
+        return [m["user"]["id"] for m in socket.messages if m["type"] == "presence.joined"]
+
+    monkeypatch.setattr(hub_module, "PRESENCE_WAIT", 2.0)
+    before = [s.writes for s in sockets]
+    for n in range(5):
+        world.hub.fan_out_presence(presence_joined(project_id, f"u{n}"))
+        await asyncio.sleep(0.01)
+    await eventually(lambda: all(len(joined(s)) == 5 for s in sockets))
+    assert [s.writes - b for s, b in zip(sockets, before, strict=True)] == [1, 1, 1]
+
+    monkeypatch.setattr(hub_module, "PRESENCE_WAIT", 60.0)  # longer than any test waits
+    world.hub.fan_out_presence(presence_joined(project_id, "late"))
+    world.hub.fan_out(change)
+    await eventually(lambda: all(s.messages[-1].get("seq") == 2 for s in sockets))
+    for socket in sockets:
+        assert joined(socket)[-1] == "late"  # taken along, before the event
+        assert socket.messages[-2]["type"] == "presence.joined"
 
 
 async def test_subscribes_answered_by_one_read_catch_their_channel_up_once(

@@ -20,6 +20,9 @@ write, start a replay, or close a slow consumer. The rules, each decided here on
   One that can resume gets the missed events instead, as without a snapshot.
 - Presence changes (``presence.*``, no ``seq``) reach a subscription once its
   ``subscribed`` reply (which lists the viewers) is queued, whether it is live or replaying.
+  They may wait a little for company: alone in a queue they are written later (the hub's
+  ``PRESENCE_WAIT``), with whatever follows them, and anything else queued after them
+  is written at once, taking them along. Order is the queue's either way.
 - A live event past the cursor + 1 reveals a gap (a lost broker message, two nodes
   publishing out of order): the subscription goes back to recovering. A replay that finds
   the log no longer holds the event after its cursor (trimmed by retention meanwhile) asks
@@ -74,6 +77,7 @@ class Verdict(enum.IntEnum):
     FLUSH = 1  # queued into an empty queue: schedule a write
     SLOW = 2  # the queue is full: close the connection as a slow consumer
     REPLAY = 3  # a gap: the subscription is recovering, start a replay
+    LATER = 4  # a frame that may wait, queued into an empty queue: schedule a later write
 
 
 class Step(enum.Enum):
@@ -139,13 +143,17 @@ class Delivery:
     ``max_subscriptions`` counts subscriptions requested or active.
     """
 
-    __slots__ = ("max_subscriptions", "open", "queue", "subs")
+    __slots__ = ("max_subscriptions", "open", "queue", "subs", "waiting")
 
     def __init__(self, max_subscriptions: int, max_queue_messages: int, max_queue_bytes: int):
         self.max_subscriptions = max_subscriptions
         self.queue: OutboundQueue[Item] = OutboundQueue(max_queue_messages, max_queue_bytes)
         self.subs: dict[str, Subscription] = {}
         self.open = True  # False once closing: nothing more is queued
+        # The queue holds frames that wait for a later write (LATER), and nothing else
+        # since: the next other frame is written at once (a stale True with the queue
+        # emptied meanwhile only says what an empty queue says).
+        self.waiting = False
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -177,21 +185,34 @@ class Delivery:
     def offer_presence(self, frame: Item) -> Verdict:
         """A ``presence.*`` change of a project: queued once the subscription has been
         answered ``subscribed`` (the list it applies to), live or still replaying: presence
-        is not ordered with the project's events, and a replay must not hide it."""
+        is not ordered with the project's events, and a replay must not hide it. Into an
+        empty queue it asks for a later write (``LATER``): when many clients arrive at
+        once, each arrival would otherwise cost every viewer of the project a write."""
         sub = self.subs.get(frame.project_id)  # type: ignore[arg-type]
-        if sub is None or not sub.announced:
-            return Verdict.NONE
-        return self.enqueue(frame)
-
-    def enqueue(self, frame: Item) -> Verdict:
-        """Queue a frame for this connection alone (replies, notices, heartbeats)."""
-        if not self.open:
+        if sub is None or not sub.announced or not self.open:
             return Verdict.NONE
         queue = self.queue
         was_empty = not queue.count
         if not queue.put(frame):
             self.open = False
             return Verdict.SLOW
+        if was_empty:
+            self.waiting = True
+            return Verdict.LATER
+        return Verdict.NONE
+
+    def enqueue(self, frame: Item) -> Verdict:
+        """Queue a frame for this connection alone (replies, notices, heartbeats)."""
+        if not self.open:
+            return Verdict.NONE
+        queue = self.queue
+        # Behind frames that wait for a later write only: this one is written now, and
+        # they go with it.
+        was_empty = not queue.count or self.waiting
+        if not queue.put(frame):
+            self.open = False
+            return Verdict.SLOW
+        self.waiting = False
         return Verdict.FLUSH if was_empty else Verdict.NONE
 
     def fits(self, size: int) -> bool:

@@ -61,6 +61,11 @@ EXPIRY_CHECK_INTERVAL = 1.0
 # took events delivered per second from 0.6-0.9x Node ws's relay to 1.3x (performance.md).
 LARGE_FLUSH = 100
 FLUSH_SPACING = 0.010
+# A presence change alone in a connection's queue is written this much later, with
+# whatever joins it meanwhile (anything else queued after it is written at once, taking
+# it along): when a node's clients come back together, every arrival is a change for
+# each viewer of its project, and each of those was a write of its own.
+PRESENCE_WAIT = 0.25
 
 
 class Expiries:
@@ -173,6 +178,8 @@ class Hub:
         self._ready = asyncio.Event()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        self._waiting: list[Connection] = []  # queues holding presence changes only
+        self._waiting_flush: asyncio.TimerHandle | None = None
         self.flush_spacing = flush_spacing
         self._next_flush = 0.0  # loop time before which a flush waits (see _flush)
         self._writes = 0
@@ -204,6 +211,8 @@ class Hub:
             replays += (conn.replays or {}).values()
             conn.close(CloseCode.SERVICE_RESTART, self.restart_reason)  # cancels its replays
         await cancel_and_wait([*self._tasks, *replays])
+        if self._waiting_flush is not None:
+            self._waiting_flush.cancel()  # every socket is closing: nothing to write
         await self.presence.stop()
 
     @property
@@ -280,6 +289,21 @@ class Hub:
             conn.flush()
         if len(dirty) >= LARGE_FLUSH:
             self._next_flush = asyncio.get_running_loop().time() + self.flush_spacing
+
+    def _write_later(self, conn: Connection) -> None:
+        self._waiting.append(conn)
+        if self._waiting_flush is None:
+            loop = asyncio.get_running_loop()
+            self._waiting_flush = loop.call_later(PRESENCE_WAIT, self._flush_waiting)
+
+    def _flush_waiting(self) -> None:
+        """Write the presence changes that waited (a queue written meanwhile has nothing
+        left to write, or has frames on their way already: its flush is a no-op or
+        takes them a little early)."""
+        self._waiting_flush = None
+        waiting, self._waiting = self._waiting, []
+        for conn in waiting:
+            conn.flush()
 
     def slow(self, conn: Connection) -> None:
         self.metrics.slow_consumers.inc()
@@ -664,7 +688,9 @@ class Hub:
             if conn.user_id == user_id:
                 continue
             verdict = conn.offer_presence(frame)
-            if verdict:
+            if verdict is Verdict.LATER:
+                self._write_later(conn)
+            elif verdict:
                 conn.handle(verdict)
             count += 1
         if count:
