@@ -366,6 +366,61 @@ async def test_a_node_whose_entries_expired_adds_them_again(
     assert await presence.viewers("p") == [{"id": "u1", "username": "ann"}]
 
 
+class CountedStore(MemoryPresence):
+    """A memory store that counts its viewer reads, and can hold one until let go."""
+
+    def __init__(self) -> None:
+        super().__init__(30.0)
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def viewers(self, project_id: str) -> list[Viewer]:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().viewers(project_id)
+
+
+def user(user_id: str, username: str) -> dict[str, str]:
+    return {"id": user_id, "username": username}
+
+
+async def test_subscribed_lists_follow_the_changes_heard_without_reading_the_store(
+    tmp_path: Path,
+) -> None:
+    """Every client of a large project coming back at once used to read, build and sort
+    the project's viewers for each `subscribed`. The list is read once, then kept in order
+    by the changes the node hears; a read during which a change arrives is not kept."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"))
+    store = CountedStore()
+    presence = Presence(store, EventLog(db, MemoryBroker(), 100, "p"), 30.0)
+    ann, bob, cy, dee = user("u1", "ann"), user("u2", "bob"), user("u3", "cy"), user("u4", "dee")
+    try:
+        await store.update("elsewhere", [Viewer("p", "u2", "bob")], [])
+        assert await presence.listed("p", "u4", "dee") == [bob, dee]  # the caller in order
+        presence.heard("presence.joined", "p", cy)
+        presence.heard("presence.joined", "p", ann)
+        presence.heard("presence.left", "p", bob)
+        presence.heard("presence.left", "p", bob)  # told twice: a set operation
+        assert await presence.listed("p", "u4", "dee") == [ann, cy, dee]
+        assert await presence.listed("p", "u1", "ann") == [ann, cy]  # no one twice
+        assert store.reads == 1
+
+        presence.unwatched("p")  # no subscriber left: the list goes
+        store.gate = asyncio.Event()
+        reading = asyncio.ensure_future(presence.listed("p", "u4", "dee"))
+        await eventually(lambda: store.reads == 2)
+        presence.heard("presence.joined", "p", cy)  # while the store is read
+        store.gate.set()
+        assert await reading == [bob, dee]  # the store's answer, for this caller
+        assert await presence.listed("p", "u4", "dee") == [bob, dee]
+        assert store.reads == 3  # the read that a change overtook was not kept
+        assert await presence.listed("p", "u4", "dee") == [bob, dee]
+        assert store.reads == 3
+    finally:
+        await db.dispose()
+
+
 class UnreachableStore(MemoryPresence):
     """A presence store whose reads fail as Redis's do while it is down."""
 

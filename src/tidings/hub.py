@@ -382,7 +382,11 @@ class Hub:
             and not await conn.wait_for_room(opening.size)
         ):
             return  # the connection is closing
-        viewers = await self.presence.viewers(project_id) if opening is not None else []
+        viewers = (
+            await self.presence.listed(project_id, conn.user_id, conn.username)
+            if opening is not None
+            else []
+        )
         if opening is None or not conn.current(sub):
             # No access, or it was revoked (or the project deleted) while reading.
             if conn.current(sub):
@@ -405,9 +409,6 @@ class Hub:
             message["snapshot"] = opening.snapshot
         if request_id is not None:
             message["id"] = request_id
-        if not any(v["id"] == conn.user_id for v in viewers):
-            viewers.append({"id": conn.user_id, "username": conn.username})
-            viewers.sort(key=lambda v: (v["username"], v["id"]))
         message["presence"] = viewers
         conn.send_message(message)
         self.presence.opened(project_id, conn.user_id, conn.username, conn.client_id)
@@ -501,6 +502,7 @@ class Hub:
             if not channel.subscribers:
                 del self.channels[project_id]
                 self.tails.drop(project_id)  # only active projects keep their tail
+                self.presence.unwatched(project_id)
                 self.metrics.channels.dec()
 
     # -- replays --------------------------------------------------------------------------
@@ -676,13 +678,16 @@ class Hub:
         answered ``subscribed`` (which carries the list these changes apply to), but those
         of the user it is about (their own ``subscribed`` lists them; when they leave, they
         have no subscription left)."""
-        channel = self.channels.get(env.project_id) if env.project_id is not None else None
+        project_id = env.project_id
+        channel = self.channels.get(project_id) if project_id is not None else None
         self.metrics.events_published.labels(env.type).inc()
-        if channel is None:
+        if channel is None or project_id is None:
             return
         text = env.frame.decode()
-        user_id = orjson.loads(text)["user"]["id"]
-        frame = Frame(text, env.type, env.project_id, None, None, time.time())
+        user = orjson.loads(text)["user"]
+        user_id = user["id"]
+        self.presence.heard(env.type, project_id, user)  # the lists `subscribed` hands out
+        frame = Frame(text, env.type, project_id, None, None, time.time())
         count = 0
         for conn in channel.subscribers:
             if conn.user_id == user_id:

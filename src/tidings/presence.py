@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from bisect import bisect_left
 from typing import Any
 
 from tidings.broker import PresenceChanges, PresenceStore, Viewer
@@ -40,9 +41,52 @@ PRESENCE_TYPES = frozenset({PRESENCE_JOINED, PRESENCE_LEFT})
 
 Key = tuple[str, str]  # (project id, user id)
 
+# Seconds a project's viewer list, kept up to date by the presence changes this node hears,
+# is believed without reading the store again: the bound on a change whose broker
+# message this node missed.
+LIST_TTL = 5.0
+
 
 def user_json(viewer: Viewer) -> dict[str, str]:
     return {"id": viewer.user_id, "username": viewer.username}
+
+
+class ViewerList:
+    """A project's viewers as ``subscribed`` lists them (by username, then id), kept in
+    order as changes arrive: a subscribe reads none of it in Python, however many there
+    are (with every client of a large project coming back at once, building and sorting
+    the list for each one was a quarter of the node's time)."""
+
+    __slots__ = ("keys", "read_at", "users")
+
+    def __init__(self, viewers: list[Viewer], read_at: float) -> None:
+        ordered = sorted(viewers, key=lambda v: (v.username, v.user_id))
+        self.keys = [(v.username, v.user_id) for v in ordered]
+        self.users = [user_json(v) for v in ordered]
+        self.read_at = read_at
+
+    def add(self, user_id: str, username: str) -> None:
+        key = (username, user_id)
+        i = bisect_left(self.keys, key)
+        if i == len(self.keys) or self.keys[i] != key:
+            self.keys.insert(i, key)
+            self.users.insert(i, {"id": user_id, "username": username})
+
+    def remove(self, user_id: str, username: str) -> None:
+        key = (username, user_id)
+        i = bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            del self.keys[i]
+            del self.users[i]
+
+    def including(self, user_id: str, username: str) -> list[dict[str, str]]:
+        """The list with this user in it (a subscriber's own arrival may not have been
+        written to the store yet). Not to be changed: it may be the list itself."""
+        key = (username, user_id)
+        i = bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return self.users
+        return [*self.users[:i], {"id": user_id, "username": username}, *self.users[i:]]
 
 
 class Presence:
@@ -65,6 +109,10 @@ class Presence:
         self._dirty: set[Key] = set()  # keys whose _conns and _stored may disagree
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Projects this node has subscribers of: their viewer lists, and how many changes
+        # the node has heard of each (a list read while one arrives is not kept).
+        self._lists: dict[str, ViewerList] = {}
+        self._heard: dict[str, int] = {}
 
     # -- the hub's calls ------------------------------------------------------------------
 
@@ -108,6 +156,47 @@ class Presence:
                 key=lambda v: (v.username, v.user_id),
             )
         return [user_json(v) for v in found]
+
+    async def listed(self, project_id: str, user_id: str, username: str) -> list[dict[str, str]]:
+        """:meth:`viewers` with the given user among them, for a ``subscribed`` reply: from
+        the project's list as this node knows it (the store's, read at most
+        :data:`LIST_TTL` ago, and every change heard since), without the store. The
+        hub hands the list out and announces the subscription in one step, so a change
+        is either in the list or reaches the subscription after it."""
+        now = asyncio.get_running_loop().time()
+        found = self._lists.get(project_id)
+        if found is None or now - found.read_at > LIST_TTL:
+            heard = self._heard.get(project_id, 0)
+            try:
+                viewers = await self.store.viewers(project_id)
+            except Exception as exc:
+                log_failure(
+                    logger, exc, "presence of %s not read; this node's viewers only", project_id
+                )
+                local = [
+                    v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns
+                ]
+                return ViewerList(local, now).including(user_id, username)
+            found = ViewerList(viewers, now)
+            if self._heard.get(project_id, 0) == heard:  # nothing arrived while reading
+                self._lists[project_id] = found
+        return found.including(user_id, username)
+
+    def heard(self, kind: str, project_id: str, user: dict[str, str]) -> None:
+        """A presence change of a project this node has subscribers of, as every node
+        hears it (the hub's fan-out)."""
+        self._heard[project_id] = self._heard.get(project_id, 0) + 1
+        found = self._lists.get(project_id)
+        if found is not None:
+            if kind == PRESENCE_JOINED:
+                found.add(user["id"], user["username"])
+            else:
+                found.remove(user["id"], user["username"])
+
+    def unwatched(self, project_id: str) -> None:
+        """The node has no subscriber of the project any more: its list goes."""
+        self._lists.pop(project_id, None)
+        self._heard.pop(project_id, None)
 
     def local_users(self) -> int:
         """(project, user) pairs this node's connections hold."""
