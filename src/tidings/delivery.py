@@ -110,22 +110,22 @@ class Subscription:
     connection has been given; ``requests`` counts subscribes still waiting to be handled;
     ``snapshot``: the client asked for the project's state whenever it cannot resume."""
 
-    __slots__ = ("cursor", "project_id", "requests", "snapshot", "state")
+    __slots__ = ("announced", "cursor", "project_id", "requests", "snapshot", "state")
 
     def __init__(self, project_id: str, snapshot: bool = False) -> None:
         self.project_id = project_id
         self.state = SubState.REQUESTED
+        # The client was told ``subscribed`` (recovering or live): its end must be
+        # announced too. Kept with the state: every presence change of a large project
+        # asks it of each subscription.
+        self.announced = False
         self.cursor = 0
         self.requests = 0
         self.snapshot = snapshot
 
-    @property
-    def announced(self) -> bool:
-        """The client was told ``subscribed``: its end must be announced too."""
-        return self.state is SubState.RECOVERING or self.state is SubState.LIVE
-
     def move(self, new: SubState) -> None:
         self.state = self.state.to(new)
+        self.announced = new is SubState.RECOVERING or new is SubState.LIVE
 
 
 @dataclass(frozen=True, slots=True)
