@@ -134,6 +134,17 @@ def test_a_full_queue_is_a_slow_consumer_and_nothing_more_is_queued() -> None:
     assert d.queue.count == 2
 
 
+def test_presence_into_a_full_queue_is_a_slow_consumer_too() -> None:
+    d = delivery(max_messages=2)
+    live(d)
+    assert d.offer_presence(F("p")) is Verdict.LATER
+    assert d.offer_presence(F("p")) is Verdict.NONE
+    assert d.offer_presence(F("p")) is Verdict.SLOW
+    assert not d.open
+    assert d.offer_presence(F("p")) is Verdict.NONE  # closing: nothing more is queued
+    assert d.queue.count == 2
+
+
 # -- the audience path --------------------------------------------------------------------
 
 
