@@ -206,13 +206,15 @@ class Delivery:
         if not self.open:
             return Verdict.NONE
         queue = self.queue
-        # Behind frames that wait for a later write only: this one is written now, and
-        # they go with it.
-        was_empty = not queue.count or self.waiting
+        was_empty = not queue.count
+        if self.waiting:
+            # Behind frames that wait for a later write only: this one is written now,
+            # and they go with it.
+            self.waiting = False
+            was_empty = True
         if not queue.put(frame):
             self.open = False
             return Verdict.SLOW
-        self.waiting = False
         return Verdict.FLUSH if was_empty else Verdict.NONE
 
     def fits(self, size: int) -> bool:
