@@ -53,12 +53,13 @@ def remount(path: Path, options: str) -> None:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[ServerThread, httpx.AsyncClient]]:
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A server on ``settings``, and a client of a new user of it."""
     server = ServerThread(settings)
     server.start()
     try:
         async with api(server, await create_user(settings)) as client:
-            yield server, client
+            yield client
     finally:
         await server.stop_async()
 
@@ -80,10 +81,10 @@ async def listed(client: httpx.AsyncClient, project_id: str) -> list[str]:
 
 
 async def test_an_upload_larger_than_the_free_space_gets_507_and_leaves_nothing(
-    settings: Settings,
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     with small_disk(settings.files_dir, "1m"):
-        async with running(settings) as (_, client):
+        async with running(settings) as client:
             project = await create_project(client)
             assert (await upload(client, project["id"], "small.txt")).status_code == 201
             seq = await head(client, project["id"])
@@ -92,6 +93,9 @@ async def test_an_upload_larger_than_the_free_space_gets_507_and_leaves_nothing(
 
             assert response.status_code == 507
             assert response.json() == FULL
+            (logged,) = [r for r in caplog.records if "out of disk space" in r.getMessage()]
+            assert f"/api/projects/{project['id']}/files" in logged.getMessage()
+            assert "No space left on device" in logged.getMessage()
             assert await listed(client, project["id"]) == ["small.txt"]
             assert await head(client, project["id"]) == seq  # no event logged
             assert list((settings.files_dir / "tmp").iterdir()) == []  # the partial file too
@@ -109,7 +113,7 @@ async def test_no_inode_left_for_the_files_folder_rolls_the_upload_back(
     # The mount's root, the storage's tmp folder and the upload's temporary file: no inode
     # is left for the project's folder.
     with small_disk(settings.files_dir, "1m", inodes=3) as disk:
-        async with running(settings) as (_, client):
+        async with running(settings) as client:
             project = await create_project(client)
             seq = await head(client, project["id"])
 
@@ -154,7 +158,7 @@ async def test_sqlite_on_a_full_disk_refuses_the_commit_and_the_placed_file_goes
         on_disk = settings.model_copy(
             update={"data_dir": disk, "database_url": f"sqlite+aiosqlite:///{database}"}
         )
-        async with running(on_disk) as (_, client):
+        async with running(on_disk) as client:
             project = await create_project(client)
             assert (await upload(client, project["id"], "kept.txt")).status_code == 201
             seq = await head(client, project["id"])

@@ -39,6 +39,7 @@ from tidings.headers import SecurityHeaders
 from tidings.hub import Hub
 from tidings.metrics import Metrics
 from tidings.models import User
+from tidings.outages import first_line
 from tidings.presence import Presence as NodePresence
 from tidings.processes import ProcessRunner
 from tidings.security import Passwords, hash_password, new_password
@@ -182,13 +183,12 @@ async def _outage(request: HTTPConnection, exc: Exception) -> Response:
     A disk is full (the files', or the database's): nothing was changed either, and
     retrying will not help until an operator makes room, so 507, said in the log too."""
     if disk_full(exc):
-        first = next(iter(str(exc).splitlines()), "")
         logger.error(
             "%s %s: out of disk space (%s: %s)",
             request.scope.get("method", "WS"),
             request.url.path,
             type(exc).__name__,
-            first,
+            first_line(exc),
         )
         return JSONResponse(
             {"detail": "the server has no storage space left; nothing was changed"},

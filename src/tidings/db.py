@@ -99,9 +99,9 @@ _FULL_NAMES = frozenset({"DiskFullError"})
 
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says a disk (the files', SQLite's or PostgreSQL's) has no room
-    left for what was being written. Nothing was changed: the write failed before its
-    commit, or its commit failed (SQLite and PostgreSQL roll back a commit they cannot
-    write)."""
+    left for what was being written. Nothing was changed: a file could not be written, a
+    statement could not extend a table (PostgreSQL), or the COMMIT could not be written
+    and was refused (SQLite)."""
     for current in _causes(exc):
         if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
             return True

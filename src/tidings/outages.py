@@ -19,12 +19,16 @@ def outage(exc: BaseException) -> bool:
     return unavailable(exc) or unreachable(exc)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s text: what a one-line log entry says of it."""
+    return next(iter(str(exc).splitlines()), "")
+
+
 def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: object) -> None:
     """Log that ``message % args`` failed with ``exc``: a one-line warning naming the
     error (the first line of its text) if an outage explains it, else an error with its
     traceback."""
     if outage(exc):
-        first = next(iter(str(exc).splitlines()), "")
-        logger.warning("%s (%s: %s)", message % args, type(exc).__name__, first)
+        logger.warning("%s (%s: %s)", message % args, type(exc).__name__, first_line(exc))
     else:
         logger.error(message, *args, exc_info=exc)
