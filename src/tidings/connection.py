@@ -44,8 +44,9 @@ BATCH_MAX_BYTES = 256 * 1024
 class Owner(Protocol):
     """What a connection needs from the hub that owns it."""
 
-    def schedule_flush(self, conn: Connection) -> None:
-        """Call ``conn.flush()`` once, at the end of this loop iteration."""
+    def schedule_flush(self, conn: Connection, later: bool = False) -> None:
+        """Call ``conn.flush()`` once, at the end of this loop iteration (``later``: a
+        little later, for frames that may wait)."""
         ...
 
     def slow(self, conn: Connection) -> None:
@@ -245,6 +246,8 @@ class Connection(Delivery):
         """Carry out what queueing a frame asked for (REPLAY is the hub's to start)."""
         if verdict is Verdict.FLUSH:
             self.owner.schedule_flush(self)
+        elif verdict is Verdict.LATER:
+            self.owner.schedule_flush(self, later=True)
         elif verdict is Verdict.SLOW:
             self.owner.slow(self)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")

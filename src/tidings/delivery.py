@@ -189,25 +189,18 @@ class Delivery:
         empty queue it asks for a later write (``LATER``): when many clients arrive at
         once, each arrival would otherwise cost every viewer of the project a write."""
         sub = self.subs.get(frame.project_id)  # type: ignore[arg-type]
-        if sub is None or not sub.announced or not self.open:
+        if sub is None or not sub.announced:
             return Verdict.NONE
-        queue = self.queue
-        was_empty = not queue.count
-        if not queue.put(frame):
-            self.open = False
-            return Verdict.SLOW
-        if was_empty:
-            self.waiting = True
-            return Verdict.LATER
-        return Verdict.NONE
+        return self.enqueue(frame, later=True)
 
-    def enqueue(self, frame: Item) -> Verdict:
-        """Queue a frame for this connection alone (replies, notices, heartbeats)."""
+    def enqueue(self, frame: Item, later: bool = False) -> Verdict:
+        """Queue a frame for this connection alone (replies, notices, heartbeats); with
+        ``later``, a frame that may wait for a later write."""
         if not self.open:
             return Verdict.NONE
         queue = self.queue
         was_empty = not queue.count
-        if self.waiting:
+        if self.waiting and not later:
             # Behind frames that wait for a later write only: this one is written now,
             # and they go with it.
             self.waiting = False
@@ -215,7 +208,12 @@ class Delivery:
         if not queue.put(frame):
             self.open = False
             return Verdict.SLOW
-        return Verdict.FLUSH if was_empty else Verdict.NONE
+        if not was_empty:
+            return Verdict.NONE
+        if later:
+            self.waiting = True
+            return Verdict.LATER
+        return Verdict.FLUSH
 
     def fits(self, size: int) -> bool:
         """Whether a replayed frame of ``size`` bytes may be queued now: replays use at

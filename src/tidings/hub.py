@@ -267,7 +267,13 @@ class Hub:
 
     # -- writes (Owner) -------------------------------------------------------------------
 
-    def schedule_flush(self, conn: Connection) -> None:
+    def schedule_flush(self, conn: Connection, later: bool = False) -> None:
+        if later:
+            self._waiting.append(conn)
+            if self._waiting_flush is None:
+                loop = asyncio.get_running_loop()
+                self._waiting_flush = loop.call_later(PRESENCE_WAIT, self._flush_waiting)
+            return
         self._dirty.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -289,12 +295,6 @@ class Hub:
             conn.flush()
         if len(dirty) >= LARGE_FLUSH:
             self._next_flush = asyncio.get_running_loop().time() + self.flush_spacing
-
-    def _write_later(self, conn: Connection) -> None:
-        self._waiting.append(conn)
-        if self._waiting_flush is None:
-            loop = asyncio.get_running_loop()
-            self._waiting_flush = loop.call_later(PRESENCE_WAIT, self._flush_waiting)
 
     def _flush_waiting(self) -> None:
         """Write the presence changes that waited (a queue written meanwhile has nothing
@@ -693,9 +693,7 @@ class Hub:
             if conn.user_id == user_id:
                 continue
             verdict = conn.offer_presence(frame)
-            if verdict is Verdict.LATER:
-                self._write_later(conn)
-            elif verdict:
+            if verdict:
                 conn.handle(verdict)
             count += 1
         if count:

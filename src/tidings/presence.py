@@ -60,9 +60,10 @@ class ViewerList:
     __slots__ = ("keys", "read_at", "users")
 
     def __init__(self, viewers: list[Viewer], read_at: float) -> None:
-        ordered = sorted(viewers, key=lambda v: (v.username, v.user_id))
-        self.keys = [(v.username, v.user_id) for v in ordered]
-        self.users = [user_json(v) for v in ordered]
+        """``viewers`` in the list's order, as the store and :meth:`Presence._read` give
+        them."""
+        self.keys = [(v.username, v.user_id) for v in viewers]
+        self.users = [user_json(v) for v in viewers]
         self.read_at = read_at
 
     def add(self, user_id: str, username: str) -> None:
@@ -145,17 +146,23 @@ class Presence:
         """Who views ``project_id`` on any node, as ``{"id", "username"}``, by username.
 
         If the store cannot be read, this node's own viewers (logged)."""
+        found, _ = await self._read(project_id)
+        return [user_json(v) for v in found]
+
+    async def _read(self, project_id: str) -> tuple[list[Viewer], bool]:
+        """The project's viewers by username, then id, and whether they are the store's:
+        if it cannot be read, this node's own (logged)."""
         try:
-            found = await self.store.viewers(project_id)
+            return await self.store.viewers(project_id), True
         except Exception as exc:
             log_failure(
                 logger, exc, "presence of %s not read; this node's viewers only", project_id
             )
-            found = sorted(
-                (v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns),
-                key=lambda v: (v.username, v.user_id),
-            )
-        return [user_json(v) for v in found]
+        local = sorted(
+            (v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns),
+            key=lambda v: (v.username, v.user_id),
+        )
+        return local, False
 
     async def listed(self, project_id: str, user_id: str, username: str) -> list[dict[str, str]]:
         """:meth:`viewers` with the given user among them, for a ``subscribed`` reply: from
@@ -167,18 +174,10 @@ class Presence:
         found = self._lists.get(project_id)
         if found is None or now - found.read_at > LIST_TTL:
             heard = self._heard.get(project_id, 0)
-            try:
-                viewers = await self.store.viewers(project_id)
-            except Exception as exc:
-                log_failure(
-                    logger, exc, "presence of %s not read; this node's viewers only", project_id
-                )
-                local = [
-                    v for k, v in self._viewers.items() if k[0] == project_id and k in self._conns
-                ]
-                return ViewerList(local, now).including(user_id, username)
+            viewers, stored = await self._read(project_id)
             found = ViewerList(viewers, now)
-            if self._heard.get(project_id, 0) == heard:  # nothing arrived while reading
+            # Kept only if it is the store's and no change arrived while it was read.
+            if stored and self._heard.get(project_id, 0) == heard:
                 self._lists[project_id] = found
         return found.including(user_id, username)
 

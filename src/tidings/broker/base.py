@@ -106,7 +106,7 @@ class PresenceStore(Protocol):
         ...
 
     async def viewers(self, project_id: str) -> list[Viewer]:
-        """The distinct users viewing ``project_id`` on any node, by username."""
+        """The distinct users viewing ``project_id`` on any node, by username, then id."""
         ...
 
     async def expire(self) -> PresenceChanges:
