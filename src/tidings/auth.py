@@ -9,9 +9,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Executable, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.authcache import CredentialCache
@@ -229,13 +230,13 @@ class Authenticator:
                 log_failure(logger, exc, "recording API tokens' last use failed")
 
 
-# The live tokens and sessions among a batch of secret hashes, with their users (built
-# once; see db.listed).
+# The tokens and sessions not revoked among a batch of secret hashes, with their users
+# (built once; see db.listed).
 _TOKENS = (
     select(
         ApiToken.secret_hash,
-        ApiToken.id,
-        User.id,
+        ApiToken.id.label("token_id"),
+        User.id.label("user_id"),
         User.username,
         ApiToken.last_used_at,
         ApiToken.expires_at,
@@ -244,11 +245,32 @@ _TOKENS = (
     .where(ApiToken.secret_hash.in_(listed("hashes")), ApiToken.revoked_at.is_(None))
 )
 _SESSIONS = (
-    select(AuthSession.secret_hash, AuthSession.id, AuthSession.expires_at, User.id, User.username)
+    select(
+        AuthSession.secret_hash,
+        AuthSession.id.label("session_id"),
+        User.id.label("user_id"),
+        User.username,
+        AuthSession.expires_at,
+    )
     .join(User, User.id == AuthSession.user_id)
     .where(AuthSession.secret_hash.in_(listed("hashes")), AuthSession.revoked_at.is_(None))
 )
 READ_BATCH = 500  # credentials per query when many clients come back at once
+
+
+async def _find_live(db: Database, statement: Executable, hashes: list[str]) -> list[Any]:
+    """For each secret hash, the row of ``statement`` of its live credential; None for an
+    unknown, revoked or expired one. One query."""
+    async with db.read() as session:
+        rows = await session.execute(statement, {"hashes": hashes})
+        found = {row.secret_hash: row for row in rows}
+    now = datetime.now(UTC)
+    live = []
+    for secret_hash in hashes:
+        row = found.get(secret_hash)
+        expired = row is not None and row.expires_at is not None and row.expires_at <= now
+        live.append(None if expired else row)
+    return live
 
 
 async def _find_tokens(
@@ -256,37 +278,25 @@ async def _find_tokens(
 ) -> list[tuple[Principal, datetime | None] | None]:
     """For each secret hash, the principal of the live token that has it and its stored
     last use; None for an unknown, revoked or expired one. One query."""
-    async with db.read() as session:
-        rows = await session.execute(_TOKENS, {"hashes": hashes})
-        found = {row[0]: row[1:] for row in rows}
-    now = datetime.now(UTC)
-    answers: list[tuple[Principal, datetime | None] | None] = []
-    for secret_hash in hashes:
-        row = found.get(secret_hash)
-        if row is None or (row[4] is not None and row[4] <= now):
-            answers.append(None)
-            continue
-        token_id, user_id, username, last_used, expires_at = row
-        principal = Principal(user_id, username, f"token:{token_id}", "bearer", expires_at)
-        answers.append((principal, last_used))
-    return answers
+    return [
+        None
+        if r is None
+        else (
+            Principal(r.user_id, r.username, f"token:{r.token_id}", "bearer", r.expires_at),
+            r.last_used_at,
+        )
+        for r in await _find_live(db, _TOKENS, hashes)
+    ]
 
 
 async def _find_sessions(db: Database, hashes: list[str]) -> list[Principal | None]:
     """:func:`_find_tokens` for session cookies."""
-    async with db.read() as session:
-        rows = await session.execute(_SESSIONS, {"hashes": hashes})
-        found = {row[0]: row[1:] for row in rows}
-    now = datetime.now(UTC)
-    answers: list[Principal | None] = []
-    for secret_hash in hashes:
-        row = found.get(secret_hash)
-        if row is None or row[1] <= now:
-            answers.append(None)
-            continue
-        session_id, expires_at, user_id, username = row
-        answers.append(Principal(user_id, username, f"session:{session_id}", "cookie", expires_at))
-    return answers
+    return [
+        None
+        if r is None
+        else Principal(r.user_id, r.username, f"session:{r.session_id}", "cookie", r.expires_at)
+        for r in await _find_live(db, _SESSIONS, hashes)
+    ]
 
 
 async def _record_use(db: Database, uses: dict[str, datetime]) -> None:
