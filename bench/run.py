@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import BENCH, PYTHON, VARIANTS, Server, TidingsAccount, start
+from servers import BENCH, PYTHON, VARIANTS, Server, TidingsAccount, cpu_seconds, start
 
 SERVER_CPU, LOAD_CPU = "0", "1"
 QUEUE_BYTES = 4 * 1024 * 1024  # tidings' default TIDINGS_WS_MAX_QUEUE_BYTES
@@ -149,6 +149,7 @@ RESTART = (
     Figure("stop_s", "SIGTERM → process gone (s)", 2),
     Figure("start_s", "start → /healthz answers (s)", 2),
     Figure("server_cpu", "server CPU during the catch-up (share of its core)", 2),
+    Figure("loadgen_cpu", "load generators' CPU during the catch-up (share of their core)", 2),
     Figure("server_log_errors", "tracebacks in the server's log"),
 )
 RESTART_PROJECTS = 100
@@ -532,6 +533,7 @@ def restart(server: Server, account: TidingsAccount, config: dict[str, Any]) -> 
     if profiling:  # cProfile of the server's event loop over the catch-up
         profile_server(server, None)
     cpu0, release = server.cpu_seconds(), time.time()
+    loadgen_cpu0 = cpu_seconds(proc.pid for proc in procs)
     line = json.dumps({"heads": heads, "release": release}) + "\n"
     for proc in procs:
         assert proc.stdin is not None
@@ -539,7 +541,9 @@ def restart(server: Server, account: TidingsAccount, config: dict[str, Any]) -> 
         proc.stdin.flush()
     for proc in procs:
         until(proc, "end")
-    cpu = (server.cpu_seconds() - cpu0) / (time.time() - release)
+    wall = time.time() - release
+    cpu = (server.cpu_seconds() - cpu0) / wall
+    loadgen_cpu = (cpu_seconds(proc.pid for proc in procs) - loadgen_cpu0) / wall
     if profiling:
         profile_server(server, PROFILE)
     results = [until(proc, "done") for proc in procs]
@@ -577,6 +581,7 @@ def restart(server: Server, account: TidingsAccount, config: dict[str, Any]) -> 
         "stop_s": round(stop_s, 2),
         "start_s": round(start_s, 2),
         "server_cpu": round(cpu, 3),
+        "loadgen_cpu": round(loadgen_cpu, 3),
         "server_log_errors": log.count("Traceback"),
         "first_log_error": log[log.find("Traceback") :][:1500] if "Traceback" in log else None,
     }

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,11 +192,7 @@ class Server:
         return pids
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.processes():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-        return total
+        return cpu_seconds(self.processes())
 
     def _status_kib(self, key: str) -> int:
         total = 0
@@ -343,3 +340,12 @@ def _wait_healthy(server: Server) -> None:
         time.sleep(0.05)
     if server.variant.server == "tidings-serve":
         time.sleep(2)  # /healthz answered from one worker: let the other finish starting
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """The CPU time (user + system) the processes ``pids`` have used so far."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return total
