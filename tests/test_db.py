@@ -13,10 +13,19 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tests.conftest import on_stacks
-from tidings.db import MIGRATIONS, Database, Tx, after_commit, create_engine, migrate
+from tidings import db
+from tidings.db import (
+    MIGRATIONS,
+    Database,
+    Tx,
+    after_commit,
+    create_engine,
+    migrate,
+    unavailable,
+)
 from tidings.models import Base
 
 
@@ -108,6 +117,45 @@ async def test_a_connection_asyncpg_says_is_stuck_is_not_pooled_again(database_u
         assert pids[1] in again  # the other was kept
     finally:
         await engine.dispose()
+
+
+@on_stacks("postgres-redis")
+async def test_a_pooled_connection_is_tried_before_use_only_once_it_has_been_idle(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection in use a moment ago is handed out as it is: if it broke meanwhile,
+    the statement given to it fails as the database being unavailable (a 503), and the
+    next checkout gets a new one. One idle for ``PING_WHEN_IDLE`` seconds is tried
+    first, and replaced if it broke: the statement succeeds."""
+    engine = create_engine(database_url)
+    admin = create_engine(database_url)
+    backend = text("SELECT pg_backend_pid()")
+
+    async def used_then_ended() -> int:
+        async with engine.connect() as conn:
+            pid: int = (await conn.execute(backend)).scalar_one()
+        async with admin.connect() as conn:
+            ended = text("SELECT pg_terminate_backend(:pid, 5000)")
+            assert (await conn.execute(ended, {"pid": pid})).scalar_one()
+        return pid
+
+    try:
+        monkeypatch.setattr(db, "PING_WHEN_IDLE", 3600.0)
+        ended = await used_then_ended()
+        with pytest.raises(DBAPIError) as failed:
+            async with engine.connect() as conn:
+                await conn.execute(backend)
+        assert unavailable(failed.value)
+        async with engine.connect() as conn:
+            assert (await conn.execute(backend)).scalar_one() != ended
+
+        monkeypatch.setattr(db, "PING_WHEN_IDLE", 0.0)
+        ended = await used_then_ended()
+        async with engine.connect() as conn:
+            assert (await conn.execute(backend)).scalar_one() != ended
+    finally:
+        await engine.dispose()
+        await admin.dispose()
 
 
 async def test_sqlite_reads_begin_nothing_snapshots_and_writes_do(tmp_path: Path) -> None:

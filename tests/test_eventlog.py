@@ -213,6 +213,30 @@ async def test_event_is_published_only_after_commit(log_db: tuple[Database, str,
     assert await log.heads([pid, "missing"]) == {pid: 1}
 
 
+async def test_a_long_history_is_trimmed_at_every_hundredth_of_it(
+    log_db: tuple[Database, str, str],
+) -> None:
+    """With 300 events kept, the log is trimmed back to 300 at every third seq: it holds
+    300 to 302, the newest ones, with no gap."""
+    db, pid, owner = log_db
+    log = EventLog(db, RecordingBroker(), history=300, channel="test")
+
+    async def held() -> list[int]:
+        return [e.seq for e in await log.read_after(pid, 0, 1000)]
+
+    for seq in range(1, 306):
+        async with db.write() as session:
+            await log.record(session, pid, FILE_UPLOADED, {"file": {}})
+        if seq == 300:
+            assert await held() == list(range(1, 301))
+        if seq == 301:  # not a third: nothing trimmed yet
+            assert await held() == list(range(1, 302))
+        if seq == 303:
+            assert await held() == list(range(4, 304))
+    assert await held() == list(range(4, 306))  # trimmed at 303, not at 304 or 305
+    assert await log.bounds(pid, owner) == (4, 305)
+
+
 class DownBroker(RecordingBroker):
     async def publish(self, channel: str, message: bytes) -> None:
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")

@@ -141,3 +141,26 @@ async def test_a_member_may_leave(
     # The owner cannot leave their own project.
     owner = await alice_api.delete(f"/api/projects/{pid}/members/alice")
     assert owner.status_code == 409
+
+
+async def test_every_member_hears_the_project_change_without_subscribing(
+    server: ServerThread, alice_api: httpx.AsyncClient, bob: TestUser
+) -> None:
+    """``project.*`` events go to everyone who sees the project (their project lists),
+    subscribed or not: the owner and each member, the one just added included."""
+    carol = await create_user(server.settings, "carol")
+    pid = (await create_project(alice_api))["id"]
+    await alice_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
+    bob_ws = await connected(server, bob)
+    carol_ws = await connected(server, carol)
+
+    added = await alice_api.post(f"/api/projects/{pid}/members", json={"username": "carol"})
+    for ws in (bob_ws, carol_ws):  # the one already there, and the newcomer
+        heard = await recv_until(ws, lambda m: m["type"] == "project.updated")
+        assert (heard["project_id"], heard["seq"]) == (pid, added.json()["seq"])
+
+    renamed = await alice_api.patch(f"/api/projects/{pid}", json={"name": "renamed"})
+    for ws in (bob_ws, carol_ws):
+        heard = await recv_until(ws, lambda m: m["type"] == "project.updated")
+        assert heard["seq"] == int(renamed.headers["Tidings-Seq"])
+        assert heard["data"]["name"] == "renamed"

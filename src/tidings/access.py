@@ -21,7 +21,7 @@ def visible_to(user_id: str | BindParameter[str]) -> ColumnElement[bool]:
 _SEES = select(PROJECTS.c.id).where(
     PROJECTS.c.id == bindparam("project_id"), visible_to(bindparam("user_id"))
 )
-MEMBER_IDS = select(MEMBERS.c.user_id).where(MEMBERS.c.project_id == bindparam("project_id"))
+_MEMBER_IDS = select(MEMBERS.c.user_id).where(MEMBERS.c.project_id == bindparam("project_id"))
 
 
 async def sees(session: AsyncSession, user_id: str, project_id: str) -> bool:
@@ -32,7 +32,7 @@ async def sees(session: AsyncSession, user_id: str, project_id: str) -> bool:
 
 async def member_ids(session: AsyncSession, project_id: str) -> list[str]:
     """The project's members' user ids (not its owner's)."""
-    return list((await session.scalars(MEMBER_IDS, {"project_id": project_id})).all())
+    return list((await session.scalars(_MEMBER_IDS, {"project_id": project_id})).all())
 
 
 async def visible_project(

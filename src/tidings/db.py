@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -17,8 +18,8 @@ from alembic.config import Config
 from sqlalchemy import BindParameter, Connection, Engine, Executable, Result, bindparam, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -141,9 +142,47 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         event.listen(engine.sync_engine, "reset", _sqlite_on_reset)
         return engine
-    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=10, max_overflow=20)
     event.listen(engine.sync_engine, "handle_error", _discard_wedged)
+    event.listen(engine.sync_engine, "connect", _note_idle)
+    event.listen(engine.sync_engine, "checkin", _note_idle)
+    event.listen(engine.sync_engine, "checkout", _ping_if_idle(engine.dialect))
     return engine
+
+
+# A pooled PostgreSQL connection is tried (a round trip) before it is handed out only if
+# it has been idle this long: one that was in use a moment ago is almost surely fine, and
+# a write of five round trips spent a sixth on the pool's check before each
+# (``pool_pre_ping``). One that did break meanwhile (the server restarted within the
+# second) fails the statement it is given, which answers 503 (docs/reliability.md), and
+# SQLAlchemy then replaces every connection of the pool opened before.
+PING_WHEN_IDLE = 1.0
+_IDLE_SINCE = "tidings_idle_since"
+
+
+def _note_idle(_dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+    """A ``connect`` and ``checkin`` listener: when the connection was last in use."""
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(
+    dialect: Dialect,
+) -> Callable[[DBAPIConnection, ConnectionPoolEntry, object], None]:
+    def checkout(
+        dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: object
+    ) -> None:
+        """A ``checkout`` listener: a connection idle for :data:`PING_WHEN_IDLE` seconds or
+        more is pinged, and replaced if that fails (``DisconnectionError``: the pool
+        discards it and opens another)."""
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is not None and time.monotonic() - idle_since < PING_WHEN_IDLE:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its ping: {exc!r}") from exc
+
+    return checkout
 
 
 def _sqlite_on_connect(dbapi_connection: object, _record: object) -> None:

@@ -212,6 +212,10 @@ class EventLog:
         self.db = db
         self.broker = broker
         self.history = history
+        # The log is trimmed back to ``history`` events at every ``_trim_every``-th seq:
+        # a project's log holds up to 1 % more than that between trims, and a write to
+        # one whose log is full spends no statement on it the other 99 times.
+        self._trim_every = max(1, history // 100)
         self.channel = channel
         self.pages = PageReader(db)
 
@@ -291,7 +295,7 @@ class EventLog:
         )
         after_commit(transaction, lambda: self._publish_committed(envelope))
         statements: list[tuple[Executable, dict[str, Any]]] = [(_LOG, row)]
-        if seq > self.history:
+        if seq > self.history and seq % self._trim_every == 0:
             statements.append((_TRIM, {"project_id": project_id, "upto": seq - self.history}))
         return statements
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import String, bindparam, func, insert, select
+from sqlalchemy import Row, String, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.access import MEMBER_IDS, audience, visible_project, visible_to
+from tidings.access import audience, visible_project, visible_to
 from tidings.api.deps import App, CurrentUser, not_found, tell_seq
 from tidings.api.schemas import (
     MemberAdded,
@@ -57,9 +57,9 @@ async def record_project_event(
 
 # A change to a project takes its next seq in the UPDATE … RETURNING that makes it, the
 # statement that also row-locks it (PostgreSQL): the lock is held from there to the
-# commit only. What it hands back is the project as ``project_out`` reads it and its
-# owner's name, so that the change, its seq and its event need no other query. Built
-# once (see models.PROJECTS).
+# commit only. What it hands back is the project as ``project_out`` reads it, its
+# owner's name and its members' ids (:func:`members_of`), so that the change, its seq
+# and its event's audience need no other query. Built once (see models.PROJECTS).
 _CHANGE = SEQ_BUMP.returning(
     PROJECTS.c.id,
     PROJECTS.c.name,
@@ -72,7 +72,18 @@ _CHANGE = SEQ_BUMP.returning(
     .where(USERS.c.id == PROJECTS.c.owner_id)
     .scalar_subquery()
     .label("owner"),
+    select(func.aggregate_strings(MEMBERS.c.user_id, ","))
+    .where(MEMBERS.c.project_id == PROJECTS.c.id)
+    .scalar_subquery()
+    .label("members"),
 )
+
+
+def members_of(row: Row[Any]) -> list[str]:
+    """The member ids a :data:`_CHANGE` row hands back (ids have no commas)."""
+    return row.members.split(",") if row.members else []
+
+
 # PATCH, by anyone who sees the project: the fields given; None keeps a field as it is.
 _EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
     name=func.coalesce(bindparam("name", type_=String), PROJECTS.c.name),
@@ -141,7 +152,7 @@ async def update_project(
         if row is None:
             raise not_found()
         out = project_out(row, row.owner)
-        audience = [row.owner_id, *tx.scalars(MEMBER_IDS, {"project_id": project_id})]
+        audience = [row.owner_id, *members_of(row)]
         seq = app.eventlog.log(
             tx, project_id, row.last_seq, PROJECT_UPDATED, {"data": out}, audience
         )
@@ -203,7 +214,7 @@ async def add_member(
             return None  # no such project, or not the caller's: told apart below
         if target is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
-        members = tx.scalars(MEMBER_IDS, {"project_id": project_id})
+        members = members_of(project)
         if target.id == project.owner_id or target.id in members:
             raise HTTPException(status.HTTP_409_CONFLICT, "already a member")
         added = {"project_id": project_id, "user_id": target.id, "created_at": datetime.now(UTC)}
