@@ -120,7 +120,7 @@ WRITE_KINDS = {
 
 
 def write_kind_cases(scale: int) -> dict[str, dict[str, Any]]:
-    return {
+    cases: dict[str, dict[str, Any]] = {
         name: {
             "scenario": "write",
             "writers": 8,
@@ -130,6 +130,13 @@ def write_kind_cases(scale: int) -> dict[str, dict[str, Any]]:
         }
         for name, kind in WRITE_KINDS.items()
     }
+    # A project that has lived a while: its log holds as many events as it keeps, so
+    # every change also trims it (as most changes to a busy project do).
+    cases["project PATCH, a full log"] = {**cases["project PATCH"], "full_log": True}
+    return cases
+
+
+EVENT_HISTORY = 10_000  # TIDINGS_EVENT_HISTORY's default, which the servers run with
 
 
 E2E_WRITER_CHANGES = 800
@@ -440,6 +447,8 @@ def run_case(
         if config["scenario"] == "resume":
             seed(server, 10_000)
         if config["scenario"] == "write":
+            if config.get("full_log"):
+                seed(server, EVENT_HISTORY)
             return loadgen(server, write_setup(server, config), "writes.py", profile=True)
         if config["scenario"] == "restart":
             return restart(server, account, config)
