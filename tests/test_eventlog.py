@@ -167,6 +167,14 @@ async def test_a_failed_change_logs_no_event(
         await bob_api.post(f"/api/projects/{pid}/members", json={"username": "bob"})
     ).status_code == 403
     assert (await alice_api.patch(f"/api/projects/{pid}", json={"name": ""})).status_code == 422
+    # A file that is not there, or is another project's: the seq taken is given back.
+    other = (await create_project(alice_api))["id"]
+    elsewhere = (await upload(alice_api, other, "c.txt")).json()["id"]
+    for file_id in ("0" * 32, elsewhere):
+        gone = await alice_api.delete(f"/api/projects/{pid}/files/{file_id}")
+        assert gone.status_code == 404 and gone.json() == {"detail": "file not found"}
+    kept = (await alice_api.get(f"/api/projects/{other}/files")).json()
+    assert [f["id"] for f in kept["items"]] == [elsewhere]
     assert [e.seq for e in await events_of(server, pid)] == [1, 2, 3]
     # The next change takes the next number: no gap where the failures were.
     assert (await upload(alice_api, pid, "b.txt")).status_code == 201

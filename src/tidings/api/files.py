@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from sqlalchemy import insert
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
-from tidings.access import sees, visible_project
+from tidings.access import sees
 from tidings.api.deps import App, CurrentUser, not_found, project_row, tell_seq
 from tidings.api.paging import Limit, Offset, page
 from tidings.api.schemas import FileCreated, FileOut, FilePage, file_event, file_out
@@ -36,7 +36,13 @@ MULTIPART_OVERHEAD = 64 * 1024
 # A body of at most this many bytes is received before access is checked (upload_file).
 CHECKED_AFTER_BYTES = 64 * 1024
 
-_ADD_FILE = insert(FILES)  # built once (see models.FILES)
+# Built once (see models.FILES).
+_ADD_FILE = insert(FILES)
+_DELETE_FILE = (
+    delete(FILES)
+    .where(FILES.c.id == bindparam("file_id"), FILES.c.project_id == bindparam("project_id"))
+    .returning(*FILES.columns)
+)
 
 
 @router.post(
@@ -184,18 +190,18 @@ async def download_file(project_id: Id, file_id: Id, user: CurrentUser, app: App
 async def delete_file(
     project_id: Id, file_id: Id, user: CurrentUser, app: App, response: Response
 ) -> None:
-    async with app.db.write() as session:
-        if await visible_project(session, user.user_id, project_id, for_update=True) is None:
+    ids = {"project_id": project_id, "file_id": file_id}
+
+    def remove(tx: Tx) -> int:
+        taken = take_seq(tx, project_id, seen_by=user.user_id)
+        if taken is None:
             raise not_found()
-        file = await session.get(File, file_id)
-        if file is None or file.project_id != project_id:
+        file = tx.execute(_DELETE_FILE, ids).first()
+        if file is None:  # the seq taken is given back: the transaction rolls back
             raise not_found("file")
-        await session.delete(file)
-        tell_seq(
-            response,
-            await app.eventlog.record(
-                session, project_id, FILE_DELETED, {"file": file_event(file)}
-            ),
-        )
+        seq = app.eventlog.log(tx, project_id, taken, FILE_DELETED, {"file": file_event(file)})
         path = app.storage.file_path(project_id, file_id)
-        after_commit(session, lambda: asyncio.to_thread(path.unlink, missing_ok=True))
+        after_commit(tx, lambda: asyncio.to_thread(path.unlink, missing_ok=True))
+        return seq
+
+    tell_seq(response, await app.db.commit(remove))

@@ -30,7 +30,7 @@ from tidings.events import (
     PROJECT_UPDATED,
     SEQ_BUMP,
 )
-from tidings.models import MEMBERS, PROJECTS, USERS, Member, Project, User
+from tidings.models import MEMBERS, PROJECTS, USERS, Member, Project, User, new_id
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -60,7 +60,7 @@ async def record_project_event(
 # commit only. What it hands back is the project as ``project_out`` reads it, its
 # owner's name and its members' ids (:func:`members_of`), so that the change, its seq
 # and its event's audience need no other query. Built once (see models.PROJECTS).
-_CHANGE = SEQ_BUMP.returning(
+_PROJECT_COLUMNS = (
     PROJECTS.c.id,
     PROJECTS.c.name,
     PROJECTS.c.description,
@@ -68,6 +68,9 @@ _CHANGE = SEQ_BUMP.returning(
     PROJECTS.c.created_at,
     PROJECTS.c.updated_at,
     PROJECTS.c.last_seq,
+)
+_CHANGE = SEQ_BUMP.returning(
+    *_PROJECT_COLUMNS,
     select(USERS.c.username)
     .where(USERS.c.id == PROJECTS.c.owner_id)
     .scalar_subquery()
@@ -94,24 +97,31 @@ _EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
 _CHANGE_IF_OWNER = _CHANGE.where(PROJECTS.c.owner_id == bindparam("user_id"))
 _USER_NAMED = select(USERS.c.id, USERS.c.username).where(USERS.c.username == bindparam("username"))
 _ADD_MEMBER = insert(MEMBERS)
+_CREATE = insert(PROJECTS).returning(*_PROJECT_COLUMNS)
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
 async def create_project(body: ProjectIn, user: CurrentUser, app: App, response: Response) -> Any:
-    async with app.db.write() as session:
-        now = datetime.now(UTC)
-        project = Project(
-            name=body.name,
-            description=body.description,
-            owner_id=user.user_id,
-            created_at=now,
-            updated_at=now,
-            last_seq=0,
-        )
-        session.add(project)
-        await session.flush()
-        tell_seq(response, await record_project_event(app, session, project, PROJECT_CREATED))
-    return project_out(project, user.username)
+    now = datetime.now(UTC)
+    # Its first event, project.created, is seq 1.
+    values = {
+        "id": new_id(),
+        "name": body.name,
+        "description": body.description,
+        "owner_id": user.user_id,
+        "created_at": now,
+        "updated_at": now,
+        "last_seq": 1,
+    }
+
+    def create(tx: Tx) -> tuple[dict[str, Any], int]:
+        out = project_out(tx.execute(_CREATE, values).one(), user.username)
+        seq = app.eventlog.log(tx, out["id"], 1, PROJECT_CREATED, {"data": out}, [user.user_id])
+        return out, seq
+
+    out, seq = await app.db.commit(create)
+    tell_seq(response, seq)
+    return out
 
 
 @router.get("", response_model=list[ProjectOut])

@@ -140,6 +140,7 @@ def file_out(file: File) -> dict[str, Any]:
     return FileOut.model_validate(file, from_attributes=True).model_dump(mode="json")
 
 
-def file_event(file: File) -> dict[str, Any]:
-    """The ``file`` object of ``file.*`` events (:class:`~tidings.schema.FileInfo`)."""
+def file_event(file: File | Row[Any]) -> dict[str, Any]:
+    """The ``file`` object of ``file.*`` events (:class:`~tidings.schema.FileInfo`), from
+    its ORM object or a row of its columns."""
     return schema.FileInfo.model_validate(file, from_attributes=True).model_dump(mode="json")
