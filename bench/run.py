@@ -116,6 +116,8 @@ WRITE_KINDS = {
     "custom event": "event",
     "file upload": "upload",
     "member add": "member",
+    "project create": "create",
+    "file delete": "delete",
 }
 
 
@@ -649,8 +651,8 @@ def make_clients(server: Server, account: TidingsAccount, count: int, projects: 
 
 
 def write_setup(server: Server, config: dict[str, Any]) -> dict[str, Any]:
-    """The write case's projects (the server's own and more, made over REST) and a user
-    for every member add."""
+    """The write case's projects (the server's own and more, made over REST), a user for
+    every member add and, for file deletes, the files to delete."""
     import httpx
 
     base = f"http://127.0.0.1:{server.port}"
@@ -663,7 +665,14 @@ def write_setup(server: Server, config: dict[str, Any]) -> dict[str, Any]:
             projects.append(response.json()["id"])
         response = client.post("/bench/users", json={"prefix": "m", "count": config["changes"]})
         response.raise_for_status()
-    return {**config, "projects": projects, "users": "m"}
+        files = []
+        if "delete" in config.get("kinds", ()):  # the files to delete, in the first project
+            for n in range(config["changes"]):
+                body = {"file": (f"delete-me-{n}.txt", b"to be deleted", "text/plain")}
+                response = client.post(f"/api/projects/{projects[0]}/files", files=body)
+                response.raise_for_status()
+                files.append(response.json()["id"])
+    return {**config, "projects": projects, "users": "m", "files": files}
 
 
 def run(selected: list[Scenario], rounds: int, out: Path | None) -> None:

@@ -17,7 +17,8 @@ little next to the server and keeps up with a fast one.
                              "users": PREFIX, "writers": 8, "changes": 4000,
                              "kinds": ["patch"]}'
 
-Member adds use the users ``PREFIX0``, ``PREFIX1`` … (``changes`` of them).
+Member adds use the users ``PREFIX0``, ``PREFIX1`` … (``changes`` of them); file deletes
+the ``files`` given (ids of files of the first project, ``changes`` of them).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def encode_request(method: str, path: str, host: str, token: str, ctype: str, bo
     return head.encode() + body
 
 
-def change(kind: str, n: int, project: str, user: str, host: str, token: str) -> bytes:
-    """The bytes of the ``n``-th change of a writer."""
+def change(kind: str, n: int, project: str, item: str, host: str, token: str) -> bytes:
+    """The bytes of the ``n``-th change of a writer (``item``: the user a member add adds,
+    the file a delete deletes, the writer's name otherwise)."""
     base = f"/api/projects/{project}"
     if kind == "patch":
         body = orjson.dumps({"description": f"change {n}"})
@@ -52,14 +54,19 @@ def change(kind: str, n: int, project: str, user: str, host: str, token: str) ->
     if kind == "upload":
         body = (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="{user}-{n}.txt"\r\nContent-Type: text/plain\r\n\r\n'
+            f'filename="{item}-{n}.txt"\r\nContent-Type: text/plain\r\n\r\n'
             f"small file {n}\r\n--{BOUNDARY}--\r\n"
         ).encode()
         ctype = f"multipart/form-data; boundary={BOUNDARY}"
         return encode_request("POST", f"{base}/files", host, token, ctype, body)
     if kind == "member":
-        body = orjson.dumps({"username": user})
+        body = orjson.dumps({"username": item})
         return encode_request("POST", f"{base}/members", host, token, "application/json", body)
+    if kind == "create":
+        body = orjson.dumps({"name": f"{item} {n}"})
+        return encode_request("POST", "/api/projects", host, token, "application/json", body)
+    if kind == "delete":
+        return encode_request("DELETE", f"{base}/files/{item}", host, token, "text/plain", b"")
     body = orjson.dumps({"type": "custom.bench", "data": {"n": n}})
     return encode_request("POST", f"{base}/events", host, token, "application/json", body)
 
@@ -78,7 +85,11 @@ async def answer(reader: asyncio.StreamReader) -> int:
 
 
 async def writer(
-    index: int, config: dict[str, Any], users: list[str], latencies: list[float]
+    index: int,
+    config: dict[str, Any],
+    users: list[str],
+    files: list[str],
+    latencies: list[float],
 ) -> list[str]:
     host, port, token = config["host"], config["port"], config["token"]
     projects: list[str] = config["projects"]
@@ -89,8 +100,14 @@ async def writer(
     try:
         for n in range(config["changes"] // config["writers"]):
             kind = kinds[(n + index) % len(kinds)]
-            user = users.pop() if kind == "member" else f"w{index}"
-            request = change(kind, n, project, user, f"{host}:{port}", token)
+            item = (
+                users.pop()
+                if kind == "member"
+                else files.pop()
+                if kind == "delete"
+                else f"w{index}"
+            )
+            request = change(kind, n, project, item, f"{host}:{port}", token)
             began = time.perf_counter()
             stream.write(request)
             status = await answer(reader)
@@ -110,12 +127,13 @@ def percentile(values: list[float], p: float) -> float:
 
 async def main(config: dict[str, Any]) -> None:
     users = [f"{config['users']}{i}" for i in range(config["changes"])]
+    files: list[str] = config.get("files", [])
     latencies: list[float] = []
     print(json.dumps({"phase": "ready"}), flush=True)
     print(json.dumps({"phase": "start"}), flush=True)
     began = time.perf_counter()
     results = await asyncio.gather(
-        *(writer(i, config, users, latencies) for i in range(config["writers"]))
+        *(writer(i, config, users, files, latencies) for i in range(config["writers"]))
     )
     took = time.perf_counter() - began
     print(json.dumps({"phase": "end"}), flush=True)
