@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+from redis.asyncio import Redis
 
 from tests.conftest import (
+    TIMEOUT,
     ServerThread,
     TestUser,
     connected,
     create_project,
     create_user,
+    on_stacks,
     recv_until,
     subscribe,
     upload,
 )
+from tidings.events import Envelope
 
 
 async def test_add_list_remove_members(
@@ -164,3 +170,37 @@ async def test_every_member_hears_the_project_change_without_subscribing(
         heard = await recv_until(ws, lambda m: m["type"] == "project.updated")
         assert heard["seq"] == int(renamed.headers["Tidings-Seq"])
         assert heard["data"]["name"] == "renamed"
+
+
+@on_stacks("postgres-redis")
+async def test_a_removal_is_announced_to_the_others_and_revokes_the_removed(
+    server: ServerThread, alice: TestUser, alice_api: httpx.AsyncClient, bob: TestUser
+) -> None:
+    """The removal's own event, as every node hears it on the broker: addressed to the
+    owner and the members who stay, and naming the removed member as revoked, so every
+    node ends their subscriptions before it offers any later event (the separate
+    control message may be lost)."""
+    carol = await create_user(server.settings, "carol")
+    pid = (await create_project(alice_api))["id"]
+    for name in ("bob", "carol"):
+        await alice_api.post(f"/api/projects/{pid}/members", json={"username": name})
+    redis = Redis.from_url(server.settings.broker_url)
+    listening = redis.pubsub()
+    await listening.subscribe(server.settings.broker_channel)
+    try:
+        removed = await alice_api.delete(f"/api/projects/{pid}/members/bob")
+        seq = int(removed.headers["Tidings-Seq"])
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                message = await listening.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is None:
+                    continue
+                envelope = Envelope.decode(message["data"])
+                if envelope.seq == seq:
+                    break
+    finally:
+        await listening.aclose()
+        await redis.aclose()
+    assert envelope.type == "project.updated"
+    assert envelope.revoked == (bob.id,)
+    assert sorted(envelope.audience) == sorted([alice.id, carol.id])

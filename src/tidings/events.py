@@ -212,10 +212,6 @@ class EventLog:
         self.db = db
         self.broker = broker
         self.history = history
-        # The log is trimmed back to ``history`` events at every ``_trim_every``-th seq:
-        # a project's log holds up to 1 % more than that between trims, and a write to
-        # one whose log is full spends no statement on it the other 99 times.
-        self._trim_every = max(1, history // 100)
         self.channel = channel
         self.pages = PageReader(db)
 
@@ -252,12 +248,13 @@ class EventLog:
         type: str,
         body: dict[str, Any],
         audience: Iterable[str] = (),
+        revoked: Iterable[str] = (),
     ) -> int:
         """:meth:`record`, in a transaction of :meth:`Database.commit`, for a caller that
         has bumped ``projects.last_seq`` to ``seq`` itself (:func:`take_seq`, or
         ``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING that makes its change: one
         statement fewer). Returns ``seq``."""
-        for statement, params in self._entry(tx, project_id, seq, type, body, audience, ()):
+        for statement, params in self._entry(tx, project_id, seq, type, body, audience, revoked):
             tx.execute(statement, params)
         return seq
 
@@ -295,7 +292,10 @@ class EventLog:
         )
         after_commit(transaction, lambda: self._publish_committed(envelope))
         statements: list[tuple[Executable, dict[str, Any]]] = [(_LOG, row)]
-        if seq > self.history and seq % self._trim_every == 0:
+        # The log is trimmed back to ``history`` events at every hundredth of that many
+        # seqs: it holds up to 1 % more between trims, and a change to a project whose
+        # log is full spends no statement on it the other 99 times.
+        if seq > self.history and seq % max(1, self.history // 100) == 0:
             statements.append((_TRIM, {"project_id": project_id, "upto": seq - self.history}))
         return statements
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import Row, String, bindparam, func, insert, select
+from sqlalchemy import Row, String, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.access import audience, visible_project, visible_to
@@ -87,8 +87,10 @@ def members_of(row: Row[Any]) -> list[str]:
     return row.members.split(",") if row.members else []
 
 
-# PATCH, by anyone who sees the project: the fields given; None keeps a field as it is.
-_EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
+# A change by anyone who sees the project; a PATCH sets the fields given (None keeps a
+# field as it is).
+_CHANGE_IF_SEEN = _CHANGE.where(visible_to(bindparam("user_id")))
+_EDIT = _CHANGE_IF_SEEN.values(
     name=func.coalesce(bindparam("name", type_=String), PROJECTS.c.name),
     description=func.coalesce(bindparam("description", type_=String), PROJECTS.c.description),
     updated_at=bindparam("now", type_=PROJECTS.c.updated_at.type),
@@ -97,6 +99,9 @@ _EDIT = _CHANGE.where(visible_to(bindparam("user_id"))).values(
 _CHANGE_IF_OWNER = _CHANGE.where(PROJECTS.c.owner_id == bindparam("user_id"))
 _USER_NAMED = select(USERS.c.id, USERS.c.username).where(USERS.c.username == bindparam("username"))
 _ADD_MEMBER = insert(MEMBERS)
+_REMOVE_MEMBER = delete(MEMBERS).where(
+    MEMBERS.c.project_id == bindparam("project_id"), MEMBERS.c.user_id == bindparam("user_id")
+)
 _CREATE = insert(PROJECTS).returning(*_PROJECT_COLUMNS)
 
 
@@ -255,27 +260,31 @@ async def remove_member(
     """The owner removes a member, or a member leaves (``username`` is their own). Their
     subscriptions to the project end at once (``access_revoked``). The owner cannot be
     removed: 409."""
-    async with app.db.write() as session:
-        project = await visible_project(session, user.user_id, project_id, for_update=True)
-        if project is None:
+
+    def remove(tx: Tx) -> int:
+        project = tx.execute(_CHANGE_IF_SEEN, {"project_id": project_id, "user_id": user.user_id})
+        row = project.first()
+        if row is None:
             raise not_found()
-        leaving = username == user.username
-        if project.owner_id != user.user_id and not leaving:
+        if row.owner_id != user.user_id and username != user.username:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner manages members")
-        target = await session.scalar(select(User).where(User.username == username))
-        if target is not None and target.id == project.owner_id:
+        target = tx.execute(_USER_NAMED, {"username": username}).first()
+        if target is not None and target.id == row.owner_id:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 "the owner cannot be removed from the project; delete the project instead",
             )
-        member = await session.get(Member, (project_id, target.id)) if target else None
-        if target is None or member is None:
+        members = members_of(row)
+        if target is None or target.id not in members:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "member not found")
-        await session.delete(member)
-        await session.flush()
-        seq = await record_project_event(
-            app, session, project, PROJECT_UPDATED, revoked=(target.id,)
+        tx.execute(_REMOVE_MEMBER, {"project_id": project_id, "user_id": target.id})
+        audience = [row.owner_id, *(m for m in members if m != target.id)]
+        body = {"data": project_out(row, row.owner)}
+        seq = app.eventlog.log(
+            tx, project_id, row.last_seq, PROJECT_UPDATED, body, audience, revoked=[target.id]
         )
-        tell_seq(response, seq)
         removed = {"project_id": project_id, "user_id": target.id}
-        after_commit(session, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))
+        after_commit(tx, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))
+        return seq
+
+    tell_seq(response, await app.db.commit(remove))
