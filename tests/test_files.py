@@ -232,6 +232,29 @@ async def test_delete_a_file(server: ServerThread, alice_api: httpx.AsyncClient)
     assert (await upload(alice_api, pid, "gone.txt")).status_code == 201
 
 
+async def test_a_file_deleted_by_many_at_once_is_deleted_once(
+    server: ServerThread, alice_api: httpx.AsyncClient
+) -> None:
+    """Eight deletes of one file at once: one 204, seven 404s, one `file.deleted` in the
+    log and no seq lost to the others (each gives back the seq it took)."""
+    pid = (await create_project(alice_api))["id"]
+    file = (await upload(alice_api, pid, "contested.txt")).json()
+    path = f"/api/projects/{pid}/files/{file['id']}"
+    answers = await asyncio.gather(*(alice_api.delete(path) for _ in range(8)))
+    assert sorted(r.status_code for r in answers) == [204] + [404] * 7
+    [deleted] = [r for r in answers if r.status_code == 204]
+    logged = (await alice_api.get(f"/api/projects/{pid}/events")).json()["events"]
+    assert [(e["seq"], e["type"]) for e in logged] == [
+        (1, "project.created"),
+        (2, "file.uploaded"),
+        (3, "file.deleted"),
+    ]
+    assert deleted.headers["Tidings-Seq"] == "3"
+    assert stored_files(server.settings) == []
+    after = await alice_api.patch(f"/api/projects/{pid}", json={"name": "next"})
+    assert after.headers["Tidings-Seq"] == "4"
+
+
 async def test_content_missing_from_storage_is_410(
     server: ServerThread, alice_api: httpx.AsyncClient
 ) -> None:
