@@ -235,14 +235,13 @@ async def test_a_long_history_is_trimmed_at_every_hundredth_of_it(
     for seq in range(1, 306):
         async with db.write() as session:
             await log.record(session, pid, FILE_UPLOADED, {"file": {}})
-        if seq == 300:
-            assert await held() == list(range(1, 301))
-        if seq == 301:  # not a third: nothing trimmed yet
-            assert await held() == list(range(1, 302))
-        if seq == 303:
-            assert await held() == list(range(4, 304))
+        if seq in (300, 301, 303):  # 301 is not a third: nothing trimmed yet
+            assert await held() == list(range(log.oldest_kept(seq), seq + 1))
+    assert log.oldest_kept(300) == log.oldest_kept(301) == 1
+    assert log.oldest_kept(303) == 4
     assert await held() == list(range(4, 306))  # trimmed at 303, not at 304 or 305
     assert await log.bounds(pid, owner) == (4, 305)
+    assert log.oldest_kept(305) == 4
 
 
 class DownBroker(RecordingBroker):

@@ -527,6 +527,37 @@ async def test_subscribes_from_memory_answer_what_the_database_would(make_server
     await keeper.close()
 
 
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_subscribes_from_memory_resume_as_far_back_as_the_log_keeps(
+    make_server, cache
+) -> None:
+    """The log is trimmed at every hundredth of its history, so it holds up to 1 % more
+    than ``TIDINGS_EVENT_HISTORY`` between trims: a subscribe answered from memory
+    resumes from exactly where the database would (with 200 kept, 203 events: 3 to 203)."""
+    srv = make_server(event_history=200, access_cache_entries=cache)
+    user = await create_user(srv.settings)
+    async with api(srv, user) as client:
+        pid = (await create_project(client))["id"]
+        for i in range(202):
+            await client.patch(f"/api/projects/{pid}", json={"description": str(i)})
+        gone = await client.get(f"/api/projects/{pid}/events", params={"after": 0})
+        assert (gone.status_code, gone.json()["oldest"]) == (410, 3)
+    keeper = await connected(srv, user)  # keeps the channel (and what it knows) alive
+    assert (await subscribe(keeper, pid))["seq"] == 203
+    answers = {}
+    for since in (1, 2):
+        ws = await connected(srv, user)
+        reply = await subscribe(ws, pid, since=since)
+        first = await recv_until(ws, lambda m: "seq" in m) if reply["recovered"] else None
+        answers[since] = (reply["recovered"], first and first["seq"])
+        await ws.close()
+    assert answers == {1: (False, None), 2: (True, 3)}
+    registry = srv.services.hub.metrics.registry
+    from_memory = registry.get_sample_value("tidings_ws_subscribes_from_memory_total")
+    assert from_memory == (2 if cache else 0)
+    await keeper.close()
+
+
 async def test_shutdown_closes_with_1012(make_server) -> None:
     srv = make_server()
     user = await create_user(srv.settings)

@@ -154,7 +154,7 @@ def create_engine(url: str) -> AsyncEngine:
 # it has been idle this long: one that was in use a moment ago is almost surely fine, and
 # a write of five round trips spent a sixth on the pool's check before each
 # (``pool_pre_ping``). One that did break meanwhile (the server restarted within the
-# second) fails the statement it is given, which answers 503 (docs/reliability.md), and
+# second) fails the statement it is given, which answers 503 (docs/guarantees.md), and
 # SQLAlchemy then replaces every connection of the pool opened before.
 PING_WHEN_IDLE = 1.0
 _IDLE_SINCE = "tidings_idle_since"

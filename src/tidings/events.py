@@ -292,12 +292,20 @@ class EventLog:
         )
         after_commit(transaction, lambda: self._publish_committed(envelope))
         statements: list[tuple[Executable, dict[str, Any]]] = [(_LOG, row)]
+        if seq > self.history and seq % self._trim_every() == 0:
+            statements.append((_TRIM, {"project_id": project_id, "upto": seq - self.history}))
+        return statements
+
+    def _trim_every(self) -> int:
         # The log is trimmed back to ``history`` events at every hundredth of that many
         # seqs: it holds up to 1 % more between trims, and a change to a project whose
         # log is full spends no statement on it the other 99 times.
-        if seq > self.history and seq % max(1, self.history // 100) == 0:
-            statements.append((_TRIM, {"project_id": project_id, "upto": seq - self.history}))
-        return statements
+        return max(1, self.history // 100)
+
+    def oldest_kept(self, latest: int) -> int:
+        """The oldest seq retention keeps of a project whose latest is ``latest``."""
+        trimmed_at = latest - latest % self._trim_every()
+        return max(1, trimmed_at - self.history + 1)
 
     async def _publish_committed(self, envelope: Envelope) -> None:
         """After the commit the event is in the log: a publish that fails (the broker is

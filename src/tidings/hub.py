@@ -435,8 +435,7 @@ class Hub:
         latest = channel.head
         if since is not None and since > latest:
             return None
-        # Retention keeps the newest `history` events of each project.
-        oldest = max(channel.oldest, latest - self.eventlog.history + 1)
+        oldest = max(channel.oldest, self.eventlog.oldest_kept(latest))
         if snapshot_needed(sub.snapshot, since, oldest, latest):
             return None
         self.metrics.subscribes_from_memory.inc()

@@ -262,8 +262,8 @@ async def remove_member(
     removed: 409."""
 
     def remove(tx: Tx) -> int:
-        project = tx.execute(_CHANGE_IF_SEEN, {"project_id": project_id, "user_id": user.user_id})
-        row = project.first()
+        seen_by = {"project_id": project_id, "user_id": user.user_id}
+        row = tx.execute(_CHANGE_IF_SEEN, seen_by).first()
         if row is None:
             raise not_found()
         if row.owner_id != user.user_id and username != user.username:
