@@ -170,6 +170,7 @@ async def test_every_member_hears_the_project_change_without_subscribing(
         heard = await recv_until(ws, lambda m: m["type"] == "project.updated")
         assert heard["seq"] == int(renamed.headers["Tidings-Seq"])
         assert heard["data"]["name"] == "renamed"
+        await ws.close()
 
 
 @on_stacks("postgres-redis")
