@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Executable, bindparam, select, update
+from sqlalchemy import Executable, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.authcache import CredentialCache
@@ -230,31 +230,29 @@ class Authenticator:
                 log_failure(logger, exc, "recording API tokens' last use failed")
 
 
-# The tokens and sessions not revoked among a batch of secret hashes, with their users
-# (built once; see db.listed).
-_TOKENS = (
-    select(
-        ApiToken.secret_hash,
-        ApiToken.id.label("token_id"),
-        User.id.label("user_id"),
-        User.username,
-        ApiToken.last_used_at,
-        ApiToken.expires_at,
+def _not_revoked_among(
+    credential: type[ApiToken] | type[AuthSession], id_label: str, *more: Any
+) -> Select[Any]:
+    """The credentials of a kind not revoked among a batch of secret hashes (bound as
+    ``hashes``, see db.listed), with their users: the secret hash, the credential's id as
+    ``id_label``, ``user_id``, ``username``, ``expires_at`` and ``more``."""
+    return (
+        select(
+            credential.secret_hash,
+            credential.id.label(id_label),
+            User.id.label("user_id"),
+            User.username,
+            credential.expires_at,
+            *more,
+        )
+        .join(User, User.id == credential.user_id)
+        .where(credential.secret_hash.in_(listed("hashes")), credential.revoked_at.is_(None))
     )
-    .join(User, User.id == ApiToken.user_id)
-    .where(ApiToken.secret_hash.in_(listed("hashes")), ApiToken.revoked_at.is_(None))
-)
-_SESSIONS = (
-    select(
-        AuthSession.secret_hash,
-        AuthSession.id.label("session_id"),
-        User.id.label("user_id"),
-        User.username,
-        AuthSession.expires_at,
-    )
-    .join(User, User.id == AuthSession.user_id)
-    .where(AuthSession.secret_hash.in_(listed("hashes")), AuthSession.revoked_at.is_(None))
-)
+
+
+# Built once.
+_TOKENS = _not_revoked_among(ApiToken, "token_id", ApiToken.last_used_at)
+_SESSIONS = _not_revoked_among(AuthSession, "session_id")
 READ_BATCH = 500  # credentials per query when many clients come back at once
 
 
