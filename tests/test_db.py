@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -124,35 +125,40 @@ async def test_a_pooled_connection_is_tried_before_use_only_once_it_has_been_idl
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection in use a moment ago is handed out as it is: if it broke meanwhile,
-    the statement given to it fails as the database being unavailable (a 503), and the
-    next checkout gets a new one. One idle for ``PING_WHEN_IDLE`` seconds is tried
-    first, and replaced if it broke: the statement succeeds."""
+    the statement given to it fails as the database being unavailable (a 503), and
+    every connection the pool opened before is replaced, so the next requests succeed.
+    One idle for ``PING_WHEN_IDLE`` seconds is tried first, and replaced if it broke:
+    the statement succeeds."""
     engine = create_engine(database_url)
     admin = create_engine(database_url)
     backend = text("SELECT pg_backend_pid()")
 
-    async def used_then_ended() -> int:
-        async with engine.connect() as conn:
-            pid: int = (await conn.execute(backend)).scalar_one()
+    async def pids(count: int) -> set[int]:
+        """The backends of ``count`` connections of the pool, used at once."""
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(engine.connect()) for _ in range(count)]
+            return {(await conn.execute(backend)).scalar_one() for conn in conns}
+
+    async def used_then_ended(count: int) -> set[int]:
+        used = await pids(count)
         async with admin.connect() as conn:
             ended = text("SELECT pg_terminate_backend(:pid, 5000)")
-            assert (await conn.execute(ended, {"pid": pid})).scalar_one()
-        return pid
+            for pid in used:
+                assert (await conn.execute(ended, {"pid": pid})).scalar_one()
+        return used
 
     try:
         monkeypatch.setattr(db, "PING_WHEN_IDLE", 3600.0)
-        ended = await used_then_ended()
+        ended = await used_then_ended(2)
         with pytest.raises(DBAPIError) as failed:
             async with engine.connect() as conn:
                 await conn.execute(backend)
         assert unavailable(failed.value)
-        async with engine.connect() as conn:
-            assert (await conn.execute(backend)).scalar_one() != ended
+        assert not await pids(2) & ended  # the other one was replaced too, unused
 
         monkeypatch.setattr(db, "PING_WHEN_IDLE", 0.0)
-        ended = await used_then_ended()
-        async with engine.connect() as conn:
-            assert (await conn.execute(backend)).scalar_one() != ended
+        ended = await used_then_ended(1)
+        assert not await pids(1) & ended
     finally:
         await engine.dispose()
         await admin.dispose()
