@@ -40,11 +40,9 @@ async def _owner_name(session: AsyncSession, project: Project) -> str:
     return name or ""
 
 
-async def record_project_event(
-    app: App, session: AsyncSession, project: Project, type: str, revoked: tuple[str, ...] = ()
-) -> int:
-    """Log ``project.*`` with the project as it is now; everyone who sees it gets it.
-    ``revoked``: users who lose access with this change. Returns its seq."""
+async def record_project_event(app: App, session: AsyncSession, project: Project, type: str) -> int:
+    """Log ``project.*`` with the project as it is now, in an ORM write (the project's
+    deletion); everyone who sees it gets it. Returns its seq."""
     owner = await _owner_name(session, project)
     users = await audience(session, project)
 
@@ -52,7 +50,7 @@ async def record_project_event(
         project.last_seq = seq
         return {"data": project_out(project, owner)}
 
-    return await app.eventlog.record(session, project.id, type, body, users, revoked)
+    return await app.eventlog.record(session, project.id, type, body, users)
 
 
 # A change to a project takes its next seq in the UPDATE … RETURNING that makes it, the
