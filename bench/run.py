@@ -9,7 +9,8 @@ the targets. Everything is on loopback, bounded in count and in time.
     python bench/run.py [--rounds N]
                         [--only write,write-kinds,fanout,e2e,e2e-writers,stalled,resume,
                                 connect,restart,restart-node,idle,idle-node]
-                        [--ablation] [--quick] [--out FILE]
+                        [--servers tidings,tidings-pg,…] [--cases NAME,…]
+                        [--ablation] [--quick] [--out FILE] [--profile FILE]
 
 ``make bench BENCH_ARGS="--only write"`` runs one phase alone.
 """
@@ -938,6 +939,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="comma list of scenarios")
     parser.add_argument("--servers", help="comma list of servers (see servers.py)")
+    parser.add_argument("--cases", help="comma list: only the cases whose name holds one")
     parser.add_argument("--ablation", action="store_true", help="fan-out, optimisation by step")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work: a smoke run")
     parser.add_argument("--out", type=Path, help="also write the report and JSON lines here")
@@ -959,6 +961,12 @@ def main() -> None:
         keep = args.servers.split(",")
         for scenario in selected:
             scenario.variants = tuple(v for v in scenario.variants if v in keep)
+    if args.cases:
+        parts = args.cases.split(",")
+        for scenario in selected:
+            scenario.cases = {
+                name: case for name, case in scenario.cases.items() if any(p in name for p in parts)
+            }
     started = time.monotonic()
     run(selected, args.rounds, args.out)
     print(f"\nmake bench took {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -260,9 +260,14 @@ async def test_commit_runs_a_plain_function_in_a_transaction_then_its_callbacks(
         await db.dispose()
 
 
-async def test_sqlite_commits_and_writes_take_turns_in_arrival_order(tmp_path: Path) -> None:
+async def test_sqlite_commits_and_writes_share_the_write_lock_each_in_arrival_order(
+    tmp_path: Path,
+) -> None:
     """:meth:`Database.commit` (its own connection, in a thread) and :meth:`Database.write`
-    (aiosqlite's) queue for the one write lock together."""
+    (aiosqlite's) queue for the one write lock together: each kind in the order it came,
+    and the commits that came while one was being made go together in the next. (A
+    commit that comes while a batch is committed may go after writes that came after it,
+    and were already waiting for the lock: the batch waits for the lock as one.)"""
     db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}"))
     order: list[int] = []
 
@@ -291,8 +296,10 @@ async def test_sqlite_commits_and_writes_take_turns_in_arrival_order(tmp_path: P
             writers.append(asyncio.create_task(writer(i)))
             await asyncio.sleep(0.001)
         await asyncio.gather(*writers)
-        assert order == list(range(40))
-        assert await rows(db) == list(range(40))
+        assert [i for i in order if i % 2] == list(range(1, 40, 2))
+        assert [i for i in order if not i % 2] == list(range(0, 40, 2))
+        assert db.transactions < 20
+        assert sorted(await rows(db)) == list(range(40))
     finally:
         await db.dispose()
 
@@ -374,6 +381,94 @@ async def test_what_a_transaction_that_does_not_commit_did_is_undone(
             assert list(await session.scalars(text("SELECT p FROM c"))) == [1]
     finally:
         await db.dispose()
+
+
+async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
+    database_url: str,
+) -> None:
+    """A group commit: the works that come while one is being committed go in the next
+    transaction together, in order; one that raises (or whose statement fails) is undone
+    alone, its caller alone gets the error, and the others commit and call back in order."""
+    db = Database(create_engine(database_url))
+    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
+    undone: list[int] = []
+    called: list[int] = []
+
+    def work(n: int, fail: str = "", slow: bool = False) -> Callable[[Tx], int]:
+        def run(tx: Tx) -> int:
+            if slow:
+                tx.execute(text(pause)) if pause else time.sleep(0.3)
+            tx.if_rolled_back(lambda: undone.append(n))
+            tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+            after_commit(tx, lambda: _note(called, n))
+            if fail == "raise":
+                raise LookupError(n)
+            if fail == "statement":
+                tx.execute(text("INSERT INTO t VALUES (NULL)"))  # NOT NULL
+            return n
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+        first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
+        await asyncio.sleep(0.1)  # the first is being committed: the others wait together
+        fails = {2: "raise", 4: "statement"}
+        others = [
+            asyncio.create_task(db.commit(work(n, fails.get(n, "")), key="p")) for n in range(1, 7)
+        ]
+        results = await asyncio.gather(first, *others, return_exceptions=True)
+        assert results[:2] == [0, 1] and results[3] == 3 and results[5:] == [5, 6]
+        assert isinstance(results[2], LookupError)
+        assert isinstance(results[4], IntegrityError)
+        assert db.transactions == 2
+        assert await rows(db) == [0, 1, 3, 5, 6]
+        assert called == [0, 1, 3, 5, 6]
+        assert undone == [2, 4]
+    finally:
+        await db.dispose()
+
+
+async def test_a_group_commit_refused_fails_each_of_its_works(database_url: str) -> None:
+    """When the COMMIT of a batch is refused (a deferred constraint of one of its works),
+    nothing of the batch is made: every caller gets the error and every work is undone."""
+    db = Database(create_engine(database_url))
+    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
+    undone: list[int] = []
+
+    def work(p: int, slow: bool = False) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            if slow:
+                tx.execute(text(pause)) if pause else time.sleep(0.3)
+            tx.if_rolled_back(lambda: undone.append(p))
+            tx.execute(text("INSERT INTO c VALUES (:p)"), {"p": p})
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
+            await session.execute(
+                text("CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
+            )
+            await session.execute(text("INSERT INTO p VALUES (1)"))
+        first = asyncio.create_task(db.commit(work(1, slow=True), key="p"))
+        await asyncio.sleep(0.1)
+        batch = [asyncio.create_task(db.commit(work(p), key="p")) for p in (1, 99, 1)]
+        assert await first is None
+        for caller in batch:
+            with pytest.raises(IntegrityError):
+                await caller
+        assert sorted(undone) == [1, 1, 99]
+        async with db.read() as session:
+            assert list(await session.scalars(text("SELECT p FROM c"))) == [1]
+    finally:
+        await db.dispose()
+
+
+async def _note(seen: list[int], n: int) -> None:
+    seen.append(n)
 
 
 def _set(event: asyncio.Event) -> Callable[[], Awaitable[None]]:

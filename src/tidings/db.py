@@ -7,9 +7,10 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -266,27 +267,71 @@ class Tx:
                 logger.exception("undoing a rolled-back transaction's work failed")
 
 
-def _transact(connection: Connection, work: Callable[[Tx], T]) -> tuple[T, list[Callback]]:
-    tx = Tx(connection)
+@dataclass(slots=True)
+class _Outcome:
+    """What one work of a :meth:`Database.commit` batch came to: its result and the
+    callbacks to run now that it is committed, or the error its caller gets."""
+
+    result: Any = None
+    callbacks: list[Callback] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+# Each work of a batch runs in a savepoint of its own, so that one that fails is undone
+# alone. Never released: the savepoints of a batch end with its transaction.
+_SAVEPOINT = "SAVEPOINT tidings_work"
+_UNDO_WORK = "ROLLBACK TO SAVEPOINT tidings_work"
+
+
+def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> list[_Outcome]:
+    """Run ``works`` in order in one transaction and commit it: the outcome of each. With
+    more than one, each runs in a savepoint: one that raises is rolled back to it (and its
+    :meth:`Tx.if_rolled_back` called) and the others go on. If the transaction itself
+    fails (a statement outside the works, or the COMMIT), every work that had not failed
+    gets that error."""
+    outcomes: list[_Outcome | None] = [None] * len(works)
+    live: list[Tx] = []  # the transactions of the works that have not failed
+    savepoints = len(works) > 1
     transaction = connection.begin()
     committing = False
     try:
-        result = work(tx)
+        for i, work in enumerate(works):
+            tx = Tx(connection)
+            live.append(tx)
+            if savepoints:
+                connection.exec_driver_sql(_SAVEPOINT)
+            try:
+                result = work(tx)
+            except Exception as exc:
+                if not savepoints:
+                    raise
+                connection.exec_driver_sql(_UNDO_WORK)
+                live.pop()
+                tx._rolled_back()
+                outcomes[i] = _Outcome(error=exc)
+                continue
+            outcomes[i] = _Outcome(result, tx.info[AFTER_COMMIT])
         committing = True
         transaction.commit()
     except BaseException as exc:
         # After a failed statement, or a refused COMMIT, which can leave the transaction
         # open (SQLite, on a deferred constraint): the connection goes back to the pool
         # without it. On a lost connection this fails too, and the database has rolled
-        # back by itself; the error to raise is the first.
+        # back by itself; the error to report is the first.
         with contextlib.suppress(Exception):
             transaction.rollback()
         # A connection lost during the COMMIT itself leaves the outcome unknown: the
-        # change may have been made, so what it needs stays.
+        # changes may have been made, so what they need stays.
         if not committing or disk_full(exc) or not unavailable(exc):
-            tx._rolled_back()
-        raise
-    return result, tx.info[AFTER_COMMIT]
+            for tx in live:
+                tx._rolled_back()
+        if not isinstance(exc, Exception):
+            raise
+        return [
+            outcome if outcome is not None and outcome.error is not None else _Outcome(error=exc)
+            for outcome in outcomes
+        ]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 class Database:
@@ -331,6 +376,11 @@ class Database:
         self._snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
         # PostgreSQL locks rows, not the database: its writers need no queue of ours.
         self._writers = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # commit()'s works waiting for their turn, by queue (see commit()), and the tasks
+        # that commit them and run their callbacks.
+        self._waiting: dict[str | None, list[_Change]] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.transactions = 0  # commit()'s transactions (for tests)
         # SQLite in a file: commit()'s transactions run in this thread, on a connection of
         # its own (the sqlite3 module's, through SQLAlchemy), in the writers' queue above.
         self._sync_engine: Engine | None = None
@@ -368,34 +418,71 @@ class Database:
             callbacks: list[Callback] = session.info.pop(AFTER_COMMIT)
         await _run_callbacks(callbacks)
 
-    async def commit(self, work: Callable[[Tx], T]) -> T:
-        """Run ``work(tx)`` in a write transaction of its own and return what it returns;
-        an exception it raises rolls the transaction back and is raised here. ``work`` is
-        a plain function: it runs statements on ``tx`` and does nothing else that waits or
-        touches the node's state (it may run in another thread); what must follow the
-        commit goes to :func:`after_commit`, as with :meth:`write`.
+    async def commit(self, work: Callable[[Tx], T], key: str | None = None) -> T:
+        """Run ``work(tx)`` in a write transaction and return what it returns; an exception
+        it raises rolls back what it did and is raised here. ``work`` is a plain function:
+        it runs statements on ``tx`` and does nothing else that waits or touches the
+        node's state (it runs in another thread on SQLite); what must follow the commit
+        goes to :func:`after_commit`, as with :meth:`write`.
+
+        Works that wait for the writer together go in one transaction (a group commit,
+        at most :data:`MAX_BATCH`), each in a savepoint of its own, so that one that fails
+        is undone alone: one trip to the writer's thread (SQLite), one COMMIT and one WAL
+        flush for them all. On PostgreSQL only works with the same ``key`` go together
+        (the project they change: they take the same row lock anyway, so a batch never
+        holds two projects' locks that another node's batch could take in the other
+        order); on SQLite the write lock is the database's, and every work goes together.
+        A work alone runs in a transaction of its own, without a savepoint.
 
         The transaction, then its callbacks, run to the end even if the caller is
-        cancelled meanwhile: a change that commits is published."""
-        job = asyncio.ensure_future(self._commit(work))
-        job.add_done_callback(_retrieved)
-        return await asyncio.shield(job)
-
-    async def _commit(self, work: Callable[[Tx], T]) -> T:
-        async with self._turn():
-            if self._thread is not None:
-                loop = asyncio.get_running_loop()
-                result, callbacks = await loop.run_in_executor(self._thread, self._in_thread, work)
-            else:
-                async with self._write_engine.connect() as connection:
-                    result, callbacks = await connection.run_sync(_transact, work)
-        await _run_callbacks(callbacks)
+        cancelled meanwhile: a change that commits is published. Callbacks run in the
+        order of the commits."""
+        queue = key if self._writers is None else None
+        change: _Change = (work, asyncio.get_running_loop().create_future())
+        change[1].add_done_callback(_retrieved)
+        waiting = self._waiting.get(queue)
+        if waiting is None:
+            self._waiting[queue] = waiting = []
+            _keep(self._tasks, asyncio.create_task(self._drain(queue, waiting)))
+        waiting.append(change)
+        result: T = await asyncio.shield(change[1])
         return result
 
-    def _in_thread(self, work: Callable[[Tx], T]) -> tuple[T, list[Callback]]:
+    async def _drain(self, queue: str | None, waiting: list[_Change]) -> None:
+        """Commit the works of ``queue`` as they come, in batches of what has waited: the
+        first at once, and those that come meanwhile together in the next."""
+        published: asyncio.Future[None] | None = None
+        try:
+            while waiting:
+                batch = waiting[:MAX_BATCH]
+                del waiting[:MAX_BATCH]
+                self.transactions += 1
+                try:
+                    async with self._turn():
+                        outcomes = await self._transaction([work for work, _ in batch])
+                except BaseException as exc:
+                    outcomes = [_Outcome(error=exc)] * len(batch)
+                    if not isinstance(exc, Exception):
+                        _settle_now(batch, outcomes)
+                        raise
+                # The next batch's transaction goes on while this one's callbacks run.
+                published = _keep(self._tasks, _settle(batch, outcomes, published))
+        finally:
+            del self._waiting[queue]
+            closed = _Outcome(error=RuntimeError("the database was closed"))
+            _settle_now(waiting, [closed] * len(waiting))
+
+    async def _transaction(self, works: list[Callable[[Tx], Any]]) -> list[_Outcome]:
+        if self._thread is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._in_thread, works)
+        async with self._write_engine.connect() as connection:
+            return await connection.run_sync(_transact, works)
+
+    def _in_thread(self, works: list[Callable[[Tx], Any]]) -> list[_Outcome]:
         assert self._sync_engine is not None
         with self._sync_engine.connect() as connection:
-            return _transact(connection, work)
+            return _transact(connection, works)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -405,10 +492,53 @@ class Database:
             thread.shutdown(wait=False)
 
 
+# A batch of Database.commit(), at most.
+MAX_BATCH = 64
+
+_Change = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]  # a work, and its caller's answer
+
+
 def _retrieved(job: asyncio.Future[Any]) -> None:
     """A commit whose caller was cancelled: its outcome is nobody's to raise."""
     if not job.cancelled():
         job.exception()
+
+
+def _keep(tasks: set[asyncio.Future[Any]], job: Awaitable[Any]) -> asyncio.Future[Any]:
+    """``job`` as a task kept in ``tasks`` until it is done (the loop holds only weak
+    references to its tasks)."""
+    task = asyncio.ensure_future(job)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+async def _settle(
+    batch: list[_Change], outcomes: list[_Outcome], previous: asyncio.Future[Any] | None
+) -> None:
+    """Run the callbacks of a committed batch's works, after the batch before (so events
+    are published in the order they were committed), and answer each work's caller once
+    its own have run."""
+    if previous is not None:
+        await asyncio.wait([previous])
+    for (_, answer), outcome in zip(batch, outcomes, strict=True):
+        if outcome.error is None:
+            await _run_callbacks(outcome.callbacks)
+        _answer(answer, outcome)
+
+
+def _settle_now(batch: list[_Change], outcomes: list[_Outcome]) -> None:
+    for (_, answer), outcome in zip(batch, outcomes, strict=True):
+        _answer(answer, outcome)
+
+
+def _answer(answer: asyncio.Future[Any], outcome: _Outcome) -> None:
+    if answer.done():
+        return
+    if outcome.error is not None:
+        answer.set_exception(outcome.error)
+    else:
+        answer.set_result(outcome.result)
 
 
 async def _run_callbacks(callbacks: list[Callback]) -> None:

@@ -162,7 +162,7 @@ async def publish(
                 raise not_found()
             return app.eventlog.log(tx, project_id, taken, body.type, event)
 
-        seq = await app.db.commit(log)
+        seq = await app.db.commit(log, key=project_id)
         tell_seq(response, seq)
         return {"seq": seq}
     async with app.db.write() as session:

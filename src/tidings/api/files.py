@@ -125,7 +125,7 @@ async def upload_file(
             tx.if_rolled_back(lambda: placed.unlink(missing_ok=True))
             return seq
 
-        seq = await app.db.commit(add)
+        seq = await app.db.commit(add, key=project_id)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
     except InvalidContentType as exc:
@@ -204,4 +204,4 @@ async def delete_file(
         after_commit(tx, lambda: asyncio.to_thread(path.unlink, missing_ok=True))
         return seq
 
-    tell_seq(response, await app.db.commit(remove))
+    tell_seq(response, await app.db.commit(remove, key=project_id))

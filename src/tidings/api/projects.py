@@ -171,7 +171,7 @@ async def update_project(
         )
         return out, seq
 
-    out, seq = await app.db.commit(change)
+    out, seq = await app.db.commit(change, key=project_id)
     tell_seq(response, seq)
     return out
 
@@ -240,7 +240,7 @@ async def add_member(
         )
         return MemberAdded(user_id=target.id, username=target.username, role="member", seq=seq)
 
-    added = await app.db.commit(add)
+    added = await app.db.commit(add, key=project_id)
     if added is None:
         async with app.db.read() as session:
             project = await visible_project(session, user.user_id, project_id)
@@ -285,4 +285,4 @@ async def remove_member(
         after_commit(tx, lambda: app.eventlog.publish_control(MEMBER_REMOVED, removed))
         return seq
 
-    tell_seq(response, await app.db.commit(remove))
+    tell_seq(response, await app.db.commit(remove, key=project_id))
