@@ -467,6 +467,47 @@ async def test_a_group_commit_refused_fails_each_of_its_works(database_url: str)
         await db.dispose()
 
 
+async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
+    database_url: str,
+) -> None:
+    """A failure that ends the whole transaction, not the work's statement alone (SQLite
+    on a full disk): the works before it in the batch are undone with it, those after it
+    do not run, and every caller is told."""
+    db = Database(create_engine(database_url))
+    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
+    undone: list[int] = []
+
+    def work(n: int, lose: bool = False, slow: bool = False) -> Callable[[Tx], int]:
+        def run(tx: Tx) -> int:
+            if slow:
+                tx.execute(text(pause)) if pause else time.sleep(0.3)
+            tx.if_rolled_back(lambda: undone.append(n))
+            tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+            if lose:
+                tx.execute(text("ROLLBACK"))
+                raise LookupError(n)
+            return n
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+        first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
+        await asyncio.sleep(0.1)
+        batch = [asyncio.create_task(db.commit(work(n, lose=n == 2), key="p")) for n in (1, 2, 3)]
+        assert await first == 0
+        for caller in batch:
+            with pytest.raises(DBAPIError):
+                await caller
+        assert undone == [1, 2]
+        assert await rows(db) == [0]
+        assert await db.commit(work(4), key="p") == 4
+        assert await rows(db) == [0, 4]
+    finally:
+        await db.dispose()
+
+
 async def _note(seen: list[int], n: int) -> None:
     seen.append(n)
 

@@ -8,6 +8,7 @@ database.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sqlite3
 import subprocess
@@ -179,6 +180,42 @@ async def test_sqlite_on_a_full_disk_refuses_the_commit_and_the_placed_file_goes
             assert again.status_code == 201
             assert again.json()["seq"] == seq + 1
             assert files_on_disk(on_disk.files_dir) == 2
+
+
+@on_stacks("sqlite-memory")
+async def test_uploads_committed_together_on_a_full_disk_are_refused_and_undone(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Uploads at once, which go in one transaction (a group commit), on a disk with
+    room for their files but not for their COMMIT: each of them is refused with 507 and
+    leaves no file, and the seqs they took are given back."""
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        database = disk / "tidings.db"
+        on_disk = settings.model_copy(
+            update={"data_dir": disk, "database_url": f"sqlite+aiosqlite:///{database}"}
+        )
+        async with running(on_disk) as client:
+            project = await create_project(client)
+            assert (await upload(client, project["id"], "kept.txt")).status_code == 201
+            seq = await head(client, project["id"])
+            with sqlite3.connect(database) as checkpoint:
+                checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            filler = fill(disk, leave=40 * 1024)  # 8 small files fit, their commits do not
+
+            names = [f"lost-{n}.txt" for n in range(8)]
+            responses = await asyncio.gather(*(upload(client, project["id"], n) for n in names))
+
+            # The first may commit alone while there is room; those that wait for it go
+            # together, and find none.
+            assert {r.status_code for r in responses} <= {201, 507}
+            made = sorted(n for n, r in zip(names, responses, strict=True) if r.status_code == 201)
+            assert len(made) <= 6
+            assert files_on_disk(on_disk.files_dir) == 1 + len(made)
+            assert await listed(client, project["id"]) == ["kept.txt", *made]
+            assert await head(client, project["id"]) == seq + len(made)
+            filler.unlink()
+            again = await upload(client, project["id"], "again.txt")
+            assert again.json()["seq"] == seq + len(made) + 1
 
 
 def test_full_disks_are_told_apart_from_outages() -> None:

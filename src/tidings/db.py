@@ -231,9 +231,11 @@ Callback = Callable[[], Awaitable[Any]]
 
 
 class Tx:
-    """The write transaction a function given to :meth:`Database.commit` runs in: plain
-    (not async) statements on ``connection``, :func:`after_commit` for what must happen
-    once it is durable, and :meth:`if_rolled_back` for what must be undone if it is not."""
+    """The write transaction a function given to :meth:`Database.commit` runs in (its own
+    part of it: other works of the same batch run before and after it on ``connection``,
+    so it neither commits nor rolls back itself): plain (not async) statements on
+    ``connection``, :func:`after_commit` for what must happen once it is durable, and
+    :meth:`if_rolled_back` for what must be undone if it is not."""
 
     __slots__ = ("_undo", "connection", "info")
 
@@ -305,6 +307,8 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
             except Exception as exc:
                 if not savepoints:
                     raise
+                # If the transaction went with the work's failure (SQLite rolls it all
+                # back on a full disk), this fails too: then so does the whole batch.
                 connection.exec_driver_sql(_UNDO_WORK)
                 live.pop()
                 tx._rolled_back()
@@ -354,7 +358,8 @@ class Database:
     The frequent writes use :meth:`commit` instead: the whole transaction is a plain
     function, which on SQLite runs in one trip to a thread of the node's own (aiosqlite
     goes to its thread and back for every cursor, execute, fetch, begin and commit: three
-    or four trips a statement, each of which costs more than the statement).
+    or four trips a statement, each of which costs more than the statement), and the
+    works that wait for their turn meanwhile go together in the next transaction.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:

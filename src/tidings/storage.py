@@ -113,6 +113,15 @@ class _Part:
         self.name: str | None = None
 
 
+def _discard(out: BinaryIO | None, path: Path) -> None:
+    """Close and remove an upload's temp file that will not be used. Closing writes what
+    is still buffered, and fails again if writing did (a full disk): the file goes anyway."""
+    if out is not None:
+        with contextlib.suppress(OSError):
+            out.close()
+    path.unlink(missing_ok=True)
+
+
 class Storage:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -246,14 +255,10 @@ class Storage:
             # A disk flush takes milliseconds: in a worker thread, not on the event loop.
             await asyncio.to_thread(os.fsync, out.fileno())
         except FormParserError as exc:
-            if out is not None:
-                out.close()
-            upload.temp_path.unlink(missing_ok=True)
+            _discard(out, upload.temp_path)
             raise UploadError(400, "malformed multipart body") from exc
         except BaseException:
-            if out is not None:
-                out.close()
-            upload.temp_path.unlink(missing_ok=True)
+            _discard(out, upload.temp_path)
             raise
         out.close()
         upload.sha256 = upload._hash.hexdigest()
