@@ -457,6 +457,7 @@ class Database:
         """Commit the works of ``queue`` as they come, in batches of what has waited: the
         first at once, and those that come meanwhile together in the next."""
         published: asyncio.Future[None] | None = None
+        batch: list[_Change] = []
         try:
             while waiting:
                 batch = waiting[:MAX_BATCH]
@@ -465,17 +466,16 @@ class Database:
                 try:
                     async with self._turn():
                         outcomes = await self._transaction([work for work, _ in batch])
-                except BaseException as exc:
+                except Exception as exc:
                     outcomes = [_Outcome(error=exc)] * len(batch)
-                    if not isinstance(exc, Exception):
-                        _settle_now(batch, outcomes)
-                        raise
                 # The next batch's transaction goes on while this one's callbacks run.
                 published = _keep(self._tasks, _settle(batch, outcomes, published))
+                batch = []
         finally:
+            # Only if this task was cancelled (the node stopping) are works left here.
             del self._waiting[queue]
-            closed = _Outcome(error=RuntimeError("the database was closed"))
-            _settle_now(waiting, [closed] * len(waiting))
+            for _, answer in batch + waiting:
+                answer.set_exception(RuntimeError("the database was closed"))
 
     async def _transaction(self, works: list[Callable[[Tx], Any]]) -> list[_Outcome]:
         if self._thread is not None:
@@ -527,23 +527,11 @@ async def _settle(
     if previous is not None:
         await asyncio.wait([previous])
     for (_, answer), outcome in zip(batch, outcomes, strict=True):
-        if outcome.error is None:
+        if outcome.error is not None:
+            answer.set_exception(outcome.error)
+        else:
             await _run_callbacks(outcome.callbacks)
-        _answer(answer, outcome)
-
-
-def _settle_now(batch: list[_Change], outcomes: list[_Outcome]) -> None:
-    for (_, answer), outcome in zip(batch, outcomes, strict=True):
-        _answer(answer, outcome)
-
-
-def _answer(answer: asyncio.Future[Any], outcome: _Outcome) -> None:
-    if answer.done():
-        return
-    if outcome.error is not None:
-        answer.set_exception(outcome.error)
-    else:
-        answer.set_result(outcome.result)
+            answer.set_result(outcome.result)
 
 
 async def _run_callbacks(callbacks: list[Callback]) -> None:
