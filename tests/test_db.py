@@ -311,13 +311,9 @@ async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
     stopping, say) does not stop its transaction half way or skip its callbacks."""
     db = Database(create_engine(database_url))
     called = asyncio.Event()
-    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
 
     def work(tx: Tx) -> None:
-        if pause:
-            tx.execute(text(pause))
-        else:
-            time.sleep(0.3)  # in the commit thread
+        _hold(tx)
         tx.execute(text("INSERT INTO t VALUES (7)"))
         after_commit(tx, _set(called))
 
@@ -343,13 +339,12 @@ async def test_what_a_transaction_that_does_not_commit_did_is_undone(
     the COMMIT is refused (a deferred constraint); not when the transaction commits."""
     db = Database(create_engine(database_url))
     undone: list[str] = []
-    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
 
     def work(name: str, row: int, fail: bool = False, slow: bool = False) -> Callable[[Tx], None]:
         def run(tx: Tx) -> None:
             tx.if_rolled_back(lambda: undone.append(name))
             if slow:
-                tx.execute(text(pause)) if pause else time.sleep(0.3)
+                _hold(tx)
             tx.execute(text("INSERT INTO c VALUES (:p)"), {"p": row})
             if fail:
                 raise LookupError(name)
@@ -357,12 +352,7 @@ async def test_what_a_transaction_that_does_not_commit_did_is_undone(
         return run
 
     try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
-            await session.execute(
-                text("CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
-            )
-            await session.execute(text("INSERT INTO p VALUES (1)"))
+        await _parent_and_child_checked_at_commit(db)
         await db.commit(work("committed", 1))
         with pytest.raises(LookupError):
             await db.commit(work("raised", 1, fail=True))
@@ -390,14 +380,13 @@ async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
     transaction together, in order; one that raises (or whose statement fails) is undone
     alone, its caller alone gets the error, and the others commit and call back in order."""
     db = Database(create_engine(database_url))
-    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
     undone: list[int] = []
     called: list[int] = []
 
     def work(n: int, fail: str = "", slow: bool = False) -> Callable[[Tx], int]:
         def run(tx: Tx) -> int:
             if slow:
-                tx.execute(text(pause)) if pause else time.sleep(0.3)
+                _hold(tx)
             tx.if_rolled_back(lambda: undone.append(n))
             tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
             after_commit(tx, lambda: _note(called, n))
@@ -434,25 +423,19 @@ async def test_a_group_commit_refused_fails_each_of_its_works(database_url: str)
     """When the COMMIT of a batch is refused (a deferred constraint of one of its works),
     nothing of the batch is made: every caller gets the error and every work is undone."""
     db = Database(create_engine(database_url))
-    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
     undone: list[int] = []
 
     def work(p: int, slow: bool = False) -> Callable[[Tx], None]:
         def run(tx: Tx) -> None:
             if slow:
-                tx.execute(text(pause)) if pause else time.sleep(0.3)
+                _hold(tx)
             tx.if_rolled_back(lambda: undone.append(p))
             tx.execute(text("INSERT INTO c VALUES (:p)"), {"p": p})
 
         return run
 
     try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
-            await session.execute(
-                text("CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
-            )
-            await session.execute(text("INSERT INTO p VALUES (1)"))
+        await _parent_and_child_checked_at_commit(db)
         first = asyncio.create_task(db.commit(work(1, slow=True), key="p"))
         await asyncio.sleep(0.1)
         batch = [asyncio.create_task(db.commit(work(p), key="p")) for p in (1, 99, 1)]
@@ -474,13 +457,12 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
     on a full disk): the works before it in the batch are undone with it, those after it
     do not run, and every caller is told."""
     db = Database(create_engine(database_url))
-    pause = "SELECT pg_sleep(0.3)" if db.dialect == "postgresql" else None
     undone: list[int] = []
 
     def work(n: int, lose: bool = False, slow: bool = False) -> Callable[[Tx], int]:
         def run(tx: Tx) -> int:
             if slow:
-                tx.execute(text(pause)) if pause else time.sleep(0.3)
+                _hold(tx)
             tx.if_rolled_back(lambda: undone.append(n))
             tx.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
             if lose:
@@ -510,6 +492,26 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
 
 async def _note(seen: list[int], n: int) -> None:
     seen.append(n)
+
+
+def _hold(tx: Tx) -> None:
+    """Keep the transaction going for 0.3 s (in the commit thread, or in PostgreSQL): the
+    works that come meanwhile wait for it."""
+    if tx.connection.dialect.name == "postgresql":
+        tx.execute(text("SELECT pg_sleep(0.3)"))
+    else:
+        time.sleep(0.3)
+
+
+async def _parent_and_child_checked_at_commit(db: Database) -> None:
+    """Tables ``p`` (holding 1) and ``c``, whose rows must name a ``p``: checked at
+    COMMIT, so that a transaction inserting ``c`` 99 is refused there."""
+    async with db.write() as session:
+        await session.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
+        await session.execute(
+            text("CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
+        )
+        await session.execute(text("INSERT INTO p VALUES (1)"))
 
 
 def _set(event: asyncio.Event) -> Callable[[], Awaitable[None]]:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -147,13 +148,21 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@on_stacks("sqlite-memory")
-async def test_sqlite_on_a_full_disk_refuses_the_commit_and_the_placed_file_goes(
-    tmp_path: Path, settings: Settings
-) -> None:
-    """Room for the upload's file, none for the commit: SQLite's ``database or disk is
-    full`` at COMMIT. The file was placed for the row before the commit; it must not stay
-    behind without its row. Reads go on meanwhile."""
+@dataclass
+class Filled:
+    """A running server with a project of one file, on a disk filled but for ``leave``."""
+
+    client: httpx.AsyncClient
+    settings: Settings
+    project_id: str
+    seq: int  # the project's seq once filled
+    filler: Path  # remove to make room again
+
+
+@asynccontextmanager
+async def sqlite_on_a_filled_disk(
+    tmp_path: Path, settings: Settings, leave: int
+) -> AsyncIterator[Filled]:
     with small_disk(tmp_path / "disk", "2m") as disk:
         database = disk / "tidings.db"
         on_disk = settings.model_copy(
@@ -166,56 +175,57 @@ async def test_sqlite_on_a_full_disk_refuses_the_commit_and_the_placed_file_goes
             # The next commit must grow the write-ahead log, not reuse it.
             with sqlite3.connect(database) as checkpoint:
                 checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            filler = fill(disk, leave=8192)  # the upload's file fits, its commit does not
-
-            response = await upload(client, project["id"], "lost.txt")
-
-            assert response.status_code == 507
-            assert response.json() == FULL
-            assert files_on_disk(on_disk.files_dir) == 1  # the file kept, nothing else
-            assert await listed(client, project["id"]) == ["kept.txt"]
-            assert await head(client, project["id"]) == seq
-            filler.unlink()
-            again = await upload(client, project["id"], "lost.txt")
-            assert again.status_code == 201
-            assert again.json()["seq"] == seq + 1
-            assert files_on_disk(on_disk.files_dir) == 2
+            yield Filled(client, on_disk, project["id"], seq, fill(disk, leave=leave))
 
 
 @on_stacks("sqlite-memory")
-async def test_uploads_committed_together_on_a_full_disk_are_refused_and_undone(
+async def test_sqlite_on_a_full_disk_refuses_the_commit_and_the_placed_file_goes(
     tmp_path: Path, settings: Settings
 ) -> None:
-    """Uploads at once, which go in one transaction (a group commit), on a disk with
-    room for their files but not for their COMMIT: each of them is refused with 507 and
-    leaves no file, and the seqs they took are given back."""
-    with small_disk(tmp_path / "disk", "2m") as disk:
-        database = disk / "tidings.db"
-        on_disk = settings.model_copy(
-            update={"data_dir": disk, "database_url": f"sqlite+aiosqlite:///{database}"}
-        )
-        async with running(on_disk) as client:
-            project = await create_project(client)
-            assert (await upload(client, project["id"], "kept.txt")).status_code == 201
-            seq = await head(client, project["id"])
-            with sqlite3.connect(database) as checkpoint:
-                checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            filler = fill(disk, leave=40 * 1024)  # 8 small files fit, their commits do not
+    """Room for the upload's file, none for the commit: SQLite's ``database or disk is
+    full`` at COMMIT. The file was placed for the row before the commit; it must not stay
+    behind without its row. Reads go on meanwhile."""
+    # The upload's file fits, its commit does not.
+    async with sqlite_on_a_filled_disk(tmp_path, settings, leave=8192) as filled:
+        client, project_id, seq = filled.client, filled.project_id, filled.seq
 
-            names = [f"lost-{n}.txt" for n in range(8)]
-            responses = await asyncio.gather(*(upload(client, project["id"], n) for n in names))
+        response = await upload(client, project_id, "lost.txt")
 
-            # The first may commit alone while there is room; those that wait for it go
-            # together, and find none.
-            assert {r.status_code for r in responses} <= {201, 507}
-            made = sorted(n for n, r in zip(names, responses, strict=True) if r.status_code == 201)
-            assert len(made) <= 6
-            assert files_on_disk(on_disk.files_dir) == 1 + len(made)
-            assert await listed(client, project["id"]) == ["kept.txt", *made]
-            assert await head(client, project["id"]) == seq + len(made)
-            filler.unlink()
-            again = await upload(client, project["id"], "again.txt")
-            assert again.json()["seq"] == seq + len(made) + 1
+        assert response.status_code == 507
+        assert response.json() == FULL
+        assert files_on_disk(filled.settings.files_dir) == 1  # the file kept, nothing else
+        assert await listed(client, project_id) == ["kept.txt"]
+        assert await head(client, project_id) == seq
+        filled.filler.unlink()
+        again = await upload(client, project_id, "lost.txt")
+        assert again.status_code == 201
+        assert again.json()["seq"] == seq + 1
+        assert files_on_disk(filled.settings.files_dir) == 2
+
+
+@on_stacks("sqlite-memory")
+async def test_uploads_at_once_on_a_full_disk_leave_nothing_behind(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Eight uploads at once on a disk with room for a few small files and commits: each
+    is made (201) or refused (507), whether its file, its temp file's flush or its commit
+    found no room; a refused one leaves no file, not even its temp file, and gives back
+    the seq it took."""
+    async with sqlite_on_a_filled_disk(tmp_path, settings, leave=40 * 1024) as filled:
+        client, project_id, seq = filled.client, filled.project_id, filled.seq
+        names = [f"lost-{n}.txt" for n in range(8)]
+
+        responses = await asyncio.gather(*(upload(client, project_id, n) for n in names))
+
+        assert {r.status_code for r in responses} <= {201, 507}
+        made = sorted(n for n, r in zip(names, responses, strict=True) if r.status_code == 201)
+        assert len(made) <= 6
+        assert files_on_disk(filled.settings.files_dir) == 1 + len(made)
+        assert await listed(client, project_id) == ["kept.txt", *made]
+        assert await head(client, project_id) == seq + len(made)
+        filled.filler.unlink()
+        again = await upload(client, project_id, "again.txt")
+        assert again.json()["seq"] == seq + len(made) + 1
 
 
 def test_full_disks_are_told_apart_from_outages() -> None:
