@@ -538,6 +538,50 @@ async def test_what_works_leave_for_later_runs_once_for_the_whole_batch(
         await db.dispose()
 
 
+async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
+    database_url: str,
+) -> None:
+    """Callbacks start in commit order, but each change is answered once its own have
+    run: a publish that hangs (a broker that does not answer) holds up its own change,
+    not the changes of its batch or of the batches after it."""
+    db = Database(create_engine(database_url))
+    started: list[int] = []
+    release = asyncio.Event()
+
+    def work(n: int, slow: bool = False) -> Callable[[Tx], int]:
+        async def callback() -> None:
+            started.append(n)
+            if n == 1:
+                await release.wait()
+
+        def run(tx: Tx) -> int:
+            if slow:
+                _hold(tx)
+            tx.execute(_INSERT_T, {"n": n})
+            after_commit(tx, callback)
+            return n
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+        first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
+        await asyncio.sleep(0.1)
+        batch = [asyncio.create_task(db.commit(work(n), key="p")) for n in (1, 2, 3)]
+        assert await first == 0
+        async with asyncio.timeout(30):
+            assert await asyncio.gather(batch[1], batch[2]) == [2, 3]
+            assert await db.commit(work(4), key="p") == 4
+        assert not batch[0].done()
+        assert started == [0, 1, 2, 3, 4]
+        release.set()
+        assert await batch[0] == 1
+    finally:
+        release.set()
+        await db.dispose()
+
+
 async def _note(seen: list[int], n: int) -> None:
     seen.append(n)
 

@@ -460,8 +460,8 @@ class Database:
         A work alone runs in a transaction of its own, without a savepoint.
 
         The transaction, then its callbacks, run to the end even if the caller is
-        cancelled meanwhile: a change that commits is published. Callbacks run in the
-        order of the commits."""
+        cancelled meanwhile: a change that commits is published. The callbacks of the
+        works start in the order of their commits (each work's, one after another)."""
         queue = key if self._writers is None else None
         change: _Change = (work, asyncio.get_running_loop().create_future())
         change[1].add_done_callback(_retrieved)
@@ -476,7 +476,6 @@ class Database:
     async def _drain(self, queue: str | None, waiting: list[_Change]) -> None:
         """Commit the works of ``queue`` as they come, in batches of what has waited: the
         first at once, and those that come meanwhile together in the next."""
-        published: asyncio.Future[None] | None = None
         batch: list[_Change] = []
         try:
             while waiting:
@@ -488,8 +487,14 @@ class Database:
                         outcomes = await self._transaction([work for work, _ in batch])
                 except Exception as exc:
                     outcomes = [_Outcome(error=exc)] * len(batch)
-                # The next batch's transaction goes on while this one's callbacks run.
-                published = _keep(self._tasks, _settle(batch, outcomes, published))
+                # Each work's callbacks start in commit order, and its caller is answered
+                # once they have run: a publish that hangs (the broker's) delays its own
+                # change's answer, no other's. The next batch goes on meanwhile.
+                for (_, answer), outcome in zip(batch, outcomes, strict=True):
+                    if outcome.error is not None:
+                        answer.set_exception(outcome.error)
+                    else:
+                        _keep(self._tasks, _call_back(answer, outcome))
                 batch = []
         finally:
             # Only if this task was cancelled (the node stopping) are works left here.
@@ -538,20 +543,10 @@ def _keep(tasks: set[asyncio.Future[Any]], job: Awaitable[Any]) -> asyncio.Futur
     return task
 
 
-async def _settle(
-    batch: list[_Change], outcomes: list[_Outcome], previous: asyncio.Future[Any] | None
-) -> None:
-    """Run the callbacks of a committed batch's works, after the batch before (so events
-    are published in the order they were committed), and answer each work's caller once
-    its own have run."""
-    if previous is not None:
-        await asyncio.wait([previous])
-    for (_, answer), outcome in zip(batch, outcomes, strict=True):
-        if outcome.error is not None:
-            answer.set_exception(outcome.error)
-        else:
-            await _run_callbacks(outcome.callbacks)
-            answer.set_result(outcome.result)
+async def _call_back(answer: asyncio.Future[Any], outcome: _Outcome) -> None:
+    """Run a committed work's callbacks, then answer its caller."""
+    await _run_callbacks(outcome.callbacks)
+    answer.set_result(outcome.result)
 
 
 async def _run_callbacks(callbacks: list[Callback]) -> None:
