@@ -490,54 +490,6 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
         await db.dispose()
 
 
-async def test_what_works_leave_for_later_runs_once_for_the_whole_batch(
-    database_url: str,
-) -> None:
-    """``tx.later``: the rows a batch's works leave for the end go in one execution per
-    statement, after every work (a work does not see its own), and those of a work that
-    failed are not written."""
-    db = Database(create_engine(database_url))
-    executions: list[tuple[str, bool]] = []
-
-    def count(
-        _conn: object, _cursor: object, statement: str, _params: object, _ctx: object, many: bool
-    ) -> None:
-        if "INSERT INTO t" in statement:
-            executions.append((statement, many))
-
-    def work(n: int, fail: bool = False, slow: bool = False) -> Callable[[Tx], int]:
-        def run(tx: Tx) -> int:
-            if slow:
-                _hold(tx)
-            tx.later(_INSERT_T, {"n": n})
-            seen = int(tx.scalar(text("SELECT count(*) FROM t")))
-            if fail:
-                raise LookupError(n)
-            return seen
-
-        return run
-
-    engines = [db.engine.sync_engine, *([db._sync_engine] if db._sync_engine else [])]
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
-        for engine in engines:
-            event.listen(engine, "before_cursor_execute", count)
-        first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
-        await asyncio.sleep(0.1)
-        others = [asyncio.create_task(db.commit(work(n, fail=n == 2), key="p")) for n in (1, 2, 3)]
-        assert await first == 0
-        results = await asyncio.gather(*others, return_exceptions=True)
-        assert results[0] == 1 and results[2] == 1  # 0 is in, its batch's are not yet
-        assert isinstance(results[1], LookupError)
-        assert await rows(db) == [0, 1, 3]
-        assert len(executions) == 2  # one per batch
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
-        await db.dispose()
-
-
 async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
     database_url: str,
 ) -> None:

@@ -237,13 +237,12 @@ class Tx:
     ``connection``, :func:`after_commit` for what must happen once it is durable, and
     :meth:`if_rolled_back` for what must be undone if it is not."""
 
-    __slots__ = ("_later", "_undo", "connection", "info")
+    __slots__ = ("_undo", "connection", "info")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.info: dict[str, Any] = {AFTER_COMMIT: []}
         self._undo: list[Callable[[], object]] = []
-        self._later: list[tuple[Executable, dict[str, Any]]] = []
 
     def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
         return self.connection.execute(statement, params)
@@ -253,14 +252,6 @@ class Tx:
 
     def scalars(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
         return list(self.connection.scalars(statement, params).all())
-
-    def later(self, statement: Executable, params: dict[str, Any]) -> None:
-        """Run ``statement`` with ``params`` just before the COMMIT, in one execution with
-        the rows the batch's other works gave the same statement (an ``executemany``: one
-        round trip to PostgreSQL for them all). For what nothing in the transaction reads
-        back, and whose statements give the same result run in this order: each
-        statement's rows together, the statements in the order they were first given."""
-        self._later.append((statement, params))
 
     def if_rolled_back(self, undo: Callable[[], object]) -> None:
         """Call ``undo()`` (plain, in the transaction's thread) if the transaction is known
@@ -324,7 +315,6 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
                 outcomes[i] = _Outcome(error=exc)
                 continue
             outcomes[i] = _Outcome(result, tx.info[AFTER_COMMIT])
-        _run_later(connection, live)
         committing = True
         transaction.commit()
     except BaseException as exc:
@@ -346,16 +336,6 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
             for outcome in outcomes
         ]
     return [outcome for outcome in outcomes if outcome is not None]
-
-
-def _run_later(connection: Connection, txs: list[Tx]) -> None:
-    """The statements ``txs`` gave :meth:`Tx.later`, each with all its rows at once."""
-    grouped: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
-    for tx in txs:
-        for statement, params in tx._later:
-            grouped.setdefault(id(statement), (statement, []))[1].append(params)
-    for statement, rows in grouped.values():
-        connection.execute(statement, rows)
 
 
 class Database:

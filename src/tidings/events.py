@@ -253,15 +253,9 @@ class EventLog:
         """:meth:`record`, in a transaction of :meth:`Database.commit`, for a caller that
         has bumped ``projects.last_seq`` to ``seq`` itself (:func:`take_seq`, or
         ``values(last_seq=NEXT_SEQ)`` in the UPDATE … RETURNING that makes its change: one
-        statement fewer). Returns ``seq``.
-
-        The event's row is written at the end of the transaction, with the other events
-        of its batch (:meth:`Tx.later`), and so is the trim: the log is not read in the
-        transactions of :meth:`Database.commit`, and every event inserted before every
-        trim leaves the log as inserting and trimming in turn would (a trim takes only
-        seqs older than the event it comes with)."""
+        statement fewer). Returns ``seq``."""
         for statement, params in self._entry(tx, project_id, seq, type, body, audience, revoked):
-            tx.later(statement, params)
+            tx.execute(statement, params)
         return seq
 
     def _entry(
