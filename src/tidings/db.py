@@ -448,7 +448,7 @@ class Database:
         waiting = self._waiting.get(queue)
         if waiting is None:
             self._waiting[queue] = waiting = []
-            _keep(self._tasks, asyncio.create_task(self._drain(queue, waiting)))
+            _keep(self._tasks, self._drain(queue, waiting))
         waiting.append(change)
         result: T = await asyncio.shield(change[1])
         return result
@@ -514,13 +514,12 @@ def _retrieved(job: asyncio.Future[Any]) -> None:
         job.exception()
 
 
-def _keep(tasks: set[asyncio.Future[Any]], job: Awaitable[Any]) -> asyncio.Future[Any]:
-    """``job`` as a task kept in ``tasks`` until it is done (the loop holds only weak
+def _keep(tasks: set[asyncio.Future[Any]], job: Awaitable[Any]) -> None:
+    """Run ``job`` as a task kept in ``tasks`` until it is done (the loop holds only weak
     references to its tasks)."""
     task = asyncio.ensure_future(job)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
-    return task
 
 
 async def _call_back(answer: asyncio.Future[Any], outcome: _Outcome) -> None:
