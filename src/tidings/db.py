@@ -291,13 +291,13 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
     :meth:`Tx.if_rolled_back` called) and the others go on. If the transaction itself
     fails (a statement outside the works, or the COMMIT), every work that had not failed
     gets that error."""
-    outcomes: list[_Outcome | None] = [None] * len(works)
+    outcomes: list[_Outcome] = []  # one for each work that has run
     live: list[Tx] = []  # the transactions of the works that have not failed
     savepoints = len(works) > 1
     transaction = connection.begin()
     committing = False
     try:
-        for i, work in enumerate(works):
+        for work in works:
             tx = Tx(connection)
             live.append(tx)
             if savepoints:
@@ -312,9 +312,9 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
                 connection.exec_driver_sql(_UNDO_WORK)
                 live.pop()
                 tx._rolled_back()
-                outcomes[i] = _Outcome(error=exc)
+                outcomes.append(_Outcome(error=exc))
                 continue
-            outcomes[i] = _Outcome(result, tx.info[AFTER_COMMIT])
+            outcomes.append(_Outcome(result, tx.info[AFTER_COMMIT]))
         committing = True
         transaction.commit()
     except BaseException as exc:
@@ -331,11 +331,10 @@ def _transact(connection: Connection, works: Sequence[Callable[[Tx], Any]]) -> l
                 tx._rolled_back()
         if not isinstance(exc, Exception):
             raise
-        return [
-            outcome if outcome is not None and outcome.error is not None else _Outcome(error=exc)
-            for outcome in outcomes
-        ]
-    return [outcome for outcome in outcomes if outcome is not None]
+        failed = _Outcome(error=exc)
+        ran = [outcome if outcome.error is not None else failed for outcome in outcomes]
+        return ran + [failed] * (len(works) - len(ran))
+    return outcomes
 
 
 class Database:
