@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from tests.conftest import on_stacks
 from tidings import db
 from tidings.db import (
+    MAX_BATCH,
     MIGRATIONS,
     Database,
     Tx,
@@ -415,6 +416,31 @@ async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
         assert await rows(db) == [0, 1, 3, 5, 6]
         assert called == [0, 1, 3, 5, 6]
         assert undone == [2, 4]
+    finally:
+        await db.dispose()
+
+
+async def test_a_group_commit_takes_at_most_max_batch_works(tmp_path: Path) -> None:
+    """Works beyond :data:`MAX_BATCH` wait for the next transaction."""
+    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}"))
+
+    def work(n: int, slow: bool = False) -> Callable[[Tx], None]:
+        def run(tx: Tx) -> None:
+            if slow:
+                _hold(tx)
+            tx.execute(_INSERT_T, {"n": n})
+
+        return run
+
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+        first = asyncio.create_task(db.commit(work(0, slow=True)))
+        await asyncio.sleep(0.1)
+        more = MAX_BATCH + 6
+        await asyncio.gather(first, *(db.commit(work(n)) for n in range(1, more + 1)))
+        assert db.transactions == 3
+        assert await rows(db) == list(range(more + 1))
     finally:
         await db.dispose()
 
