@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ServerThread, _pg_admin, on_stacks
 from tidings.codes import protocol_table
@@ -78,3 +82,51 @@ async def test_metrics_token(make_server: Callable[..., ServerThread]) -> None:
         # Health and readiness stay open to the orchestrator.
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
+
+
+# Run in an interpreter of its own: OpenTelemetry's tracer provider is set once a process.
+# It records the spans FastAPI starts for one request, with TIDINGS_OPENTELEMETRY as given.
+_SPANS_OF_A_REQUEST = """
+import asyncio, sys
+import httpx
+from opentelemetry import trace
+from tidings.app import create_app
+from tidings.settings import Settings
+
+started = []
+
+class Tracer(trace.NoOpTracer):
+    def start_span(self, name, *args, **kwargs):
+        started.append(name)
+        return super().start_span(name, *args, **kwargs)
+
+    def start_as_current_span(self, name, *args, **kwargs):
+        started.append(name)
+        return super().start_as_current_span(name, *args, **kwargs)
+
+class Provider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return Tracer()
+
+async def main():
+    trace.set_tracer_provider(Provider())
+    settings = Settings(data_dir=sys.argv[1], create_admin=False, opentelemetry=sys.argv[2])
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/healthz")).status_code == 200
+    print(" ".join(started))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_opentelemetry_spans_only_when_asked_for(tmp_path: Path, enabled: bool) -> None:
+    probe = [sys.executable, "-c", _SPANS_OF_A_REQUEST, str(tmp_path), str(enabled)]
+    spans = subprocess.run(probe, capture_output=True, text=True, timeout=120, check=True)
+    if enabled:  # FastAPI's own spans, for the providers the process set up
+        assert "GET" in spans.stdout.split(), spans.stdout
+    else:
+        assert spans.stdout.split() == []

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import HTTPConnection, Request
@@ -48,6 +49,10 @@ from tidings.storage import Storage
 from tidings.throttle import LoginThrottle
 from tidings.transport import OPTIONS_KEY, TransportOptions
 from tidings.ws import Upgrades
+
+# FastAPI's own OpenTelemetry instrumentation, off (TIDINGS_OPENTELEMETRY): it would check
+# for configured providers at every request and connection, some 3 % of a connect's time.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 logger = logging.getLogger("tidings")
 
@@ -147,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Projects, files and processes over REST; every change live over /ws.",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
     app.state.services = services
     validation.install(app)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     metrics_token: str = Field(default="", description="if set, /metrics needs this bearer")
     create_admin: bool = Field(default=True, description="create `admin` on first start")
     docs: bool = Field(default=True, description="serve the API docs at /docs and /redoc")
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry traces, metrics and logs of each request and "
+        "connection, for the providers an OpenTelemetry SDK sets up in the process; off, "
+        "nothing is asked of OpenTelemetry per request",
+    )
 
     # Real-time
     broker_url: str = "memory://"
