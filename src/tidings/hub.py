@@ -658,7 +658,9 @@ class Hub:
             # later event; the separate control message can be lost without a trace.
             for user_id in env.revoked:
                 self.revoke_access(project_id, user_id)
-        for user_id in env.audience:
+        # The users of the audience this node holds connections of, found in C: a change
+        # to a project of thousands of members names them all, and few are here.
+        for user_id in self.by_user.keys() & env.audience:
             for conn in self.by_user.get(user_id, ()):
                 verdict = conn.offer_audience(frame)
                 if verdict:
