@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -231,7 +231,6 @@ async def test_commit_runs_a_plain_function_in_a_transaction_then_its_callbacks(
 ) -> None:
     """What ``work`` returns comes back once it is committed, and its after-commit
     callbacks see the change; an exception rolls it back, runs no callback and is raised."""
-    db = Database(create_engine(database_url))
     seen: list[list[int]] = []
 
     async def look() -> None:
@@ -247,9 +246,7 @@ async def test_commit_runs_a_plain_function_in_a_transaction_then_its_callbacks(
 
         return work
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+    async with _table_t(database_url) as db:
         assert await db.commit(insert(1)) == 1
         assert seen == [[1]]
         with pytest.raises(LookupError):
@@ -257,8 +254,6 @@ async def test_commit_runs_a_plain_function_in_a_transaction_then_its_callbacks(
         assert seen == [[1]]
         assert await db.commit(insert(3)) == 2
         assert await rows(db) == [1, 3]
-    finally:
-        await db.dispose()
 
 
 async def test_sqlite_commits_and_writes_share_the_write_lock_each_in_arrival_order(
@@ -269,7 +264,6 @@ async def test_sqlite_commits_and_writes_share_the_write_lock_each_in_arrival_or
     and the commits that came while one was being made go together in the next. (A
     commit that comes while a batch is committed may go after writes that came after it,
     and were already waiting for the lock: the batch waits for the lock as one.)"""
-    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}"))
     order: list[int] = []
 
     def slow(i: int) -> Callable[[Tx], None]:
@@ -289,9 +283,7 @@ async def test_sqlite_commits_and_writes_share_the_write_lock_each_in_arrival_or
             await asyncio.sleep(0.005)
             order.append(i)
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+    async with _table_t(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}") as db:
         writers = []
         for i in range(40):  # one arriving each millisecond: the lock is held for 5
             writers.append(asyncio.create_task(writer(i)))
@@ -301,8 +293,6 @@ async def test_sqlite_commits_and_writes_share_the_write_lock_each_in_arrival_or
         assert [i for i in order if not i % 2] == list(range(0, 40, 2))
         assert db.transactions < 20
         assert sorted(await rows(db)) == list(range(40))
-    finally:
-        await db.dispose()
 
 
 async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
@@ -310,7 +300,6 @@ async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
 ) -> None:
     """A change that commits is published: cancelling the request that made it (a server
     stopping, say) does not stop its transaction half way or skip its callbacks."""
-    db = Database(create_engine(database_url))
     called = asyncio.Event()
 
     def work(tx: Tx) -> None:
@@ -318,9 +307,7 @@ async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
         tx.execute(text("INSERT INTO t VALUES (7)"))
         after_commit(tx, _set(called))
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER)"))
+    async with _table_t(database_url) as db:
         caller = asyncio.create_task(db.commit(work))
         await asyncio.sleep(0.1)
         caller.cancel()
@@ -329,8 +316,6 @@ async def test_a_commit_whose_caller_is_cancelled_still_commits_and_calls_back(
         async with asyncio.timeout(30):
             await called.wait()
         assert await rows(db) == [7]
-    finally:
-        await db.dispose()
 
 
 async def test_what_a_transaction_that_does_not_commit_did_is_undone(
@@ -380,7 +365,6 @@ async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
     """A group commit: the works that come while one is being committed go in the next
     transaction together, in order; one that raises (or whose statement fails) is undone
     alone, its caller alone gets the error, and the others commit and call back in order."""
-    db = Database(create_engine(database_url))
     undone: list[int] = []
     called: list[int] = []
 
@@ -399,9 +383,7 @@ async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
 
         return run
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+    async with _table_t(database_url) as db:
         first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
         await asyncio.sleep(0.1)  # the first is being committed: the others wait together
         fails = {2: "raise", 4: "statement"}
@@ -416,13 +398,10 @@ async def test_commits_that_wait_together_go_in_one_transaction_and_fail_alone(
         assert await rows(db) == [0, 1, 3, 5, 6]
         assert called == [0, 1, 3, 5, 6]
         assert undone == [2, 4]
-    finally:
-        await db.dispose()
 
 
 async def test_a_group_commit_takes_at_most_max_batch_works(tmp_path: Path) -> None:
     """Works beyond :data:`MAX_BATCH` wait for the next transaction."""
-    db = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}"))
 
     def work(n: int, slow: bool = False) -> Callable[[Tx], None]:
         def run(tx: Tx) -> None:
@@ -432,17 +411,56 @@ async def test_a_group_commit_takes_at_most_max_batch_works(tmp_path: Path) -> N
 
         return run
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+    async with _table_t(f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}") as db:
         first = asyncio.create_task(db.commit(work(0, slow=True)))
         await asyncio.sleep(0.1)
         more = MAX_BATCH + 6
         await asyncio.gather(first, *(db.commit(work(n)) for n in range(1, more + 1)))
         assert db.transactions == 3
         assert await rows(db) == list(range(more + 1))
-    finally:
-        await db.dispose()
+
+
+@on_stacks("postgres-redis")
+async def test_two_nodes_batches_of_one_project_take_its_lock_in_turn(database_url: str) -> None:
+    """Two nodes (a :class:`Database` each) change one project at once: each node's
+    works wait and go together, the two nodes' batches take the project's row lock in
+    turn, and every work gets the next number, none skipped or taken twice, in the order
+    its node was given it. Another project's batch waits for neither."""
+    take = text("UPDATE heads SET seq = seq + 1 WHERE id = :id RETURNING seq")
+
+    def work(project: str, slow: bool = False) -> Callable[[Tx], int]:
+        def run(tx: Tx) -> int:
+            seq = int(tx.scalar(take, {"id": project}))  # the row lock, to the commit
+            if slow:
+                _hold(tx)
+            if project == "p":
+                tx.execute(_INSERT_T, {"n": seq})
+            return seq
+
+        return run
+
+    async with _table_t(database_url) as a:
+        b = Database(create_engine(database_url))
+        try:
+            async with a.write() as session:
+                await session.execute(text("CREATE TABLE heads (id TEXT PRIMARY KEY, seq INT)"))
+                await session.execute(text("INSERT INTO heads VALUES ('p', 0), ('q', 0)"))
+            first = asyncio.create_task(a.commit(work("p", slow=True), key="p"))
+            await asyncio.sleep(0.1)  # a holds the lock: b's batch waits for it in PostgreSQL
+            on_b = [asyncio.create_task(b.commit(work("p"), key="p")) for _ in range(5)]
+            on_a = [asyncio.create_task(a.commit(work("p"), key="p")) for _ in range(5)]
+            assert await b.commit(work("q"), key="q") == 1
+            assert not first.done()
+            assert await first == 1
+            from_b = await asyncio.gather(*on_b)
+            from_a = await asyncio.gather(*on_a)
+            for got in (from_a, from_b):
+                assert got == list(range(got[0], got[0] + 5))
+            assert sorted([1, *from_a, *from_b]) == list(range(1, 12))
+            assert await rows(a) == list(range(1, 12))
+            assert (a.transactions, b.transactions) == (2, 2)
+        finally:
+            await b.dispose()
 
 
 async def test_a_group_commit_refused_fails_each_of_its_works(database_url: str) -> None:
@@ -482,7 +500,6 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
     """A failure that ends the whole transaction, not the work's statement alone (SQLite
     on a full disk): the works before it in the batch are undone with it, those after it
     do not run, and every caller is told."""
-    db = Database(create_engine(database_url))
     undone: list[int] = []
 
     def work(n: int, lose: bool = False, slow: bool = False) -> Callable[[Tx], int]:
@@ -498,9 +515,7 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
 
         return run
 
-    try:
-        async with db.write() as session:
-            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+    async with _table_t(database_url) as db:
         first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
         await asyncio.sleep(0.1)
         batch = [asyncio.create_task(db.commit(work(n, lose=n == 2), key="p")) for n in (1, 2, 3)]
@@ -512,8 +527,6 @@ async def test_a_work_that_takes_its_batchs_transaction_with_it_fails_the_batch(
         assert await rows(db) == [0]
         assert await db.commit(work(4), key="p") == 4
         assert await rows(db) == [0, 4]
-    finally:
-        await db.dispose()
 
 
 async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
@@ -522,7 +535,6 @@ async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
     """Callbacks start in commit order, but each change is answered once its own have
     run: a publish that hangs (a broker that does not answer) holds up its own change,
     not the changes of its batch or of the batches after it."""
-    db = Database(create_engine(database_url))
     started: list[int] = []
     release = asyncio.Event()
 
@@ -541,22 +553,33 @@ async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
 
         return run
 
+    async with _table_t(database_url) as db:
+        try:
+            first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
+            await asyncio.sleep(0.1)
+            batch = [asyncio.create_task(db.commit(work(n), key="p")) for n in (1, 2, 3)]
+            assert await first == 0
+            async with asyncio.timeout(30):
+                assert await asyncio.gather(batch[1], batch[2]) == [2, 3]
+                assert await db.commit(work(4), key="p") == 4
+            assert not batch[0].done()
+            assert started == [0, 1, 2, 3, 4]
+            release.set()
+            assert await batch[0] == 1
+        finally:
+            release.set()
+
+
+@contextlib.asynccontextmanager
+async def _table_t(url: str) -> AsyncIterator[Database]:
+    """A :class:`Database` on ``url`` with an empty table ``t (n INTEGER NOT NULL)``,
+    disposed of at the end."""
+    db = Database(create_engine(url))
     try:
         async with db.write() as session:
             await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
-        first = asyncio.create_task(db.commit(work(0, slow=True), key="p"))
-        await asyncio.sleep(0.1)
-        batch = [asyncio.create_task(db.commit(work(n), key="p")) for n in (1, 2, 3)]
-        assert await first == 0
-        async with asyncio.timeout(30):
-            assert await asyncio.gather(batch[1], batch[2]) == [2, 3]
-            assert await db.commit(work(4), key="p") == 4
-        assert not batch[0].done()
-        assert started == [0, 1, 2, 3, 4]
-        release.set()
-        assert await batch[0] == 1
+        yield db
     finally:
-        release.set()
         await db.dispose()
 
 
