@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -461,6 +462,53 @@ async def test_two_nodes_batches_of_one_project_take_its_lock_in_turn(database_u
             assert (a.transactions, b.transactions) == (2, 2)
         finally:
             await b.dispose()
+
+
+# A node that takes a project's row lock and then stops, its transaction left idle (run
+# in a process of its own; its IDLE_TRANSACTION_TIMEOUT cut to 1 s to keep the test short).
+_FROZEN_NODE = """
+import asyncio, sys, time
+from sqlalchemy import text
+from tidings import db
+from tidings.db import Database, create_engine
+
+db.IDLE_TRANSACTION_TIMEOUT = 1.0
+
+def freeze(tx):
+    tx.execute(text("UPDATE heads SET seq = seq + 1 WHERE id = 'p'"))
+    print("locked", flush=True)
+    time.sleep(120)
+
+asyncio.run(Database(create_engine(sys.argv[1])).commit(freeze, key="p"))
+"""
+
+
+@on_stacks("postgres-redis")
+async def test_a_frozen_node_does_not_hold_its_projects_changes_for_long(
+    database_url: str,
+) -> None:
+    """A node that stops in the middle of a transaction (frozen, or cut off on a
+    connection that stays open) holds the rows it locked only until PostgreSQL ends its
+    idle session (:data:`db.IDLE_TRANSACTION_TIMEOUT`): the other nodes' changes to the
+    project then go on, and the frozen node's change is not made."""
+    take = text("UPDATE heads SET seq = seq + 1 WHERE id = 'p' RETURNING seq")
+    async with _table_t(database_url) as other:
+        async with other.write() as session:
+            await session.execute(text("CREATE TABLE heads (id TEXT PRIMARY KEY, seq INT)"))
+            await session.execute(text("INSERT INTO heads VALUES ('p', 0)"))
+        frozen = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _FROZEN_NODE, database_url, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert frozen.stdout is not None
+            async with asyncio.timeout(60):
+                assert await frozen.stdout.readline() == b"locked\n"
+            # The frozen node sleeps for 120 s: without the timeout this waits as long.
+            async with asyncio.timeout(60):
+                assert await other.commit(lambda tx: int(tx.scalar(take)), key="p") == 1
+        finally:
+            frozen.kill()
+            await frozen.communicate()
 
 
 async def test_a_group_commit_refused_fails_each_of_its_works(database_url: str) -> None:

@@ -131,6 +131,15 @@ def _discard_wedged(context: ExceptionContext) -> None:
         context.invalidate_pool_on_disconnect = False
 
 
+# Seconds a node's PostgreSQL transaction may sit idle, waiting for the node's next
+# statement, before PostgreSQL ends the session. tidings never waits inside a transaction
+# for anything but the database, so only a node that stopped (frozen, its event loop
+# stuck, or cut off from the database on a connection that stays open) is idle that
+# long; and while its transaction lives, the project rows it locked stop every other
+# node's changes to those projects. Ended, it releases them; its own change fails.
+IDLE_TRANSACTION_TIMEOUT = 10.0
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a generous busy timeout."""
     parsed = make_url(url)
@@ -143,7 +152,10 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         event.listen(engine.sync_engine, "reset", _sqlite_on_reset)
         return engine
-    engine = create_async_engine(url, pool_size=10, max_overflow=20)
+    settings = {"idle_in_transaction_session_timeout": str(round(IDLE_TRANSACTION_TIMEOUT * 1000))}
+    engine = create_async_engine(
+        url, pool_size=10, max_overflow=20, connect_args={"server_settings": settings}
+    )
     event.listen(engine.sync_engine, "handle_error", _discard_wedged)
     event.listen(engine.sync_engine, "connect", _note_idle)
     event.listen(engine.sync_engine, "checkin", _note_idle)
