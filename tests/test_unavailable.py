@@ -31,7 +31,7 @@ from tests.conftest import (
     recv_until,
     subscribe,
 )
-from tests.proxy import SilencingProxy
+from tests.proxy import SilencingProxy, silencing_proxy
 from tidings import Settings
 from tidings.db import unavailable
 
@@ -119,6 +119,44 @@ async def test_requests_get_503_while_the_database_is_unreachable(
     finally:
         await server.stop_async()
         await proxy.close()
+
+
+@on_stacks("postgres-redis")
+async def test_a_silent_database_fails_requests_with_503_instead_of_hanging_them(
+    settings: Settings,
+) -> None:
+    """A database that stops answering on connections that stay open (a cut network, a
+    failover whose old address drops packets): a request fails with 503 once
+    ``TIDINGS_DATABASE_TIMEOUT`` has passed, instead of waiting for as long as the
+    connection lasts, and so does nothing else waiting behind it; new connections are
+    answered again, and the next change gets the next seq (the silent one was not made)."""
+    url = make_url(settings.effective_database_url)
+    async with silencing_proxy(url.port or 5432) as proxy:
+        proxied = settings.model_copy(
+            update={
+                "database_url": url.set(port=proxy.port).render_as_string(hide_password=False),
+                "database_timeout": 1.0,
+            }
+        )
+        server = ServerThread(proxied)
+        await asyncio.to_thread(server.start)  # the proxy runs on this loop
+        try:
+            user = await create_user(proxied)
+            async with api(server, user) as client:
+                path = f"/api/projects/{(await create_project(client))['id']}"
+                proxy.silence()  # what the database sends on the connections open now is lost
+                async with asyncio.timeout(TIMEOUT):
+                    silent = await client.patch(path, json={"name": "lost"})
+                assert silent.status_code == 503, silent.text
+                async with asyncio.timeout(TIMEOUT):
+                    answer = await client.patch(path, json={"name": "x"})
+                    while answer.status_code == 503:  # a pooled connection silenced too
+                        answer = await client.patch(path, json={"name": "x"})
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["Tidings-Seq"] == "2"
+                assert (await client.get(path)).json()["name"] == "x"
+        finally:
+            await server.stop_async()
 
 
 @on_stacks("postgres-redis")

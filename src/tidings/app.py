@@ -60,7 +60,7 @@ logger = logging.getLogger("tidings")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app. Nothing connects until the lifespan starts."""
     settings = settings or Settings()
-    db = Database(create_engine(settings.effective_database_url))
+    db = Database(create_engine(settings.effective_database_url, settings.database_timeout or None))
     broker = create_broker(settings.broker_url, settings.broker_timeout)
     eventlog = EventLog(db, broker, settings.event_history, settings.broker_channel)
     storage = Storage(settings.files_dir)
@@ -107,7 +107,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         storage.prepare()
-        await migrate(db.engine)
+        # On an engine of its own, without the statements' timeout: a migration of a
+        # large log may take long.
+        migrations = create_engine(settings.effective_database_url)
+        try:
+            await migrate(migrations)
+        finally:
+            await migrations.dispose()
         if settings.create_admin:
             await ensure_admin(db)
         await broker.connect()

@@ -140,8 +140,13 @@ def _discard_wedged(context: ExceptionContext) -> None:
 IDLE_TRANSACTION_TIMEOUT = 10.0
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a generous busy timeout."""
+def create_engine(url: str, timeout: float | None = None) -> AsyncEngine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a generous busy timeout.
+
+    ``timeout``: seconds PostgreSQL has to answer each statement, and to accept a new
+    connection, before the statement fails as :func:`unavailable` (a database gone
+    silent: a cut network, a failover whose old address drops packets); None waits for
+    as long as the connection lasts."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -153,9 +158,10 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "reset", _sqlite_on_reset)
         return engine
     settings = {"idle_in_transaction_session_timeout": str(round(IDLE_TRANSACTION_TIMEOUT * 1000))}
-    engine = create_async_engine(
-        url, pool_size=10, max_overflow=20, connect_args={"server_settings": settings}
-    )
+    connect_args: dict[str, Any] = {"server_settings": settings}
+    if timeout is not None:
+        connect_args |= {"command_timeout": timeout, "timeout": timeout}
+    engine = create_async_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
     event.listen(engine.sync_engine, "handle_error", _discard_wedged)
     event.listen(engine.sync_engine, "connect", _note_idle)
     event.listen(engine.sync_engine, "checkin", _note_idle)

@@ -25,6 +25,14 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; empty means SQLite inside the data dir.",
     )
     max_upload_bytes: int = Field(default=1 * GiB, gt=0)
+    database_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds PostgreSQL has to answer a statement, or to accept a connection, "
+        "before it fails and its request answers 503: a database gone silent (a cut network, "
+        "a failover whose old address drops packets) fails requests instead of hanging "
+        "them; 0: wait as long as the connection lasts. Schema migrations are not bounded",
+    )
 
     # HTTP and sessions
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
