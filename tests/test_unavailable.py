@@ -14,8 +14,11 @@ import asyncio
 import orjson
 import pytest
 import websockets
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import (
     TIMEOUT,
@@ -33,7 +36,7 @@ from tests.conftest import (
 )
 from tests.proxy import SilencingProxy, silencing_proxy
 from tidings import Settings
-from tidings.db import unavailable
+from tidings.db import Database, unavailable
 
 
 def test_unreachable_databases_are_told_apart_from_failed_statements() -> None:
@@ -44,8 +47,27 @@ def test_unreachable_databases_are_told_apart_from_failed_statements() -> None:
     wrapped = RuntimeError("handler")
     wrapped.__cause__ = ConnectionResetError()
     assert unavailable(wrapped)
+    assert unavailable(PoolTimeout("QueuePool limit of size 10 overflow 20 reached"))
     assert not unavailable(DBAPIError("SELECT 1", {}, ValueError("bad value")))
     assert not unavailable(ValueError("nope"))
+
+
+async def test_a_pool_with_no_connection_to_spare_in_time_counts_as_unavailable(
+    database_url: str,
+) -> None:
+    """Every pooled connection busy for longer than the pool waits (a database too slow
+    for the load): the read that could not get one fails as :func:`unavailable` (503,
+    retry), not as an internal error (500)."""
+    db = Database(create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2))
+    try:
+        async with db.engine.connect() as busy:
+            await busy.execute(text("SELECT 1"))
+            with pytest.raises(PoolTimeout) as waited:
+                async with db.read() as session:
+                    await session.execute(text("SELECT 1"))
+        assert unavailable(waited.value)
+    finally:
+        await db.dispose()
 
 
 @on_stacks("postgres-redis")

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -80,10 +81,11 @@ def _named(exc: BaseException, names: frozenset[str]) -> bool:
 
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached (refused, lost, shutting
-    down, starting up) rather than that a statement failed. A transaction cut off this way
-    rolled back, unless the connection was lost during its COMMIT itself."""
+    down, starting up, or too busy for the pool to hand out a connection in time) rather
+    than that a statement failed. A transaction cut off this way rolled back, unless the
+    connection was lost during its COMMIT itself."""
     for current in _causes(exc):
-        if isinstance(current, ConnectionError | TimeoutError):
+        if isinstance(current, ConnectionError | TimeoutError | PoolTimeout):
             return True
         if isinstance(current, DBAPIError) and (
             current.connection_invalidated or isinstance(current, OperationalError | InterfaceError)
