@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.conftest import TIMEOUT
 from tidings.batches import Batches
 
 
@@ -75,3 +76,46 @@ async def test_a_caller_that_gave_up_is_not_told_of_the_failure() -> None:
     with pytest.raises(LookupError):
         await staying
     assert leaving.cancelled()
+
+
+class Timed(Answerer):
+    """An :class:`Answerer` that notes when each batch started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[float] = []
+
+    async def __call__(self, batch: list[int]) -> list[int]:
+        self.started.append(asyncio.get_running_loop().time())
+        return await super().__call__(batch)
+
+
+async def test_under_load_batches_start_a_spacing_apart() -> None:
+    """After a batch of more than one, the next waits for the spacing to pass since that
+    one started, and whatever comes meanwhile joins it."""
+    answerer = Timed()
+    batches = Batches(answerer, size=10, spacing=0.2)
+    first = [asyncio.create_task(batches.ask(n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batches.ask(3))
+    answerer.go.set()
+    assert await asyncio.gather(*first) == [2, 4]
+    third = asyncio.create_task(batches.ask(4))  # during the spacing: goes with 3
+    assert await asyncio.gather(second, third) == [6, 8]
+    assert answerer.batches == [[1, 2], [3, 4]]
+    assert answerer.started[1] - answerer.started[0] >= 0.2
+
+
+async def test_after_a_batch_of_one_the_next_waits_for_no_spacing() -> None:
+    """Alone, a request is answered at once, and so are those that came while it was
+    (a spacing of a minute, longer than the test waits, would show)."""
+    answerer = Answerer()
+    answerer.go.set()
+    batches = Batches(answerer, size=10, spacing=60.0)
+    async with asyncio.timeout(TIMEOUT):
+        assert await batches.ask(1) == 2
+        first = asyncio.create_task(batches.ask(2))
+        await asyncio.sleep(0)
+        more = [asyncio.create_task(batches.ask(n)) for n in (3, 4)]
+        assert await asyncio.gather(first, *more) == [4, 6, 8]
+    assert answerer.batches == [[1], [2], [3, 4]]

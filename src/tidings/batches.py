@@ -2,10 +2,14 @@
 
 :class:`Batches` gives each request to ``answer`` in a list with the others waiting at the
 time: the first request starts a batch at once, and requests made while it is being
-answered wait for it and go together in the next one (at most ``size`` a batch). No
-timer, no added latency when alone: under load the batches grow by themselves. What the
-readers of the hub use to meet the worst case of a node, every client coming back at once
-after a restart (``openings.BoundsReader``, ``events.PageReader``).
+answered wait for it and go together in the next one (at most ``size`` a batch). Alone, a
+request waits for nothing. Under load (the last batch held more than one request) batches
+start :data:`SPACING` apart at the least, so that they grow: one query in flight at a time
+would otherwise set their size by how fast a query is answered, and the faster the query
+the smaller the batches and the more queries, each with its fixed cost. What the readers
+of the hub use to meet the worst case of a node, every client coming back at once after a
+restart (``openings.BoundsReader``, ``events.PageReader``, the credentials of
+``auth.Authenticator``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+# Seconds between the starts of two batches under load, at the least.
+SPACING = 0.005
 
 Q = TypeVar("Q")
 A = TypeVar("A")
@@ -22,12 +29,21 @@ class Batches(Generic[Q, A]):
     """``answer`` takes a batch of requests and returns their answers, in order; if it
     raises, every request of the batch gets the exception."""
 
-    def __init__(self, answer: Callable[[list[Q]], Awaitable[list[A]]], size: int) -> None:
+    def __init__(
+        self,
+        answer: Callable[[list[Q]], Awaitable[list[A]]],
+        size: int,
+        spacing: float = SPACING,
+    ) -> None:
         self.answer = answer
         self.size = size
+        self.spacing = spacing
         self.batches = 0  # batches answered (for tests)
         self._waiting: list[tuple[Q, asyncio.Future[A]]] = []
         self._task: asyncio.Task[None] | None = None
+        # When the last batch started, and whether it held more than one request.
+        self._started = 0.0
+        self._loaded = False
 
     async def ask(self, request: Q) -> A:
         future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
@@ -38,8 +54,16 @@ class Batches(Generic[Q, A]):
 
     async def _run(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
+            self._loaded = False
             while self._waiting:
+                if self._loaded:
+                    wait = self._started + self.spacing - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 batch, self._waiting = self._waiting[: self.size], self._waiting[self.size :]
+                self._started = loop.time()
+                self._loaded = len(batch) > 1
                 self.batches += 1
                 try:
                     answers = await self.answer([request for request, _ in batch])
