@@ -91,13 +91,15 @@ class Timed(Answerer):
 
 
 async def test_under_load_batches_start_a_spacing_apart() -> None:
-    """After a batch of more than one, the next waits for the spacing to pass since that
-    one started, and whatever comes meanwhile joins it."""
+    """Requests waiting once a batch of several is answered: the next batch waits for the
+    spacing to pass since that one started, and whatever comes meanwhile joins it."""
     answerer = Timed()
     batches = Batches(answerer, size=10, spacing=0.2)
     first = [asyncio.create_task(batches.ask(n)) for n in (1, 2)]
+    while not answerer.batches:
+        await asyncio.sleep(0)
+    second = asyncio.create_task(batches.ask(3))  # waits while [1, 2] is answered
     await asyncio.sleep(0)
-    second = asyncio.create_task(batches.ask(3))
     answerer.go.set()
     assert await asyncio.gather(*first) == [2, 4]
     third = asyncio.create_task(batches.ask(4))  # during the spacing: goes with 3
@@ -107,8 +109,9 @@ async def test_under_load_batches_start_a_spacing_apart() -> None:
 
 
 async def test_after_a_batch_of_one_the_next_waits_for_no_spacing() -> None:
-    """Alone, a request is answered at once, and so are those that came while it was
-    (a spacing of a minute, longer than the test waits, would show)."""
+    """Alone, a request is answered at once, and so are those that came while it was,
+    and a request that comes once nothing waits (a spacing of a minute, longer than the
+    test waits, would show)."""
     answerer = Answerer()
     answerer.go.set()
     batches = Batches(answerer, size=10, spacing=60.0)
@@ -118,4 +121,5 @@ async def test_after_a_batch_of_one_the_next_waits_for_no_spacing() -> None:
         await asyncio.sleep(0)
         more = [asyncio.create_task(batches.ask(n)) for n in (3, 4)]
         assert await asyncio.gather(first, *more) == [4, 6, 8]
-    assert answerer.batches == [[1], [2], [3, 4]]
+        assert await batches.ask(5) == 10  # after a batch of several, but alone
+    assert answerer.batches == [[1], [2], [3, 4], [5]]

@@ -3,10 +3,11 @@
 :class:`Batches` gives each request to ``answer`` in a list with the others waiting at the
 time: the first request starts a batch at once, and requests made while it is being
 answered wait for it and go together in the next one (at most ``size`` a batch). Alone, a
-request waits for nothing. Under load (the last batch held more than one request) batches
-start :data:`SPACING` apart at the least, so that they grow: one query in flight at a time
-would otherwise set their size by how fast a query is answered, and the faster the query
-the smaller the batches and the more queries, each with its fixed cost. What the readers
+request waits for nothing. Under load (requests waiting when a batch of several has been
+answered) the next batch starts :data:`SPACING` after that one started, at the least, and
+what comes meanwhile joins it: one query in flight at a time would otherwise set the
+batches' size by how fast a query is answered, and the faster the query the smaller the
+batches and the more queries, each with its fixed cost. What the readers
 of the hub use to meet the worst case of a node, every client coming back at once after a
 restart (``openings.BoundsReader``, ``events.PageReader``, the credentials of
 ``auth.Authenticator``).
@@ -41,9 +42,6 @@ class Batches(Generic[Q, A]):
         self.batches = 0  # batches answered (for tests)
         self._waiting: list[tuple[Q, asyncio.Future[A]]] = []
         self._task: asyncio.Task[None] | None = None
-        # When the last batch started, and whether it held more than one request.
-        self._started = 0.0
-        self._loaded = False
 
     async def ask(self, request: Q) -> A:
         future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
@@ -55,15 +53,14 @@ class Batches(Generic[Q, A]):
     async def _run(self) -> None:
         try:
             loop = asyncio.get_running_loop()
-            self._loaded = False
+            started, loaded = 0.0, False
             while self._waiting:
-                if self._loaded:
-                    wait = self._started + self.spacing - loop.time()
+                if loaded:  # more wait after a batch of several: under load
+                    wait = started + self.spacing - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 batch, self._waiting = self._waiting[: self.size], self._waiting[self.size :]
-                self._started = loop.time()
-                self._loaded = len(batch) > 1
+                started, loaded = loop.time(), len(batch) > 1
                 self.batches += 1
                 try:
                     answers = await self.answer([request for request, _ in batch])
