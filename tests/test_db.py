@@ -427,11 +427,10 @@ async def test_two_nodes_batches_of_one_project_take_its_lock_in_turn(database_u
     works wait and go together, the two nodes' batches take the project's row lock in
     turn, and every work gets the next number, none skipped or taken twice, in the order
     its node was given it. Another project's batch waits for neither."""
-    take = text("UPDATE heads SET seq = seq + 1 WHERE id = :id RETURNING seq")
 
     def work(project: str, slow: bool = False) -> Callable[[Tx], int]:
         def run(tx: Tx) -> int:
-            seq = int(tx.scalar(take, {"id": project}))  # the row lock, to the commit
+            seq = _take_head(tx, project)  # the row lock, to the commit
             if slow:
                 _hold(tx)
             if project == "p":
@@ -443,9 +442,7 @@ async def test_two_nodes_batches_of_one_project_take_its_lock_in_turn(database_u
     async with _table_t(database_url) as a:
         b = Database(create_engine(database_url))
         try:
-            async with a.write() as session:
-                await session.execute(text("CREATE TABLE heads (id TEXT PRIMARY KEY, seq INT)"))
-                await session.execute(text("INSERT INTO heads VALUES ('p', 0), ('q', 0)"))
+            await _heads(a, "p", "q")
             first = asyncio.create_task(a.commit(work("p", slow=True), key="p"))
             await asyncio.sleep(0.1)  # a holds the lock: b's batch waits for it in PostgreSQL
             on_b = [asyncio.create_task(b.commit(work("p"), key="p")) for _ in range(5)]
@@ -467,7 +464,7 @@ async def test_two_nodes_batches_of_one_project_take_its_lock_in_turn(database_u
 # A node that takes a project's row lock and then stops, its transaction left idle (run
 # in a process of its own; its IDLE_TRANSACTION_TIMEOUT cut to 1 s to keep the test short).
 _FROZEN_NODE = """
-import asyncio, sys, time
+import asyncio, sys
 from sqlalchemy import text
 from tidings import db
 from tidings.db import Database, create_engine
@@ -477,9 +474,17 @@ db.IDLE_TRANSACTION_TIMEOUT = 1.0
 def freeze(tx):
     tx.execute(text("UPDATE heads SET seq = seq + 1 WHERE id = 'p'"))
     print("locked", flush=True)
-    time.sleep(120)
+    sys.stdin.readline()  # frozen (its event loop too) until told to wake
 
-asyncio.run(Database(create_engine(sys.argv[1])).commit(freeze, key="p"))
+async def main():
+    try:
+        await Database(create_engine(sys.argv[1])).commit(freeze, key="p")
+    except Exception as exc:
+        print("unavailable" if db.unavailable(exc) else repr(exc), flush=True)
+    else:
+        print("committed", flush=True)
+
+asyncio.run(main())
 """
 
 
@@ -490,22 +495,25 @@ async def test_a_frozen_node_does_not_hold_its_projects_changes_for_long(
     """A node that stops in the middle of a transaction (frozen, or cut off on a
     connection that stays open) holds the rows it locked only until PostgreSQL ends its
     idle session (:data:`db.IDLE_TRANSACTION_TIMEOUT`): the other nodes' changes to the
-    project then go on, and the frozen node's change is not made."""
-    take = text("UPDATE heads SET seq = seq + 1 WHERE id = 'p' RETURNING seq")
+    project then go on, and the frozen node's change is not made: once it wakes, it is
+    told so as for a database out of reach (503)."""
     async with _table_t(database_url) as other:
-        async with other.write() as session:
-            await session.execute(text("CREATE TABLE heads (id TEXT PRIMARY KEY, seq INT)"))
-            await session.execute(text("INSERT INTO heads VALUES ('p', 0)"))
+        await _heads(other, "p")
         frozen = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _FROZEN_NODE, database_url, stdout=asyncio.subprocess.PIPE
+            *(sys.executable, "-c", _FROZEN_NODE, database_url),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         try:
-            assert frozen.stdout is not None
+            assert frozen.stdin is not None and frozen.stdout is not None
             async with asyncio.timeout(60):
                 assert await frozen.stdout.readline() == b"locked\n"
-            # The frozen node sleeps for 120 s: without the timeout this waits as long.
+            # The frozen node stays so until told: without the timeout this waits for it.
             async with asyncio.timeout(60):
-                assert await other.commit(lambda tx: int(tx.scalar(take)), key="p") == 1
+                assert await other.commit(lambda tx: _take_head(tx, "p"), key="p") == 1
+            frozen.stdin.write(b"wake\n")
+            async with asyncio.timeout(60):
+                assert await frozen.stdout.readline() == b"unavailable\n"
         finally:
             frozen.kill()
             await frozen.communicate()
@@ -616,6 +624,22 @@ async def test_a_callback_that_hangs_delays_its_own_changes_answer_only(
             assert await batch[0] == 1
         finally:
             release.set()
+
+
+async def _heads(db: Database, *ids: str) -> None:
+    """Table ``heads``: a row at 0 for each of ``ids``, the way ``projects.last_seq`` is."""
+    async with db.write() as session:
+        await session.execute(text("CREATE TABLE heads (id TEXT PRIMARY KEY, seq INT)"))
+        for head in ids:
+            await session.execute(text("INSERT INTO heads VALUES (:id, 0)"), {"id": head})
+
+
+_TAKE_HEAD = text("UPDATE heads SET seq = seq + 1 WHERE id = :id RETURNING seq")
+
+
+def _take_head(tx: Tx, head: str) -> int:
+    """The next number of ``head``, taken as a change takes its project's next seq."""
+    return int(tx.scalar(_TAKE_HEAD, {"id": head}))
 
 
 @contextlib.asynccontextmanager

@@ -36,7 +36,7 @@ from tests.conftest import (
 )
 from tests.proxy import SilencingProxy, silencing_proxy
 from tidings import Settings
-from tidings.db import Database, unavailable
+from tidings.db import Database, create_engine, unavailable
 
 
 def test_unreachable_databases_are_told_apart_from_failed_statements() -> None:
@@ -68,6 +68,30 @@ async def test_a_pool_with_no_connection_to_spare_in_time_counts_as_unavailable(
         assert unavailable(waited.value)
     finally:
         await db.dispose()
+
+
+async def test_a_database_that_never_answers_a_new_connection_fails_it_in_time() -> None:
+    """A PostgreSQL address that takes the connection and then says nothing (the other
+    half of a database gone silent): connecting gives up after the engine's timeout,
+    as unreachable, instead of waiting for as long as the connection lasts."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # answers nothing, until the client leaves
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    db = Database(create_engine(f"postgresql+asyncpg://tidings@127.0.0.1:{port}/x", timeout=0.5))
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(Exception) as refused:
+                async with db.read() as session:
+                    await session.execute(text("SELECT 1"))
+        assert unavailable(refused.value)
+    finally:
+        await db.dispose()
+        server.close()
+        await server.wait_closed()
 
 
 @on_stacks("postgres-redis")

@@ -7,9 +7,9 @@ request waits for nothing. Under load (requests waiting when a batch of several 
 answered) the next batch starts :data:`SPACING` after that one started, at the least, and
 what comes meanwhile joins it: one query in flight at a time would otherwise set the
 batches' size by how fast a query is answered, and the faster the query the smaller the
-batches and the more queries, each with its fixed cost. What the readers
-of the hub use to meet the worst case of a node, every client coming back at once after a
-restart (``openings.BoundsReader``, ``events.PageReader``, the credentials of
+batches and the more queries, each with its fixed cost. What the readers of the hub use
+to meet the worst case of a node, every client coming back at once after a restart
+(``openings.BoundsReader``, ``events.PageReader``, the credentials of
 ``auth.Authenticator``).
 """
 
